@@ -1,0 +1,194 @@
+"""Command line: beanstalkd's flags (plus long aliases), then startup in the order
+that makes a spawned server answer fast: parse, bind, then import the rest.
+
+Imports: `config`, `logs`, stdlib; `server` only after the listener is bound.
+"""
+
+import argparse
+import os
+import socket
+import stat
+import sys
+
+from qserver import __version__, logs
+from qserver.config import (DEFAULT_ADDRESS, DEFAULT_FSYNC_MS, DEFAULT_MAX_JOB_SIZE,
+                            DEFAULT_PORT, DEFAULT_SEGMENT_SIZE, MAX_JOB_SIZE_LIMIT, Config)
+
+EXIT_USAGE = 5          # beanstalkd's status for bad flags
+EXIT_SOCKET = 111       # beanstalkd's status when it cannot listen
+EXIT_USER = 32          # beanstalkd's status when -u fails
+
+DESCRIPTION = """\
+qserver: a work-queue server speaking the beanstalkd protocol.
+
+Flags are beanstalkd's, so qserver can stand in for it (BEANSTALKD_PATH=$(which
+qserver)). Unlike beanstalkd, qserver listens on 127.0.0.1 unless -l says otherwise.
+"""
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message)
+
+
+def _size(text: str) -> int:
+    """A plain decimal byte count; suffixes such as 10k are refused, as beanstalkd does."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid size: {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}")
+    return int(text)
+
+
+class _FsyncAction(argparse.Action):
+    """-f MS and -F share one setting; the last one given wins (beanstalkd's order)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, "fsync_ms", None if values is None else values)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="qserver", description=DESCRIPTION, add_help=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-l", "--listen", metavar="ADDR", default=DEFAULT_ADDRESS,
+                   help=f"listen on ADDR, or unix:PATH for a unix socket "
+                        f"(default {DEFAULT_ADDRESS})")
+    p.add_argument("-p", "--port", metavar="PORT", type=_port, default=DEFAULT_PORT,
+                   help=f"TCP port (default {DEFAULT_PORT})")
+    p.add_argument("-b", "--binlog-dir", metavar="DIR",
+                   help="keep a write-ahead log in DIR and replay it at start")
+    p.add_argument("-f", "--fsync-ms", metavar="MS", type=_size, action=_FsyncAction,
+                   default=DEFAULT_FSYNC_MS,
+                   help=f"fsync the log at most every MS ms; 0 means before every "
+                        f"reply (default {DEFAULT_FSYNC_MS})")
+    p.add_argument("-F", "--no-fsync", dest="fsync_ms", action=_FsyncAction, nargs=0,
+                   help="never fsync the log")
+    p.add_argument("-s", "--binlog-size", metavar="BYTES", type=_size,
+                   default=DEFAULT_SEGMENT_SIZE,
+                   help=f"size of each log file (default {DEFAULT_SEGMENT_SIZE})")
+    p.add_argument("-z", "--max-job-size", metavar="BYTES", type=_size,
+                   default=DEFAULT_MAX_JOB_SIZE,
+                   help=f"largest job body accepted (default {DEFAULT_MAX_JOB_SIZE}, "
+                        f"at most {MAX_JOB_SIZE_LIMIT})")
+    p.add_argument("-u", "--user", metavar="USER",
+                   help="become USER after binding the listener")
+    p.add_argument("-V", "--verbose", action="count", default=0,
+                   help="log more; repeat for more detail")
+    p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
+    p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
+    p.add_argument("-c", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-n", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def parse_config(argv) -> Config:
+    """Flags to a Config; prints and raises SystemExit for -h, -v and bad flags."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as error:
+        parser.print_usage(sys.stderr)
+        print(f"qserver: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    if args.help:
+        parser.print_help()
+        raise SystemExit(0)
+    if args.version:
+        print(f"qserver {__version__}")
+        raise SystemExit(0)
+    if args.c or args.n:
+        print("qserver: -c and -n are obsolete and ignored (as in beanstalkd)",
+              file=sys.stderr)
+    max_job_size = args.max_job_size
+    if max_job_size > MAX_JOB_SIZE_LIMIT:
+        print(f"qserver: -z {max_job_size} is over the limit; using {MAX_JOB_SIZE_LIMIT}",
+              file=sys.stderr)
+        max_job_size = MAX_JOB_SIZE_LIMIT
+    return Config(address=args.listen, port=args.port, max_job_size=max_job_size,
+                  binlog_dir=args.binlog_dir, fsync_ms=args.fsync_ms,
+                  segment_size=args.binlog_size, user=args.user,
+                  verbosity=args.verbose)
+
+
+def open_listener(config: Config) -> socket.socket:
+    """Bind and listen; an old unix socket file at the path is replaced."""
+    path = config.unix_path
+    if path is not None:
+        _remove_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+    else:
+        host = config.address or None
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host is None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(addr)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket")
+    os.unlink(path)
+
+
+def drop_privileges(user: str) -> None:
+    import pwd
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def _new_loop():
+    try:
+        import uvloop
+        return uvloop.new_event_loop()
+    except ImportError:
+        import asyncio
+        return asyncio.new_event_loop()
+
+
+def main(argv=None) -> int:
+    config = parse_config(sys.argv[1:] if argv is None else argv)
+    log = logs.setup(config.verbosity)
+    try:
+        listener = open_listener(config)
+    except OSError as error:
+        log.error("cannot listen on %s port %s: %s", config.address, config.port, error)
+        return EXIT_SOCKET
+    if config.user:
+        try:
+            drop_privileges(config.user)
+        except (KeyError, OSError) as error:
+            log.error("cannot become user %s: %s", config.user, error)
+            return EXIT_USER
+    log.info("listening on %s", _describe(listener))
+    import asyncio
+    from qserver import server
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(server.run(config, [listener]))
+
+
+def _describe(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if isinstance(name, str):
+        return f"unix:{name}"
+    return f"{name[0]}:{name[1]}"

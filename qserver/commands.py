@@ -1,0 +1,271 @@
+"""The command table: each protocol command's handler, and the one place where queue
+errors become reply bytes.
+
+A handler takes the client (the server's per-connection object: `session`, `framer`,
+`pending_put`, `closing`) and the rest of the line after the command word, and
+returns reply bytes, or None when there is nothing to say yet (a parked reserve, a
+put waiting for its body, quit). Imports: `wire`, `engine`, `errors`, `stats`.
+"""
+
+import logging
+import time
+
+from qserver import wire
+from qserver.errors import BadFormat, Draining, ExpectedCrlf, InternalError, QueueError
+from qserver.errors import UnknownCommand
+from qserver.stats import job_stats, server_stats, tube_stats
+
+log = logging.getLogger("qserver")
+
+RESERVED = b"RESERVED"
+FOUND = b"FOUND"
+
+
+class Commands:
+    def __init__(self, engine, info, max_job_size: int, clock=time.monotonic,
+                 wall=time.time):
+        self.engine = engine
+        self.info = info
+        self.max_job_size = max_job_size
+        self.clock = clock
+        self.wall = wall
+        self.counts = info.cmd_counts
+        # Commands written `word <args>`: looked up by the word before the first space.
+        self.with_args = {
+            b"put": self.put, b"peek": self.peek,
+            b"reserve-with-timeout": self.reserve_with_timeout,
+            b"reserve-job": self.reserve_job, b"delete": self.delete,
+            b"release": self.release, b"bury": self.bury, b"kick": self.kick,
+            b"kick-job": self.kick_job, b"touch": self.touch,
+            b"stats-job": self.stats_job, b"stats-tube": self.stats_tube,
+            b"use": self.use, b"watch": self.watch, b"ignore": self.ignore,
+        }
+        # Commands without arguments: looked up by the whole line.
+        self.no_args = {
+            b"reserve": self.reserve, b"stats": self.stats,
+            b"peek-ready": self.peek_ready, b"peek-delayed": self.peek_delayed,
+            b"peek-buried": self.peek_buried, b"list-tubes": self.list_tubes,
+            b"list-tube-used": self.list_tube_used,
+            b"list-tubes-watched": self.list_tubes_watched, b"quit": self.quit,
+        }
+        # beanstalkd matches command words as prefixes, in this order; the fast
+        # lookups above agree with it on every line, this covers the odd ones.
+        self.by_prefix = [
+            (b"put ", self.put, False), (b"peek ", self.peek, False),
+            (b"peek-ready", self.peek_ready, True),
+            (b"peek-delayed", self.peek_delayed, True),
+            (b"peek-buried", self.peek_buried, True),
+            (b"reserve-with-timeout ", self.reserve_with_timeout, False),
+            (b"reserve-job ", self.reserve_job, False), (b"reserve", self.reserve, True),
+            (b"delete ", self.delete, False), (b"release ", self.release, False),
+            (b"bury ", self.bury, False), (b"kick ", self.kick, False),
+            (b"kick-job ", self.kick_job, False), (b"touch ", self.touch, False),
+            (b"stats-job ", self.stats_job, False),
+            (b"stats-tube ", self.stats_tube, False), (b"stats", self.stats, True),
+            (b"use ", self.use, False), (b"watch ", self.watch, False),
+            (b"ignore ", self.ignore, False),
+            (b"list-tubes-watched", self.list_tubes_watched, True),
+            (b"list-tube-used", self.list_tube_used, True),
+            (b"list-tubes", self.list_tubes, True),
+            (b"quit", self.quit, False), (b"pause-tube", self.pause_tube, False),
+        ]
+
+    # -- dispatch ---------------------------------------------------------------
+
+    def execute(self, client, line: bytes):
+        """Run one command line; returns reply bytes or None."""
+        try:
+            if b"\0" in line:
+                raise BadFormat
+            space = line.find(b" ")
+            if space > 0:
+                handler = self.with_args.get(line[:space])
+                if handler is not None:
+                    return handler(client, line[space + 1:])
+            else:
+                handler = self.no_args.get(line)
+                if handler is not None:
+                    return handler(client, b"")
+            return self._by_prefix(client, line)
+        except QueueError as error:
+            return error.reply
+        except Exception:
+            log.exception("command failed: %r", line[:64])
+            return InternalError.reply
+
+    def _by_prefix(self, client, line: bytes):
+        for prefix, handler, exact in self.by_prefix:
+            if line.startswith(prefix):
+                rest = line[len(prefix):]
+                if exact and rest:
+                    raise BadFormat
+                return handler(client, rest)
+        raise UnknownCommand
+
+    def finish_put(self, client, body: bytes):
+        """The body of a put arrived (with its two trailer bytes)."""
+        job_id, pri, delay, ttr = client.pending_put
+        client.pending_put = None
+        try:
+            if body[-2:] != wire.CRLF:
+                raise ExpectedCrlf
+            if self.engine.draining:
+                raise Draining
+            self.engine.put(client.session.use, job_id, pri, delay, ttr, body,
+                            self.clock(), self.wall())
+            return b"INSERTED %d\r\n" % job_id
+        except QueueError as error:
+            return error.reply
+        except Exception:
+            log.exception("put failed")
+            return InternalError.reply
+
+    # -- producer commands ------------------------------------------------------
+
+    def put(self, client, rest):
+        pri, delay, ttr, size, clean = wire.parse_put(rest)
+        self.counts["put"] += 1
+        if size > self.max_job_size:
+            client.framer.discard_body(size)
+            return None
+        if not clean:
+            raise BadFormat
+        engine = self.engine
+        engine.mark_producer(client.session)
+        client.pending_put = (engine.allocate_id(), pri, delay, ttr or 1)
+        client.framer.expect_body(size)
+        return None
+
+    def use(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["use"] += 1
+        self.engine.use(client.session, name)
+        return b"USING %s\r\n" % rest
+
+    # -- worker commands --------------------------------------------------------
+
+    def _reserve(self, client, timeout):
+        self.engine.mark_worker(client.session)
+        job = self.engine.reserve(client.session, timeout, self.clock())
+        if job is None:
+            return None
+        return wire.job_reply(RESERVED, job.id, job.body)
+
+    def reserve(self, client, rest):
+        self.counts["reserve"] += 1
+        return self._reserve(client, None)
+
+    def reserve_with_timeout(self, client, rest):
+        timeout = wire.parse_timeout(rest)
+        self.counts["reserve-with-timeout"] += 1
+        return self._reserve(client, timeout)
+
+    def reserve_job(self, client, rest):
+        job_id = wire.parse_id(rest)
+        job = self.engine.reserve_job(client.session, job_id, self.clock())
+        self.engine.mark_worker(client.session)
+        return wire.job_reply(RESERVED, job.id, job.body)
+
+    def delete(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self.counts["delete"] += 1
+        self.engine.delete(client.session, job_id)
+        return b"DELETED\r\n"
+
+    def release(self, client, rest):
+        job_id, pri, delay = wire.parse_id_pri_delay(rest)
+        self.counts["release"] += 1
+        self.engine.release(client.session, job_id, pri, delay, self.clock())
+        return b"RELEASED\r\n"
+
+    def bury(self, client, rest):
+        job_id, pri = wire.parse_id_pri(rest)
+        self.counts["bury"] += 1
+        self.engine.bury(client.session, job_id, pri)
+        return b"BURIED\r\n"
+
+    def touch(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self.counts["touch"] += 1
+        self.engine.touch(client.session, job_id, self.clock())
+        return b"TOUCHED\r\n"
+
+    def watch(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["watch"] += 1
+        return b"WATCHING %d\r\n" % self.engine.watch(client.session, name)
+
+    def ignore(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["ignore"] += 1
+        return b"WATCHING %d\r\n" % self.engine.ignore(client.session, name)
+
+    # -- other commands ---------------------------------------------------------
+
+    def peek(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self.counts["peek"] += 1
+        job = self.engine.peek(job_id)
+        return wire.job_reply(FOUND, job.id, job.body)
+
+    def _peek_in_used(self, client, counter, which):
+        self.counts[counter] += 1
+        job = self.engine.found(which(client.session.use))
+        return wire.job_reply(FOUND, job.id, job.body)
+
+    def peek_ready(self, client, rest):
+        return self._peek_in_used(client, "peek-ready", lambda tube: tube.peek_ready())
+
+    def peek_delayed(self, client, rest):
+        return self._peek_in_used(client, "peek-delayed", lambda tube: tube.peek_delayed())
+
+    def peek_buried(self, client, rest):
+        return self._peek_in_used(client, "peek-buried", lambda tube: tube.peek_buried())
+
+    def kick(self, client, rest):
+        bound = wire.parse_kick_bound(rest)
+        self.counts["kick"] += 1
+        return b"KICKED %d\r\n" % self.engine.kick(client.session.use, bound, self.clock())
+
+    def kick_job(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self.engine.kick_job(job_id, self.clock())
+        return b"KICKED\r\n"
+
+    def stats(self, client, rest):
+        self.counts["stats"] += 1
+        return wire.yaml_mapping(server_stats(self.engine, self.info, self.clock()))
+
+    def stats_job(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self.counts["stats-job"] += 1
+        job = self.engine.peek(job_id)
+        return wire.yaml_mapping(job_stats(job, self.clock(), self.wall()))
+
+    def stats_tube(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["stats-tube"] += 1
+        tube = self.engine.tube_named(name)
+        return wire.yaml_mapping(tube_stats(tube, self.clock()))
+
+    def list_tubes(self, client, rest):
+        self.counts["list-tubes"] += 1
+        return wire.yaml_list(tube.name for tube in self.engine.tube_order)
+
+    def list_tube_used(self, client, rest):
+        self.counts["list-tube-used"] += 1
+        return b"USING %s\r\n" % client.session.use.name.encode()
+
+    def list_tubes_watched(self, client, rest):
+        self.counts["list-tubes-watched"] += 1
+        return wire.yaml_list(tube.name for tube in client.session.watch)
+
+    def pause_tube(self, client, rest):
+        name, seconds = wire.parse_pause(rest)
+        self.counts["pause-tube"] += 1
+        self.engine.pause_tube(name.decode(), seconds, self.clock())
+        return b"PAUSED\r\n"
+
+    def quit(self, client, rest):
+        client.closing = True
+        return None

@@ -1,0 +1,466 @@
+"""The in-memory queue: tubes, the job index, every state transition, and time.
+
+Pure and synchronous: methods take `now` (monotonic seconds) from the caller, so
+tests drive time by hand. Nothing here knows about sockets, asyncio or wire bytes.
+Everything that happens at a moment (a delay ending, a TTR running out, a pause
+ending, a reserve timing out) sits in one of four heaps; `next_wakeup()` gives the
+earliest moment and `tick(now)` does what is due, so the server needs one timer.
+Parked reserves are answered through `Session.wake`.
+Imports: `job`, `tube`, `session`, `swapset`, `errors`, stdlib.
+"""
+
+import heapq
+import itertools
+import math
+
+from qserver.errors import DeadlineSoon, NotFound, NotIgnored, TimedOut
+from qserver.job import BURIED, DELAYED, READY, RESERVED, Job
+from qserver.swapset import SwapSet
+from qserver.tube import Tube
+
+# DEADLINE_SOON is answered this long before a reserved job's TTR runs out.
+SAFETY_MARGIN = 1.0
+DEFAULT_TUBE = "default"
+
+
+class Engine:
+    def __init__(self):
+        self.jobs = {}                  # id -> Job
+        self.tubes = {}                 # name -> Tube
+        self.tube_order = SwapSet()     # list-tubes order, as beanstalkd keeps it
+        self.next_id = 1
+        self.draining = False
+        self.job_timeouts = 0
+        self.total_jobs = 0
+        self.producers = 0
+        self.workers = 0
+        self.waiting_count = 0
+        self.delayed_total = 0
+        self.reserved_total = 0
+        self._delays = []               # (due, id) for every delayed job
+        self._ttrs = []                 # (deadline, id) for every reserved job
+        self._waits = []                # (when, n, session, wait_seq) for parked reserves
+        self._pauses = []               # (unpause_at, n, tube)
+        self._seq = itertools.count()
+        self._tubes_with_waiters = set()
+        self.earliest = math.inf        # the soonest moment anything may be due
+        self.timer_dirty = False        # set when `earliest` moved earlier
+        self.default_tube = self._tube(DEFAULT_TUBE)
+
+    # -- tubes ------------------------------------------------------------------
+
+    def _tube(self, name: str) -> Tube:
+        tube = self.tubes.get(name)
+        if tube is None:
+            tube = self.tubes[name] = Tube(name, self.jobs)
+            self.tube_order.append(tube)
+        return tube
+
+    def _release_tube(self, tube: Tube) -> None:
+        """Drop a tube nothing refers to any more (its pause goes with it)."""
+        if tube.is_unused() and tube.name != DEFAULT_TUBE:
+            del self.tubes[tube.name]
+            self.tube_order.remove(tube)
+
+    def tube_named(self, name: str) -> Tube:
+        tube = self.tubes.get(name)
+        if tube is None:
+            raise NotFound
+        return tube
+
+    # -- sessions ---------------------------------------------------------------
+
+    def attach(self, session) -> None:
+        """A new connection uses and watches `default`."""
+        tube = self.default_tube
+        session.use = tube
+        tube.using += 1
+        session.watch.append(tube)
+        tube.watching += 1
+
+    def detach(self, session, now: float) -> None:
+        """A connection went away: its reserved jobs are ready again at once."""
+        if session.waiting:
+            self._unpark(session)
+        for job in list(session.reserved.values()):
+            self._unhold(job)
+            job.tube.push_ready(job)
+            self._process_queue(now)
+        if session.producer:
+            self.producers -= 1
+        if session.worker:
+            self.workers -= 1
+        session.use.using -= 1
+        self._release_tube(session.use)
+        for tube in list(session.watch):
+            tube.watching -= 1
+            self._release_tube(tube)
+        session.watch = SwapSet()
+
+    def mark_producer(self, session) -> None:
+        if not session.producer:
+            session.producer = True
+            self.producers += 1
+
+    def mark_worker(self, session) -> None:
+        if not session.worker:
+            session.worker = True
+            self.workers += 1
+
+    def use(self, session, name: str) -> Tube:
+        tube = self._tube(name)
+        old = session.use
+        if tube is not old:
+            tube.using += 1
+            session.use = tube
+            old.using -= 1
+            self._release_tube(old)
+        return tube
+
+    def watch(self, session, name: str) -> int:
+        tube = self._tube(name)
+        if tube not in session.watch:
+            session.watch.append(tube)
+            tube.watching += 1
+        return len(session.watch)
+
+    def ignore(self, session, name: str) -> int:
+        tube = self.tubes.get(name)
+        if tube is not None and tube in session.watch:
+            if len(session.watch) < 2:
+                raise NotIgnored
+            session.watch.remove(tube)
+            tube.watching -= 1
+            self._release_tube(tube)
+        return len(session.watch)
+
+    # -- put --------------------------------------------------------------------
+
+    def allocate_id(self) -> int:
+        """Ids are used up when a put line is accepted, even if the put then fails."""
+        job_id = self.next_id
+        self.next_id = job_id + 1
+        return job_id
+
+    def put(self, tube: Tube, job_id: int, pri: int, delay: int, ttr: int,
+            body: bytes, now: float, created: float) -> Job:
+        job = Job(job_id, tube, pri, delay, ttr, body, created)
+        self.jobs[job_id] = job
+        tube.total_jobs += 1
+        self.total_jobs += 1
+        if delay:
+            self._delay(job, now + delay)
+        else:
+            tube.push_ready(job)
+            if self._tubes_with_waiters:
+                self._process_queue(now)
+        return job
+
+    # -- reserve ----------------------------------------------------------------
+
+    def reserve(self, session, timeout, now: float):
+        """Reserve the best ready job in the watched tubes.
+
+        Returns the job, or None when the session is now parked (its answer comes
+        through `session.wake`). `timeout` is None to wait forever.
+        """
+        if session.reserved and self._deadline_soon(session, now) \
+                and not any(t.ready_count for t in session.watch):
+            raise DeadlineSoon
+        job = self._best_ready(session.watch, now)
+        if job is not None:
+            job.tube.forget_ready(job)
+            self._reserve(session, job, now)
+            return job
+        if timeout == 0:
+            raise TimedOut
+        self._park(session, timeout, now)
+        return None
+
+    def reserve_job(self, session, job_id: int, now: float) -> Job:
+        """Reserve one job by id, in any tube and any state but reserved."""
+        job = self.jobs.get(job_id)
+        if job is None or job.state == RESERVED:
+            raise NotFound
+        self._unlist(job)
+        self._reserve(session, job, now)
+        return job
+
+    def _best_ready(self, tubes, now: float):
+        best = None
+        for tube in tubes:
+            if tube.ready_count and not tube.is_paused(now):
+                job = tube.peek_ready()
+                if best is None or job.ready_key < best.ready_key:
+                    best = job
+        return best
+
+    def _deadline_soon(self, session, now: float) -> bool:
+        soonest = session.soonest_deadline()
+        return soonest is not None and now >= soonest - SAFETY_MARGIN
+
+    def _reserve(self, session, job: Job, now: float) -> None:
+        job.state = RESERVED
+        job.deadline = deadline = now + job.ttr
+        job.reserves += 1
+        job.holder = session
+        job.tube.reserved_count += 1
+        self.reserved_total += 1
+        session.hold(job)
+        self._push(self._ttrs, (deadline, job.id), deadline, self.reserved_total)
+
+    def _park(self, session, timeout, now: float) -> None:
+        session.waiting = True
+        session.wait_seq += 1
+        session.wait_until = None if timeout is None else now + timeout
+        self.waiting_count += 1
+        for tube in session.watch:
+            tube.waiting.append(session)
+            self._tubes_with_waiters.add(tube)
+        self._schedule_wait(session)
+
+    def cancel_wait(self, session) -> None:
+        """Give up a parked reserve without an answer from the engine."""
+        if session.waiting:
+            self._unpark(session)
+
+    def _schedule_wait(self, session) -> None:
+        when = session.wait_until
+        soonest = session.soonest_deadline()
+        if soonest is not None and (when is None or soonest - SAFETY_MARGIN < when):
+            when = soonest - SAFETY_MARGIN
+        if when is not None:
+            entry = (when, next(self._seq), session, session.wait_seq)
+            self._push(self._waits, entry, when, self.waiting_count)
+
+    def _unpark(self, session) -> None:
+        session.waiting = False
+        session.wait_seq += 1
+        self.waiting_count -= 1
+        for tube in session.watch:
+            tube.waiting.remove(session)
+            if not tube.waiting:
+                self._tubes_with_waiters.discard(tube)
+
+    def _process_queue(self, now: float) -> None:
+        """Hand ready jobs to parked reserves, best (pri, id) first across tubes."""
+        waiting_tubes = self._tubes_with_waiters
+        while waiting_tubes:
+            job = self._best_ready(waiting_tubes, now)
+            if job is None:
+                return
+            session = job.tube.waiting.take()
+            self._unpark(session)
+            job.tube.forget_ready(job)
+            self._reserve(session, job, now)
+            session.wake(job)
+
+    # -- the other job commands -------------------------------------------------
+
+    def delete(self, session, job_id: int) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or (job.state == RESERVED and job.holder is not session):
+            raise NotFound
+        self._unlist(job)
+        del self.jobs[job_id]
+        tube = job.tube
+        tube.cmd_delete += 1
+        self._release_tube(tube)
+
+    def release(self, session, job_id: int, pri: int, delay: int, now: float) -> None:
+        job = self._held(session, job_id)
+        self._unhold(job)
+        job.pri = pri
+        job.delay = delay
+        job.releases += 1
+        if delay:
+            self._delay(job, now + delay)
+        else:
+            job.tube.push_ready(job)
+            self._process_queue(now)
+
+    def bury(self, session, job_id: int, pri: int) -> None:
+        job = self._held(session, job_id)
+        self._unhold(job)
+        job.pri = pri
+        job.buries += 1
+        job.tube.push_buried(job)
+
+    def touch(self, session, job_id: int, now: float) -> None:
+        job = self._held(session, job_id)
+        job.deadline = deadline = now + job.ttr
+        session.note_deadline(job)
+        self._push(self._ttrs, (deadline, job_id), deadline, self.reserved_total)
+
+    def kick(self, tube: Tube, bound: int, now: float) -> int:
+        """Kick up to `bound` buried jobs or, if there are none, delayed jobs."""
+        count = 0
+        if tube.buried:
+            while count < bound and tube.buried:
+                self._kick(tube.peek_buried(), now)
+                count += 1
+        else:
+            while count < bound and tube.delayed_count:
+                self._kick(tube.peek_delayed(), now)
+                count += 1
+        return count
+
+    def kick_job(self, job_id: int, now: float) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.state not in (BURIED, DELAYED):
+            raise NotFound
+        self._kick(job, now)
+
+    def _kick(self, job: Job, now: float) -> None:
+        self._unlist(job)
+        job.kicks += 1
+        job.tube.push_ready(job)
+        self._process_queue(now)
+
+    def pause_tube(self, name: str, seconds: int, now: float) -> None:
+        tube = self.tube_named(name)
+        tube.pause = seconds
+        tube.unpause_at = when = now + seconds
+        tube.cmd_pause += 1
+        if seconds:
+            self._push(self._pauses, (when, next(self._seq), tube), when, len(self.tubes))
+        else:
+            # A zero pause un-pauses at once and wakes whoever waits on the tube.
+            self._process_queue(now)
+
+    # -- lookups ----------------------------------------------------------------
+
+    def peek(self, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound
+        return job
+
+    @staticmethod
+    def found(job):
+        if job is None:
+            raise NotFound
+        return job
+
+    # -- time -------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Do everything due at or before `now`, in beanstalkd's order."""
+        self._mature_delays(now)
+        self._end_pauses(now)
+        self._expire_ttrs(now)
+        self._answer_waits(now)
+        self.earliest = self.next_wakeup()
+        self.timer_dirty = False
+
+    def next_wakeup(self) -> float:
+        """The soonest moment something may be due (math.inf when nothing is)."""
+        soonest = math.inf
+        for heap in (self._delays, self._ttrs, self._waits, self._pauses):
+            if heap and heap[0][0] < soonest:
+                soonest = heap[0][0]
+        return soonest
+
+    def _mature_delays(self, now: float) -> None:
+        heap = self._delays
+        jobs = self.jobs
+        while heap and heap[0][0] <= now:
+            due, job_id = heapq.heappop(heap)
+            job = jobs.get(job_id)
+            if job is not None and job.state == DELAYED and job.deadline == due:
+                self._unlist(job)
+                job.tube.push_ready(job)
+                self._process_queue(now)
+
+    def _end_pauses(self, now: float) -> None:
+        heap = self._pauses
+        while heap and heap[0][0] <= now:
+            when, _, tube = heapq.heappop(heap)
+            if tube.unpause_at == when:
+                self._process_queue(now)
+
+    def _expire_ttrs(self, now: float) -> None:
+        heap = self._ttrs
+        jobs = self.jobs
+        while heap and heap[0][0] <= now:
+            deadline, job_id = heapq.heappop(heap)
+            job = jobs.get(job_id)
+            if job is not None and job.state == RESERVED and job.deadline == deadline:
+                self._unhold(job)
+                job.timeouts += 1
+                self.job_timeouts += 1
+                job.tube.push_ready(job)
+                self._process_queue(now)
+
+    def _answer_waits(self, now: float) -> None:
+        heap = self._waits
+        while heap and heap[0][0] <= now:
+            _, _, session, seq = heapq.heappop(heap)
+            if not session.waiting or session.wait_seq != seq:
+                continue
+            if self._deadline_soon(session, now):
+                self._unpark(session)
+                session.wake(DeadlineSoon)
+            elif session.wait_until is not None and now >= session.wait_until:
+                self._unpark(session)
+                session.wake(TimedOut)
+            else:
+                self._schedule_wait(session)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _held(self, session, job_id: int) -> Job:
+        job = session.reserved.get(job_id)
+        if job is None:
+            raise NotFound
+        return job
+
+    def _unhold(self, job: Job) -> None:
+        """A reserved job stops being reserved (its TTR entry goes stale)."""
+        del job.holder.reserved[job.id]
+        job.holder = None
+        job.tube.reserved_count -= 1
+        self.reserved_total -= 1
+
+    def _unlist(self, job: Job) -> None:
+        """Take a job out of whatever list its state puts it in."""
+        state = job.state
+        tube = job.tube
+        if state == READY:
+            tube.forget_ready(job)
+        elif state == DELAYED:
+            tube.forget_delayed(job)
+            self.delayed_total -= 1
+        elif state == BURIED:
+            del tube.buried[job.id]
+        else:
+            self._unhold(job)
+
+    def _delay(self, job: Job, due: float) -> None:
+        job.tube.push_delayed(job, due)
+        self.delayed_total += 1
+        self._push(self._delays, (due, job.id), due, self.delayed_total)
+
+    def _push(self, heap: list, entry: tuple, when: float, live: int) -> None:
+        """Add a timed entry; rebuild the heap when stale entries pile up."""
+        heapq.heappush(heap, entry)
+        if len(heap) > 2 * live + 1024:
+            self._prune(heap)
+        if when < self.earliest:
+            self.earliest = when
+            self.timer_dirty = True
+
+    def _prune(self, heap: list) -> None:
+        jobs = self.jobs
+        if heap is self._delays:
+            keep = [e for e in heap if (j := jobs.get(e[1])) is not None
+                    and j.state == DELAYED and j.deadline == e[0]]
+        elif heap is self._ttrs:
+            keep = [e for e in heap if (j := jobs.get(e[1])) is not None
+                    and j.state == RESERVED and j.deadline == e[0]]
+        elif heap is self._waits:
+            keep = [e for e in heap if e[2].waiting and e[2].wait_seq == e[3]]
+        else:
+            keep = [e for e in heap if e[2].unpause_at == e[0] and e[2].name in self.tubes]
+        heap[:] = keep
+        heapq.heapify(heap)

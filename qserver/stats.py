@@ -1,0 +1,138 @@
+"""The fields of `stats`, `stats-tube` and `stats-job`, in beanstalkd's order.
+
+Builds (key, formatted value) pairs from the engine and the process-wide counters in
+`ServerInfo`; `wire` turns them into YAML. Imports: `job`, `wire`, stdlib.
+"""
+
+import os
+import resource
+
+from qserver.job import DELAYED, RESERVED, STATE_NAMES
+from qserver.wire import yaml_quote
+
+# The cmd-* counters, in the order `stats` prints them.
+CMD_COUNTERS = (
+    "put", "peek", "peek-ready", "peek-delayed", "peek-buried", "reserve",
+    "reserve-with-timeout", "delete", "release", "use", "watch", "ignore", "bury",
+    "kick", "touch", "stats", "stats-job", "stats-tube", "list-tubes",
+    "list-tube-used", "list-tubes-watched", "pause-tube",
+)
+
+
+class ServerInfo:
+    """Process-wide facts and counters that live outside the engine."""
+
+    def __init__(self, version: str, max_job_size: int, segment_size: int, started: float):
+        self.version = version
+        self.max_job_size = max_job_size
+        self.segment_size = segment_size
+        self.started = started
+        self.pid = os.getpid()
+        self.instance_id = os.urandom(8).hex()
+        uname = os.uname()
+        self.hostname, self.os, self.platform = uname.nodename, uname.version, uname.machine
+        self.current_connections = 0
+        self.total_connections = 0
+        self.cmd_counts = dict.fromkeys(CMD_COUNTERS, 0)
+        # Filled in by the journal when there is one.
+        self.binlog_oldest = 0
+        self.binlog_current = 0
+        self.binlog_migrated = 0
+        self.binlog_written = 0
+
+
+def _seconds(value: float) -> str:
+    """A time in seconds as `%d.%06d`, the way beanstalkd prints rusage."""
+    micros = int(value * 1_000_000)
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
+def _tube_totals(engine):
+    urgent = ready = reserved = delayed = buried = 0
+    for tube in engine.tubes.values():
+        urgent += tube.urgent_count
+        ready += tube.ready_count
+        reserved += tube.reserved_count
+        delayed += tube.delayed_count
+        buried += len(tube.buried)
+    return urgent, ready, reserved, delayed, buried
+
+
+def server_stats(engine, info: ServerInfo, now: float) -> list:
+    urgent, ready, reserved, delayed, buried = _tube_totals(engine)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    pairs = [
+        ("current-jobs-urgent", urgent),
+        ("current-jobs-ready", ready),
+        ("current-jobs-reserved", reserved),
+        ("current-jobs-delayed", delayed),
+        ("current-jobs-buried", buried),
+    ]
+    pairs += [("cmd-" + name, count) for name, count in info.cmd_counts.items()]
+    pairs += [
+        ("job-timeouts", engine.job_timeouts),
+        ("total-jobs", engine.total_jobs),
+        ("max-job-size", info.max_job_size),
+        ("current-tubes", len(engine.tubes)),
+        ("current-connections", info.current_connections),
+        ("current-producers", engine.producers),
+        ("current-workers", engine.workers),
+        ("current-waiting", engine.waiting_count),
+        ("total-connections", info.total_connections),
+        ("pid", info.pid),
+        ("version", yaml_quote(info.version)),
+        ("rusage-utime", _seconds(usage.ru_utime)),
+        ("rusage-stime", _seconds(usage.ru_stime)),
+        ("uptime", int(now - info.started)),
+        ("binlog-oldest-index", info.binlog_oldest),
+        ("binlog-current-index", info.binlog_current),
+        ("binlog-records-migrated", info.binlog_migrated),
+        ("binlog-records-written", info.binlog_written),
+        ("binlog-max-size", info.segment_size),
+        ("draining", "true" if engine.draining else "false"),
+        ("id", info.instance_id),
+        ("hostname", yaml_quote(info.hostname)),
+        ("os", yaml_quote(info.os)),
+        ("platform", yaml_quote(info.platform)),
+    ]
+    return pairs
+
+
+def tube_stats(tube, now: float) -> list:
+    paused = tube.is_paused(now)
+    return [
+        ("name", yaml_quote(tube.name)),
+        ("current-jobs-urgent", tube.urgent_count),
+        ("current-jobs-ready", tube.ready_count),
+        ("current-jobs-reserved", tube.reserved_count),
+        ("current-jobs-delayed", tube.delayed_count),
+        ("current-jobs-buried", len(tube.buried)),
+        ("total-jobs", tube.total_jobs),
+        ("current-using", tube.using),
+        ("current-watching", tube.watching),
+        ("current-waiting", len(tube.waiting)),
+        ("cmd-delete", tube.cmd_delete),
+        ("cmd-pause-tube", tube.cmd_pause),
+        ("pause", tube.pause if paused else 0),
+        ("pause-time-left", int(tube.unpause_at - now) if paused else 0),
+    ]
+
+
+def job_stats(job, now: float, wall: float, file_index: int = 0) -> list:
+    timed = job.state == RESERVED or job.state == DELAYED
+    return [
+        ("id", job.id),
+        ("tube", yaml_quote(job.tube.name)),
+        ("state", STATE_NAMES[job.state]),
+        ("pri", job.pri),
+        ("age", int(wall - job.created)),
+        ("delay", job.delay),
+        ("ttr", job.ttr),
+        ("time-left", int(job.deadline - now) if timed else 0),
+        ("file", file_index),
+        ("reserves", job.reserves),
+        ("timeouts", job.timeouts),
+        ("releases", job.releases),
+        ("buries", job.buries),
+        ("kicks", job.kicks),
+    ]

@@ -1,0 +1,133 @@
+"""A tube: its ready heap, delayed heap, buried FIFO, waiting sessions and pause.
+
+The heaps use lazy deletion: a job leaving a heap other than by a pop leaves a stale
+entry behind, recognised later because the job's state or key no longer matches.
+Counts are kept separately, so stale entries never show in stats, and a heap is
+rebuilt when stale entries outnumber live ones. Imports: `job`, `swapset`, stdlib.
+"""
+
+import heapq
+
+from qserver.job import BURIED, DELAYED, ID_MASK, PRI_SHIFT, READY, URGENT_PRI
+from qserver.swapset import SwapSet
+
+
+class Tube:
+    __slots__ = (
+        "name", "jobs", "ready", "ready_count", "urgent_count", "delayed",
+        "delayed_count", "buried", "reserved_count", "waiting", "using", "watching",
+        "total_jobs", "cmd_delete", "cmd_pause", "pause", "unpause_at",
+    )
+
+    def __init__(self, name: str, jobs: dict):
+        self.name = name
+        self.jobs = jobs              # the engine's id -> job index
+        self.ready = []               # heap of (pri << 64 | id)
+        self.ready_count = 0
+        self.urgent_count = 0
+        self.delayed = []             # heap of (deadline, id)
+        self.delayed_count = 0
+        self.buried = {}              # id -> job, oldest first
+        self.reserved_count = 0
+        self.waiting = SwapSet()      # sessions blocked in reserve watching this tube
+        self.using = 0
+        self.watching = 0
+        self.total_jobs = 0
+        self.cmd_delete = 0
+        self.cmd_pause = 0
+        self.pause = 0                # seconds of the current pause, 0 when none
+        self.unpause_at = 0.0
+
+    # -- lifetime ---------------------------------------------------------------
+
+    def is_unused(self) -> bool:
+        """No jobs and no connection refers to it: it may be dropped."""
+        return not (self.using or self.watching or self.ready_count or self.delayed_count
+                    or self.buried or self.reserved_count)
+
+    def is_paused(self, now: float) -> bool:
+        return self.pause > 0 and now < self.unpause_at
+
+    # -- ready ------------------------------------------------------------------
+
+    def push_ready(self, job) -> None:
+        job.state = READY
+        heapq.heappush(self.ready, (job.pri << PRI_SHIFT) | job.id)
+        self.ready_count += 1
+        if job.pri < URGENT_PRI:
+            self.urgent_count += 1
+
+    def peek_ready(self):
+        """The ready job with the smallest (pri, id), or None."""
+        heap = self.ready
+        jobs = self.jobs
+        while heap:
+            key = heap[0]
+            job = jobs.get(key & ID_MASK)
+            if job is not None and job.state == READY and job.tube is self \
+                    and job.pri == key >> PRI_SHIFT:
+                return job
+            heapq.heappop(heap)
+        return None
+
+    def forget_ready(self, job) -> None:
+        """Account for a ready job leaving; its heap entry goes stale."""
+        self.ready_count -= 1
+        if job.pri < URGENT_PRI:
+            self.urgent_count -= 1
+        if len(self.ready) > 2 * self.ready_count + 64:
+            self.ready = self._live_keys(self.ready, job)
+            heapq.heapify(self.ready)
+
+    def _live_keys(self, heap, leaving):
+        jobs = self.jobs
+        live = set()
+        for key in heap:
+            job = jobs.get(key & ID_MASK)
+            if job is not None and job is not leaving and job.state == READY \
+                    and job.tube is self and job.pri == key >> PRI_SHIFT:
+                live.add(key)
+        return list(live)
+
+    # -- delayed ----------------------------------------------------------------
+
+    def push_delayed(self, job, due: float) -> None:
+        job.state = DELAYED
+        job.deadline = due
+        heapq.heappush(self.delayed, (due, job.id))
+        self.delayed_count += 1
+
+    def peek_delayed(self):
+        """The delayed job due soonest (ties by id), or None."""
+        heap = self.delayed
+        jobs = self.jobs
+        while heap:
+            due, job_id = heap[0]
+            job = jobs.get(job_id)
+            if job is not None and job.state == DELAYED and job.tube is self \
+                    and job.deadline == due:
+                return job
+            heapq.heappop(heap)
+        return None
+
+    def forget_delayed(self, job) -> None:
+        self.delayed_count -= 1
+        if len(self.delayed) > 2 * self.delayed_count + 64:
+            jobs = self.jobs
+            self.delayed = list({
+                (due, i) for due, i in self.delayed
+                if (j := jobs.get(i)) is not None and j is not job
+                and j.state == DELAYED and j.tube is self and j.deadline == due})
+            heapq.heapify(self.delayed)
+
+    # -- buried -----------------------------------------------------------------
+
+    def push_buried(self, job) -> None:
+        job.state = BURIED
+        self.buried[job.id] = job
+
+    def peek_buried(self):
+        """The oldest buried job, or None."""
+        for job in self.buried.values():
+            return job
+        return None

@@ -1,0 +1,249 @@
+"""The wire format: framing of command lines and put bodies, argument parsing, replies.
+
+Sans-I/O: `Framer` is fed bytes and hands back complete lines and bodies; "need more
+bytes" is a return value (None), never an exception. Argument parsers raise the
+`errors` classes. The YAML emitter for the stats replies lives here too.
+Imports: `errors`, stdlib.
+"""
+
+import re
+
+from qserver.errors import BadFormat
+
+# A command line may be at most 224 bytes including its CRLF (protocol.md, "Lines").
+LINE_LIMIT = 224
+MAX_TUBE_NAME = 200
+U32_MAX = 0xFFFFFFFF
+U64_MAX = 0xFFFFFFFFFFFFFFFF
+INT_MAX = 0x7FFFFFFF
+
+CRLF = b"\r\n"
+
+# Framer.next() results that are not data.
+OVERLONG = object()    # an over-long line was skipped: answer BAD_FORMAT
+DISCARDED = object()   # an oversized put body was thrown away: answer JOB_TOO_BIG
+
+_LINE, _SKIP_LINE, _BODY, _DISCARD = range(4)
+
+
+class Framer:
+    """Cuts a byte stream into command lines and put bodies.
+
+    Line ends are found the way beanstalkd finds them, so that the same stream gives
+    the same commands: only the first CR inside a 224-byte window counts, and a
+    window without a usable CRLF is thrown away whole (protocol.md, "Lines").
+    """
+
+    __slots__ = ("buf", "pos", "mode", "remaining")
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.pos = 0
+        self.mode = _LINE
+        self.remaining = 0
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+
+    def buffered(self) -> int:
+        """Bytes received but not yet handed out."""
+        return len(self.buf) - self.pos
+
+    def expect_body(self, size: int) -> None:
+        """The next item is a put body of `size` bytes plus its two trailer bytes."""
+        self.mode = _BODY
+        self.remaining = size + 2
+
+    def discard_body(self, size: int) -> None:
+        """Throw away `size` + 2 bytes as they arrive, then yield DISCARDED."""
+        self.mode = _DISCARD
+        self.remaining = size + 2
+
+    def next(self):
+        """The next complete item (line without CRLF, body with its trailer,
+        OVERLONG or DISCARDED), or None when more bytes are needed."""
+        mode = self.mode
+        if mode == _BODY:
+            return self._next_body()
+        if mode == _DISCARD:
+            return self._next_discard()
+        return self._next_line()
+
+    def _next_line(self):
+        buf = self.buf
+        while True:
+            pos = self.pos
+            avail = len(buf) - pos
+            window = avail if avail < LINE_LIMIT else LINE_LIMIT
+            if window >= 2:
+                cr = buf.find(b"\r", pos, pos + window - 1)
+                if cr >= 0 and buf[cr + 1] == 10:
+                    self.pos = cr + 2
+                    if self.mode == _SKIP_LINE:
+                        self.mode = _LINE
+                        return OVERLONG
+                    return bytes(buf[pos:cr])
+            if avail < LINE_LIMIT:
+                self._compact()
+                return None
+            # A full window without a line end: drop it and skip to the next CRLF.
+            self.pos = pos + LINE_LIMIT
+            self.mode = _SKIP_LINE
+
+    def _next_body(self):
+        pos = self.pos
+        end = pos + self.remaining
+        if len(self.buf) < end:
+            self._compact()
+            return None
+        body = bytes(self.buf[pos:end])
+        self.pos = end
+        self.mode = _LINE
+        return body
+
+    def _next_discard(self):
+        avail = len(self.buf) - self.pos
+        if avail < self.remaining:
+            self.remaining -= avail
+            self.buf.clear()
+            self.pos = 0
+            return None
+        self.pos += self.remaining
+        self.mode = _LINE
+        return DISCARDED
+
+    def _compact(self) -> None:
+        if self.pos:
+            del self.buf[:self.pos]
+            self.pos = 0
+
+
+# ---------------------------------------------------------------------------
+# Argument parsing (protocol.md, "Numbers" and "Tube names").
+
+_NAME_CHARS = rb"A-Za-z0-9\-+/;.$_()"
+_TUBE_NAME = re.compile(rb"(?!-)[" + _NAME_CHARS + rb"]{1,200}")
+_ONE = re.compile(rb" *(\d++)")
+_TWO = re.compile(rb" *(\d++) *(\d++)")
+_THREE = re.compile(rb" *(\d++) *(\d++) *(\d++)")
+_PUT = re.compile(rb" *(\d++) *(\d++) *(\d++) *(\d++)(.*)", re.DOTALL)
+_KICK = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(\d+)")
+_PAUSE = re.compile(rb" *([" + _NAME_CHARS + rb"]++) *(\d++)")
+
+
+def _u32(digits: bytes) -> int:
+    value = int(digits)
+    if value > U32_MAX:
+        raise BadFormat
+    return value
+
+
+def _u64(digits: bytes) -> int:
+    value = int(digits)
+    if value > U64_MAX:
+        raise BadFormat
+    return value
+
+
+def parse_id(rest: bytes) -> int:
+    """A lone u64 job id, nothing after it."""
+    m = _ONE.fullmatch(rest)
+    if m is None:
+        raise BadFormat
+    return _u64(m[1])
+
+
+def parse_id_pri(rest: bytes) -> tuple[int, int]:
+    """`<id> <pri>` for bury."""
+    m = _TWO.fullmatch(rest)
+    if m is None:
+        raise BadFormat
+    return _u64(m[1]), _u32(m[2])
+
+
+def parse_id_pri_delay(rest: bytes) -> tuple[int, int, int]:
+    """`<id> <pri> <delay>` for release."""
+    m = _THREE.fullmatch(rest)
+    if m is None:
+        raise BadFormat
+    return _u64(m[1]), _u32(m[2]), _u32(m[3])
+
+
+def parse_put(rest: bytes) -> tuple[int, int, int, int, bool]:
+    """`<pri> <delay> <ttr> <bytes>`; the flag says whether the line ends cleanly.
+
+    Trailing garbage is reported rather than raised because beanstalkd checks the
+    size limit first (protocol.md, "put").
+    """
+    m = _PUT.match(rest)
+    if m is None:
+        raise BadFormat
+    return _u32(m[1]), _u32(m[2]), _u32(m[3]), _u32(m[4]), not m[5]
+
+
+def parse_timeout(rest: bytes) -> int:
+    """reserve-with-timeout's seconds: trailing text is ignored, as in beanstalkd 1.13."""
+    m = _ONE.match(rest)
+    if m is None:
+        raise BadFormat
+    value = int(m[1])
+    if value > INT_MAX:
+        raise BadFormat
+    return value
+
+
+def parse_kick_bound(rest: bytes) -> int:
+    """kick's bound, read like C's strtoul and cut to 32 bits (protocol.md, "kick")."""
+    m = _KICK.match(rest)
+    if m is None:
+        raise BadFormat
+    value = int(m[2])
+    if value > U64_MAX:
+        raise BadFormat
+    if m[1] == b"-":
+        value = -value % (U64_MAX + 1)
+    return value & U32_MAX
+
+
+def parse_tube(rest: bytes) -> bytes:
+    """A tube name that must be the whole rest of the line."""
+    if _TUBE_NAME.fullmatch(rest) is None:
+        raise BadFormat
+    return rest
+
+
+def parse_pause(rest: bytes) -> tuple[bytes, int]:
+    """`<tube> <seconds>` for pause-tube, which reads its name leniently."""
+    m = _PAUSE.fullmatch(rest)
+    if m is None:
+        raise BadFormat
+    return m[1], _u32(m[2])
+
+
+# ---------------------------------------------------------------------------
+# Replies.
+
+def job_reply(word: bytes, job_id: int, body: bytes) -> bytes:
+    """`WORD <id> <bytes>\\r\\n<body>\\r\\n`; the stored body carries its CRLF."""
+    return b"%s %d %d\r\n%s" % (word, job_id, len(body) - 2, body)
+
+
+def yaml_reply(text: str) -> bytes:
+    """Frame a YAML document as `OK <n>\\r\\n<yaml>\\r\\n` (n excludes the last CRLF)."""
+    data = text.encode()
+    return b"OK %d\r\n%s\r\n" % (len(data), data)
+
+
+def yaml_quote(value: str) -> str:
+    """A double-quoted YAML scalar (beanstalkd 1.13 quotes its string values)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def yaml_mapping(pairs) -> bytes:
+    """A stats reply from (key, already-formatted value) pairs, in order."""
+    return yaml_reply("---\n" + "".join(f"{k}: {v}\n" for k, v in pairs))
+
+
+def yaml_list(names) -> bytes:
+    """A list-tubes style reply; names are plain tube names, never quoted."""
+    return yaml_reply("---\n" + "".join(f"- {name}\n" for name in names))

@@ -1,0 +1,213 @@
+"""Shared fixtures: real server processes on free ports, and a small raw-socket client.
+
+`qserver` starts `python -m qserver` on 127.0.0.1; `beanstalkd` starts the reference
+server (installed by .ci/run). Every wait here is bounded.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+STARTUP_TIMEOUT = 10.0
+READ_TIMEOUT = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = STARTUP_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"server did not listen on {port} within {timeout}s")
+
+
+class ServerProcess:
+    """A server subprocess listening on 127.0.0.1:port (or a unix socket)."""
+
+    def __init__(self, argv, port=None, unix_path=None):
+        self.argv = argv
+        self.port = port
+        self.unix_path = unix_path
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        if unix_path:
+            self._wait_for_unix()
+        else:
+            wait_for_port(port, self.proc)
+
+    def _wait_for_unix(self):
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if os.path.exists(self.unix_path):
+                try:
+                    s = socket.socket(socket.AF_UNIX)
+                    s.connect(self.unix_path)
+                    s.close()
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        raise RuntimeError("unix socket did not appear")
+
+    def client(self) -> "Client":
+        if self.unix_path:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(self.unix_path)
+            return Client(s)
+        return Client(socket.create_connection(("127.0.0.1", self.port)))
+
+    def signal(self, signum) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+def qserver_argv(*extra) -> list:
+    return [sys.executable, "-m", "qserver", *extra]
+
+
+def start_qserver(*extra) -> ServerProcess:
+    port = free_port()
+    return ServerProcess(qserver_argv("-l", "127.0.0.1", "-p", str(port), *extra), port)
+
+
+def beanstalkd_path() -> str:
+    path = shutil.which("beanstalkd") or (
+        "/usr/bin/beanstalkd" if os.path.exists("/usr/bin/beanstalkd") else None)
+    if path is None:
+        pytest.fail("beanstalkd is not installed (apt-get install -y beanstalkd)")
+    return path
+
+
+def start_beanstalkd(*extra) -> ServerProcess:
+    port = free_port()
+    return ServerProcess([beanstalkd_path(), "-l", "127.0.0.1", "-p", str(port), *extra],
+                         port)
+
+
+class Client:
+    """A blocking raw-protocol client with bounded reads, for exact-bytes tests."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.sock.settimeout(READ_TIMEOUT)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed")
+        self.buf += chunk
+
+    def read_line(self) -> bytes:
+        """One reply line including its CRLF."""
+        while b"\r\n" not in self.buf:
+            self._fill()
+        i = self.buf.index(b"\r\n") + 2
+        line, self.buf = self.buf[:i], self.buf[i:]
+        return line
+
+    def read_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_reply(self) -> bytes:
+        """A whole reply: the line, plus the body for FOUND/RESERVED/OK replies."""
+        line = self.read_line()
+        parts = line.split()
+        if parts and parts[0] in (b"FOUND", b"RESERVED") and len(parts) == 3:
+            return line + self.read_exact(int(parts[2]) + 2)
+        if parts and parts[0] == b"OK" and len(parts) == 2:
+            return line + self.read_exact(int(parts[1]) + 2)
+        return line
+
+    def cmd(self, data: bytes) -> bytes:
+        """Send one command (CRLF added if missing) and return its whole reply."""
+        if not data.endswith(b"\r\n"):
+            data += b"\r\n"
+        self.send(data)
+        return self.read_reply()
+
+    def yaml(self, data: bytes) -> dict:
+        """Send a stats-style command and parse the YAML mapping into a dict."""
+        reply = self.cmd(data)
+        assert reply.startswith(b"OK "), reply
+        body = reply.split(b"\r\n", 1)[1][:-2].decode()
+        out = {}
+        for line in body.splitlines()[1:]:
+            key, _, value = line.partition(": ")
+            out[key] = value.strip('"')
+        return out
+
+    def expect_closed(self, timeout: float = READ_TIMEOUT) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except (ConnectionResetError, socket.timeout):
+            return False
+
+    def nothing_within(self, seconds: float) -> bool:
+        """True if no byte arrives within `seconds`."""
+        self.sock.settimeout(seconds)
+        try:
+            data = self.sock.recv(1)
+        except socket.timeout:
+            return True
+        finally:
+            self.sock.settimeout(READ_TIMEOUT)
+        self.buf += data
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def qserver():
+    server = start_qserver()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def beanstalkd():
+    server = start_beanstalkd()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(qserver):
+    c = qserver.client()
+    yield c
+    c.close()
