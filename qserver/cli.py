@@ -17,6 +17,8 @@ from qserver.config import (DEFAULT_ADDRESS, DEFAULT_FSYNC_MS, DEFAULT_MAX_JOB_S
 EXIT_USAGE = 5          # beanstalkd's status for bad flags
 EXIT_SOCKET = 111       # beanstalkd's status when it cannot listen
 EXIT_USER = 32          # beanstalkd's status when -u fails
+EXIT_LOG_DIR = 10       # beanstalkd's status when the log directory cannot be locked
+EXIT_REPLAY = 1
 
 DESCRIPTION = """\
 qserver: a work-queue server speaking the beanstalkd protocol.
@@ -78,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                    default=DEFAULT_MAX_JOB_SIZE,
                    help=f"largest job body accepted (default {DEFAULT_MAX_JOB_SIZE}, "
                         f"at most {MAX_JOB_SIZE_LIMIT})")
+    p.add_argument("--salvage-log", action="store_true",
+                   help="start even if the log is corrupt in the middle, skipping "
+                        "and reporting the damaged records")
     p.add_argument("-u", "--user", metavar="USER",
                    help="become USER after binding the listener")
     p.add_argument("-V", "--verbose", action="count", default=0,
@@ -115,7 +120,7 @@ def parse_config(argv) -> Config:
     return Config(address=args.listen, port=args.port, max_job_size=max_job_size,
                   binlog_dir=args.binlog_dir, fsync_ms=args.fsync_ms,
                   segment_size=args.binlog_size, user=args.user,
-                  verbosity=args.verbose)
+                  verbosity=args.verbose, salvage_log=args.salvage_log)
 
 
 def open_listener(config: Config) -> socket.socket:
@@ -183,8 +188,16 @@ def main(argv=None) -> int:
     log.info("listening on %s", _describe(listener))
     import asyncio
     from qserver import server
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
-        return runner.run(server.run(config, [listener]))
+    from qserver.journal import CorruptLog, LogDirError
+    try:
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            return runner.run(server.run(config, [listener], config.salvage_log))
+    except LogDirError as error:
+        log.error("%s", error)
+        return EXIT_LOG_DIR
+    except CorruptLog as error:
+        log.error("cannot replay the log: %s", error)
+        return EXIT_REPLAY
 
 
 def _describe(sock: socket.socket) -> str:

@@ -24,6 +24,7 @@ class Config:
     segment_size: int = DEFAULT_SEGMENT_SIZE
     user: str | None = None
     verbosity: int = 0
+    salvage_log: bool = False
 
     @property
     def unix_path(self) -> str | None:

@@ -18,17 +18,33 @@ from qserver.job import BURIED, DELAYED, READY, RESERVED, Job
 from qserver.swapset import SwapSet
 from qserver.tube import Tube
 
+class NoLog:
+    """The log hooks when there is no log (`-b` not given): they do nothing."""
+
+    oldest_index = current_index = migrated = written = 0
+    holds_replies = False
+
+    def put(self, job): pass
+    def reserve_update(self): pass
+    def update(self, job): pass
+    def delete(self, job): pass
+
+
 # DEADLINE_SOON is answered this long before a reserved job's TTR runs out.
 SAFETY_MARGIN = 1.0
 DEFAULT_TUBE = "default"
 
 
 class Engine:
-    def __init__(self):
+    def __init__(self, log=None):
+        # The append-only log: every change of persisted state is handed to it
+        # before the reply (journal.Journal), or to NoLog without -b.
+        self.log = log if log is not None else NoLog()
         self.jobs = {}                  # id -> Job
         self.tubes = {}                 # name -> Tube
         self.tube_order = SwapSet()     # list-tubes order, as beanstalkd keeps it
         self.next_id = 1
+        self.next_bury_seq = 1
         self.draining = False
         self.job_timeouts = 0
         self.total_jobs = 0
@@ -145,11 +161,15 @@ class Engine:
     def put(self, tube: Tube, job_id: int, pri: int, delay: int, ttr: int,
             body: bytes, now: float, created: float) -> Job:
         job = Job(job_id, tube, pri, delay, ttr, body, created)
+        if delay:
+            job.state = DELAYED
+            job.deadline = now + delay
+        self.log.put(job)           # may refuse with OUT_OF_MEMORY: nothing changed yet
         self.jobs[job_id] = job
         tube.total_jobs += 1
         self.total_jobs += 1
         if delay:
-            self._delay(job, now + delay)
+            self._delay(job, job.deadline)
         else:
             tube.push_ready(job)
             if self._tubes_with_waiters:
@@ -182,8 +202,14 @@ class Engine:
         job = self.jobs.get(job_id)
         if job is None or job.state == RESERVED:
             raise NotFound
+        # Taking a job out of buried or delayed is logged (it comes back ready).
+        logged = job.state != READY
+        if logged:
+            self.log.reserve_update()
         self._unlist(job)
         self._reserve(session, job, now)
+        if logged:
+            self.log.update(job)
         return job
 
     def _best_ready(self, tubes, now: float):
@@ -261,6 +287,7 @@ class Engine:
         job = self.jobs.get(job_id)
         if job is None or (job.state == RESERVED and job.holder is not session):
             raise NotFound
+        self.log.delete(job)
         self._unlist(job)
         del self.jobs[job_id]
         tube = job.tube
@@ -269,6 +296,7 @@ class Engine:
 
     def release(self, session, job_id: int, pri: int, delay: int, now: float) -> None:
         job = self._held(session, job_id)
+        self.log.reserve_update()
         self._unhold(job)
         job.pri = pri
         job.delay = delay
@@ -277,14 +305,20 @@ class Engine:
             self._delay(job, now + delay)
         else:
             job.tube.push_ready(job)
+        self.log.update(job)
+        if not delay:
             self._process_queue(now)
 
     def bury(self, session, job_id: int, pri: int) -> None:
         job = self._held(session, job_id)
+        self.log.reserve_update()
         self._unhold(job)
         job.pri = pri
         job.buries += 1
+        job.bury_seq = self.next_bury_seq
+        self.next_bury_seq += 1
         job.tube.push_buried(job)
+        self.log.update(job)
 
     def touch(self, session, job_id: int, now: float) -> None:
         job = self._held(session, job_id)
@@ -312,9 +346,11 @@ class Engine:
         self._kick(job, now)
 
     def _kick(self, job: Job, now: float) -> None:
+        self.log.reserve_update()
         self._unlist(job)
         job.kicks += 1
         job.tube.push_ready(job)
+        self.log.update(job)
         self._process_queue(now)
 
     def pause_tube(self, name: str, seconds: int, now: float) -> None:
@@ -327,6 +363,36 @@ class Engine:
         else:
             # A zero pause un-pauses at once and wakes whoever waits on the tube.
             self._process_queue(now)
+
+    # -- restart ----------------------------------------------------------------
+
+    def restore(self, images, next_id: int, now: float, wall: float) -> None:
+        """Load jobs read back from the log. Reserved jobs come back ready (no
+        connection survives a restart), a delayed job keeps its wall-clock due time,
+        buried jobs keep their order, and no counter is bumped."""
+        buried = []
+        for image in images:
+            tube = self._tube(image.tube)
+            job = Job(image.id, tube, image.pri, image.delay, image.ttr, image.body,
+                      image.created)
+            job.reserves, job.timeouts, job.releases = \
+                image.reserves, image.timeouts, image.releases
+            job.buries, job.kicks = image.buries, image.kicks
+            job.file, job.bury_seq = image.file, image.bury_seq
+            self.jobs[job.id] = job
+            if image.state == BURIED:
+                buried.append(job)
+            elif image.state == DELAYED and image.due > wall:
+                self._delay(job, now + (image.due - wall))
+            else:
+                tube.push_ready(job)
+        buried.sort(key=lambda job: job.bury_seq)
+        for job in buried:
+            job.tube.push_buried(job)
+        self.next_id = max(self.next_id, next_id)
+        self.next_bury_seq = max([self.next_bury_seq] + [j.bury_seq + 1 for j in buried])
+        for tube in list(self.tubes.values()):
+            self._release_tube(tube)
 
     # -- lookups ----------------------------------------------------------------
 

@@ -17,7 +17,8 @@ class Job:
 
     __slots__ = (
         "id", "tube", "pri", "delay", "ttr", "body", "state", "deadline", "created",
-        "holder", "reserves", "timeouts", "releases", "buries", "kicks",
+        "holder", "reserves", "timeouts", "releases", "buries", "kicks", "file",
+        "bury_seq",
     )
 
     def __init__(self, job_id, tube, pri, delay, ttr, body, created):
@@ -36,6 +37,8 @@ class Job:
         self.releases = 0
         self.buries = 0
         self.kicks = 0
+        self.file = 0            # log segment holding its latest full record
+        self.bury_seq = 0        # orders buried jobs across a restart
 
     @property
     def ready_key(self) -> int:

@@ -8,6 +8,7 @@ Imports: everything above it.
 """
 
 import asyncio
+import collections
 import logging
 import math
 import signal
@@ -34,7 +35,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "commands", "engine", "framer", "session", "transport",
         "pending_put", "closing", "half_closed", "write_paused", "read_paused",
-        "resume_scheduled",
+        "resume_scheduled", "held", "close_when_sent",
     )
 
     def __init__(self, server):
@@ -50,6 +51,8 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.read_paused = False
         self.resume_scheduled = False
+        self.held = collections.deque()   # replies waiting for an fsync (-f 0)
+        self.close_when_sent = False
 
     # -- asyncio callbacks ------------------------------------------------------
 
@@ -71,7 +74,7 @@ class Connection(asyncio.Protocol):
         self._run()
         if not self.closing:
             self.closing = True
-            self.transport.close()
+            self._close()
         self.server.after_batch()
         return True
 
@@ -98,6 +101,8 @@ class Connection(asyncio.Protocol):
         framer = self.framer
         session = self.session
         execute = self.commands.execute
+        log = self.engine.log
+        records_before = log.written
         out = []
         while not self.write_paused:
             if session.waiting:
@@ -121,11 +126,35 @@ class Connection(asyncio.Protocol):
             if self.closing:
                 break
         if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._send(out[0] if len(out) == 1 else b"".join(out),
+                       log.written != records_before)
         if self.closing:
-            self.transport.close()
+            self._close()
         else:
             self._limit_reading()
+
+    def _send(self, data: bytes, logged: bool) -> None:
+        """Write replies, unless they acknowledge changes not yet fsynced (-f 0) or
+        must queue behind replies that do."""
+        if self.held or (logged and self.engine.log.holds_replies):
+            self.held.append(data)
+            self.engine.log.when_synced(self._release_one)
+        else:
+            self.transport.write(data)
+
+    def _release_one(self) -> None:
+        """An fsync covers the oldest held reply: send it."""
+        data = self.held.popleft()
+        if not self.transport.is_closing():
+            self.transport.write(data)
+        if self.close_when_sent and not self.held:
+            self.transport.close()
+
+    def _close(self) -> None:
+        if self.held:
+            self.close_when_sent = True
+        else:
+            self.transport.close()
 
     def _limit_reading(self):
         """Pause reading while input piles up that cannot be processed yet."""
@@ -140,9 +169,9 @@ class Connection(asyncio.Protocol):
     def _wake(self, outcome):
         """The engine answers this connection's parked reserve."""
         if outcome.__class__ is type:
-            self.transport.write(outcome.reply)
+            self._send(outcome.reply, False)
         else:
-            self.transport.write(job_reply(b"RESERVED", outcome.id, outcome.body))
+            self._send(job_reply(b"RESERVED", outcome.id, outcome.body), False)
         if (self.framer.buffered() or self.read_paused) and not self.resume_scheduled:
             self.resume_scheduled = True
             asyncio.get_running_loop().call_soon(self._resume)
@@ -156,10 +185,11 @@ class Connection(asyncio.Protocol):
 class Server:
     """Owns the engine, the listeners, the connections and the one timer."""
 
-    def __init__(self, config, loop):
+    def __init__(self, config, loop, journal=None):
         self.config = config
         self.loop = loop
-        self.engine = Engine()
+        self.journal = journal
+        self.engine = Engine(log=journal)
         self.info = ServerInfo(__version__, config.max_job_size, config.segment_size,
                                time.monotonic())
         self.commands = Commands(self.engine, self.info, config.max_job_size)
@@ -226,16 +256,63 @@ class Server:
         log.info("shutting down")
         for listener in self.listeners:
             listener.close()
+        if self.journal is not None:
+            self.journal.flush_and_close()     # also sends replies held for fsync
         for conn in list(self.connections):
             conn.transport.close()
         if not self.stopped.done():
             self.stopped.set_result(None)
 
 
-async def run(config, sockets) -> int:
-    """Serve on the given listening sockets until SIGTERM or SIGINT."""
-    server = Server(config, asyncio.get_running_loop())
+class LoopScheduler:
+    """What the journal may ask of the event loop."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.clock = time.monotonic
+
+    def call_soon(self, callback) -> None:
+        self.loop.call_soon(callback)
+
+    def call_later(self, delay: float, callback) -> None:
+        self.loop.call_later(delay, callback)
+
+    def run_in_thread(self, work, done) -> None:
+        """Run `work()` in a worker thread, then `done(error or None)` on the loop."""
+        future = self.loop.run_in_executor(None, work)
+        future.add_done_callback(lambda f: done(f.exception()))
+
+
+def open_journal(config, loop, salvage: bool):
+    """Lock the log directory and read it back; returns (journal, recovery)."""
+    from qserver.journal import Journal
+    journal = Journal(config.binlog_dir, config.segment_size, config.fsync_ms,
+                      LoopScheduler(loop))
+    return journal, journal.recover(salvage)
+
+
+async def run(config, sockets, salvage: bool = False) -> int:
+    """Replay the log if there is one, then serve until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    journal = recovery = None
+    if config.binlog_dir:
+        journal, recovery = open_journal(config, loop, salvage)
+    server = Server(config, loop, journal)
+    if journal is not None:
+        server.engine.restore(recovery.images.values(), recovery.next_id,
+                              time.monotonic(), time.time())
+        journal.start(server.engine)
+        _log_recovery(config, recovery, server.engine)
     await server.serve(sockets)
     log.info("ready")
     await server.stopped
     return 0
+
+
+def _log_recovery(config, recovery, engine) -> None:
+    for warning in recovery.warnings:
+        log.warning("%s", warning)
+    for dropped in recovery.dropped:
+        log.error("salvage: %s", dropped)
+    log.info("log %s: %d records replayed, %d jobs, next id %d", config.binlog_dir,
+             recovery.records, len(engine.jobs), engine.next_id)

@@ -34,11 +34,6 @@ class ServerInfo:
         self.current_connections = 0
         self.total_connections = 0
         self.cmd_counts = dict.fromkeys(CMD_COUNTERS, 0)
-        # Filled in by the journal when there is one.
-        self.binlog_oldest = 0
-        self.binlog_current = 0
-        self.binlog_migrated = 0
-        self.binlog_written = 0
 
 
 def _seconds(value: float) -> str:
@@ -84,10 +79,10 @@ def server_stats(engine, info: ServerInfo, now: float) -> list:
         ("rusage-utime", _seconds(usage.ru_utime)),
         ("rusage-stime", _seconds(usage.ru_stime)),
         ("uptime", int(now - info.started)),
-        ("binlog-oldest-index", info.binlog_oldest),
-        ("binlog-current-index", info.binlog_current),
-        ("binlog-records-migrated", info.binlog_migrated),
-        ("binlog-records-written", info.binlog_written),
+        ("binlog-oldest-index", engine.log.oldest_index),
+        ("binlog-current-index", engine.log.current_index),
+        ("binlog-records-migrated", engine.log.migrated),
+        ("binlog-records-written", engine.log.written),
         ("binlog-max-size", info.segment_size),
         ("draining", "true" if engine.draining else "false"),
         ("id", info.instance_id),
@@ -118,7 +113,7 @@ def tube_stats(tube, now: float) -> list:
     ]
 
 
-def job_stats(job, now: float, wall: float, file_index: int = 0) -> list:
+def job_stats(job, now: float, wall: float) -> list:
     timed = job.state == RESERVED or job.state == DELAYED
     return [
         ("id", job.id),
@@ -129,7 +124,7 @@ def job_stats(job, now: float, wall: float, file_index: int = 0) -> list:
         ("delay", job.delay),
         ("ttr", job.ttr),
         ("time-left", int(job.deadline - now) if timed else 0),
-        ("file", file_index),
+        ("file", job.file),
         ("reserves", job.reserves),
         ("timeouts", job.timeouts),
         ("releases", job.releases),

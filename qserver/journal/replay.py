@@ -1,0 +1,144 @@
+"""Reading the log back at startup.
+
+Every record is verified (length and crc32) before it is applied, so a record is
+never half-applied. A bad record at the very end of the newest segment is a torn
+write from a crash: it is cut off with a warning. A bad record anywhere else stops
+startup with an error naming the file and offset, unless salvage was asked for; then
+the bad bytes are skipped up to the next valid record and reported exactly.
+Imports: `journal.records`, `journal.segments`, stdlib.
+"""
+
+import struct
+import zlib
+
+from qserver.journal.records import (DELETE, JOB, MAGIC, RECORD_HEADER, SEGMENT_HEADER,
+                                     STATE, VERSION, decode)
+from qserver.journal.segments import segment_path
+
+_HEADER = RECORD_HEADER.size
+_KINDS = (JOB, STATE, DELETE)
+
+
+class CorruptLog(Exception):
+    """The log is damaged somewhere other than a torn tail."""
+
+
+class Recovery:
+    """What replay found: the jobs, the next id, segment sizes and what went wrong."""
+
+    def __init__(self):
+        self.images = {}        # id -> JobImage
+        self.next_id = 1
+        self.sizes = {}         # segment index -> bytes of valid data
+        self.records = 0
+        self.warnings = []      # torn tails cut off, gaps in numbering
+        self.dropped = []       # byte ranges skipped under salvage
+
+
+def replay(directory: str, indexes: list, salvage: bool = False) -> Recovery:
+    result = Recovery()
+    previous = None
+    for index in indexes:
+        if previous is not None and index != previous + 1:
+            result.warnings.append(f"segments {previous + 1}..{index - 1} are missing")
+        previous = index
+        _replay_segment(directory, index, index == indexes[-1], salvage, result)
+    return result
+
+
+def _replay_segment(directory, index, newest, salvage, result) -> None:
+    path = segment_path(directory, index)
+    with open(path, "rb") as f:
+        data = f.read()
+    if not _check_header(path, data, newest, result):
+        result.sizes[index] = 0
+        return
+    view = memoryview(data)
+    pos = SEGMENT_HEADER.size
+    size = len(data)
+    while pos < size:
+        if pos + _HEADER <= size:
+            length, crc = RECORD_HEADER.unpack_from(data, pos)
+            if length == 0 and crc == 0 and _all_zero(data, pos):
+                break                   # the preallocated, never written tail
+            if _valid(data, view, pos, length, crc) \
+                    and _apply(view[pos + _HEADER:pos + _HEADER + length], index, result):
+                pos += _HEADER + length
+                continue
+        elif _all_zero(data, pos):
+            break
+        following = _bad_record(path, data, view, pos, newest, salvage, result)
+        if following is None:
+            break
+        pos = following
+    result.sizes[index] = pos
+
+
+def _check_header(path, data, newest, result) -> bool:
+    """Validate the segment header; False for an empty newest segment."""
+    if len(data) < SEGMENT_HEADER.size or not any(data[:SEGMENT_HEADER.size]):
+        if newest:
+            # Created but never written when the process died.
+            result.warnings.append(f"{path}: empty segment ignored")
+            return False
+        raise CorruptLog(f"{path}: missing segment header at offset 0")
+    magic, version, next_id = SEGMENT_HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptLog(f"{path}: not a qserver log segment (bad magic at offset 0)")
+    if version != VERSION:
+        raise CorruptLog(f"{path}: unsupported log format version {version}")
+    result.next_id = max(result.next_id, next_id)
+    return True
+
+
+def _valid(data, view, pos, length, crc) -> bool:
+    end = pos + _HEADER + length
+    return 0 < length and end <= len(data) and data[pos + _HEADER] in _KINDS \
+        and zlib.crc32(view[pos + _HEADER:end]) == crc
+
+
+def _apply(payload, index, result) -> bool:
+    try:
+        job_id = decode(payload, index, result.images)
+    except (ValueError, struct.error):      # UnicodeDecodeError is a ValueError
+        return False
+    result.records += 1
+    if job_id >= result.next_id:
+        result.next_id = job_id + 1
+    return True
+
+
+def _all_zero(data, pos) -> bool:
+    return data.count(0, pos) == len(data) - pos
+
+
+def _next_valid(data, view, start: int, stop: int):
+    """The offset of the next verifiable record in [start, stop), or None."""
+    for q in range(start, max(start, stop - _HEADER)):
+        length, crc = RECORD_HEADER.unpack_from(data, q)
+        if _valid(data, view, q, length, crc):
+            return q
+    return None
+
+
+def _bad_record(path, data, view, pos, newest, salvage, result):
+    """Handle a record that fails verification at `pos`: returns the offset to go on
+    from, or None when nothing usable follows in this segment."""
+    last = len(data.rstrip(b"\0"))
+    following = _next_valid(data, view, pos + 1, last)
+    if following is None and newest:
+        result.warnings.append(
+            f"{path}: torn record at offset {pos} cut off ({last - pos} bytes)")
+        _truncate(path, pos)
+        return None
+    if not salvage:
+        raise CorruptLog(f"{path}: corrupt record at offset {pos}; start with "
+                         f"--salvage-log to skip damaged records")
+    stop = following if following is not None else last
+    result.dropped.append(f"{path}: dropped bytes {pos}..{stop} ({stop - pos} bytes)")
+    return following
+
+
+def _truncate(path, size) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
