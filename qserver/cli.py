@@ -54,7 +54,8 @@ class _FsyncAction(argparse.Action):
     """-f MS and -F share one setting; the last one given wins (beanstalkd's order)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, "fsync_ms", None if values is None else values)
+        never = option_string in ("-F", "--no-fsync")
+        setattr(namespace, "fsync_ms", None if never else values)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -263,6 +263,7 @@ class Commands:
     def pause_tube(self, client, rest):
         name, seconds = wire.parse_pause(rest)
         self.counts["pause-tube"] += 1
+        wire.parse_tube(name)       # checked after counting, as beanstalkd does
         self.engine.pause_tube(name.decode(), seconds, self.clock())
         return b"PAUSED\r\n"
 

@@ -414,8 +414,9 @@ class Engine:
         """Do everything due at or before `now`, in beanstalkd's order."""
         self._mature_delays(now)
         self._end_pauses(now)
-        self._expire_ttrs(now)
+        # A waiting client hears DEADLINE_SOON before its job can time out.
         self._answer_waits(now)
+        self._expire_ttrs(now)
         self.earliest = self.next_wakeup()
         self.timer_dirty = False
 
@@ -528,5 +529,5 @@ class Engine:
             keep = [e for e in heap if e[2].waiting and e[2].wait_seq == e[3]]
         else:
             keep = [e for e in heap if e[2].unpause_at == e[0] and e[2].name in self.tubes]
-        heap[:] = keep
+        heap[:] = set(keep)         # identical entries (same instant) collapse
         heapq.heapify(heap)

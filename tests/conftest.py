@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -44,8 +45,11 @@ class ServerProcess:
         self.argv = argv
         self.port = port
         self.unix_path = unix_path
+        # stderr goes to a file, not a pipe: a pipe nobody drains would block a
+        # server that logs a lot.
+        self.stderr_file = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=self.stderr_file)
         if unix_path:
             self._wait_for_unix()
         else:
@@ -75,6 +79,11 @@ class ServerProcess:
     def signal(self, signum) -> None:
         self.proc.send_signal(signum)
 
+    def stderr_text(self) -> str:
+        """Everything the server wrote to stderr so far."""
+        self.stderr_file.seek(0)
+        return self.stderr_file.read().decode(errors="replace")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -83,8 +92,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if self.proc.stderr:
-            self.proc.stderr.close()
+
 
 
 def qserver_argv(*extra) -> list:

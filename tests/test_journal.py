@@ -142,8 +142,14 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path, mode):
 
 
 def _dir_bytes(path) -> int:
-    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
-               if f.startswith("qlog."))
+    total = 0
+    for name in os.listdir(path):
+        if name.startswith("qlog."):
+            try:
+                total += os.path.getsize(os.path.join(path, name))
+            except FileNotFoundError:
+                pass                # removed by compaction while we looked
+    return total
 
 
 def test_one_buried_job_does_not_pin_the_log(tmp_path):
@@ -171,7 +177,7 @@ def test_one_buried_job_does_not_pin_the_log(tmp_path):
         # within a handful of segments (two plus the sweep, each preallocated)
         # although eighty segments worth was written.
         assert written > 50 * segment
-        assert largest <= 8 * segment, (largest, written)
+        assert largest <= 6 * segment, (largest, written)
         stats = c.yaml(b"stats")
         assert int(stats["binlog-records-migrated"]) >= 1
         assert int(stats["binlog-oldest-index"]) > 1
@@ -235,7 +241,7 @@ def _stop(server) -> str:
     """Stop a server started by _serve and return what it wrote to stderr."""
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(5)
-    return server.proc.stderr.read().decode()
+    return server.stderr_text()
 
 
 def _corrupt_first_record(directory) -> tuple:

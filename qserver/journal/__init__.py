@@ -279,7 +279,9 @@ class Journal:
         except OSError:
             return                  # no space to compact into; try again later
         self.sweep = (self.current_index, list(self.engine.jobs), 0)
-        self.scheduler.call_soon(self._sweep_slice)
+        log.debug("compaction started: log %d bytes, live %d bytes", self.total_bytes(),
+                  self.live_bytes)
+        self._sweep_slice()
 
     def _sweep_slice(self) -> None:
         """Rewrite older jobs into the current segment for at most one slice of time."""
