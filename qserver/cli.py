@@ -6,6 +6,7 @@ Imports: `config`, `logs`, stdlib; `server` only after the listener is bound.
 
 import argparse
 import os
+import signal
 import socket
 import stat
 import sys
@@ -172,9 +173,19 @@ def _new_loop():
         return asyncio.new_event_loop()
 
 
+def _catch_early_signals() -> list:
+    """Remember signals that arrive after the listener exists but before the event
+    loop handles them, instead of dying of SIGUSR1's default action."""
+    early = []
+    for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: early.append(signum))
+    return early
+
+
 def main(argv=None) -> int:
     config = parse_config(sys.argv[1:] if argv is None else argv)
     log = logs.setup(config.verbosity)
+    early_signals = _catch_early_signals()
     try:
         listener = open_listener(config)
     except OSError as error:
@@ -192,7 +203,7 @@ def main(argv=None) -> int:
     from qserver.journal import CorruptLog, LogDirError
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
-            return runner.run(server.run(config, [listener], config.salvage_log))
+            return runner.run(server.run(config, [listener], early_signals))
     except LogDirError as error:
         log.error("%s", error)
         return EXIT_LOG_DIR

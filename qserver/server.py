@@ -198,12 +198,14 @@ class Server:
         self.timer = None
         self.stopped = loop.create_future()
 
-    async def serve(self, sockets) -> None:
+    async def serve(self, sockets, early_signals=()) -> None:
         for sock in sockets:
             server = await self.loop.create_server(lambda: Connection(self), sock=sock,
                                                    backlog=1024)
             self.listeners.append(server)
         self._install_signals()
+        for signum in early_signals:
+            self._on_signal(signum)
 
     # -- connections ------------------------------------------------------------
 
@@ -241,10 +243,14 @@ class Server:
     # -- signals and shutdown ---------------------------------------------------
 
     def _install_signals(self) -> None:
-        loop = self.loop
-        loop.add_signal_handler(signal.SIGUSR1, self.drain)
-        loop.add_signal_handler(signal.SIGTERM, self.shutdown)
-        loop.add_signal_handler(signal.SIGINT, self.shutdown)
+        for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum) -> None:
+        if signum == signal.SIGUSR1:
+            self.drain()
+        else:
+            self.shutdown()
 
     def drain(self) -> None:
         """SIGUSR1: refuse new jobs from now on; everything else carries on."""
@@ -291,19 +297,19 @@ def open_journal(config, loop, salvage: bool):
     return journal, journal.recover(salvage)
 
 
-async def run(config, sockets, salvage: bool = False) -> int:
+async def run(config, sockets, early_signals=()) -> int:
     """Replay the log if there is one, then serve until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     journal = recovery = None
     if config.binlog_dir:
-        journal, recovery = open_journal(config, loop, salvage)
+        journal, recovery = open_journal(config, loop, config.salvage_log)
     server = Server(config, loop, journal)
     if journal is not None:
         server.engine.restore(recovery.images.values(), recovery.next_id,
                               time.monotonic(), time.time())
         journal.start(server.engine)
         _log_recovery(config, recovery, server.engine)
-    await server.serve(sockets)
+    await server.serve(sockets, early_signals)
     log.info("ready")
     await server.stopped
     return 0
