@@ -63,9 +63,10 @@ class Connection(asyncio.Protocol):
         self.server.connection_opened(self)
 
     def data_received(self, data):
-        self.framer.feed(data)
+        self.framer.buf += data
         self._run()
-        self.server.after_batch()
+        if self.engine.timer_dirty:
+            self.server.after_batch()
 
     def eof_received(self):
         # The client shut down its sending side: finish what it sent, answer a
@@ -100,7 +101,7 @@ class Connection(asyncio.Protocol):
             return
         framer = self.framer
         session = self.session
-        execute = self.commands.execute
+        commands = self.commands
         log = self.engine.log
         records_before = log.written
         out = []
@@ -114,9 +115,9 @@ class Connection(asyncio.Protocol):
             if item is None:
                 break
             if self.pending_put is not None:
-                reply = self.commands.finish_put(self, item)
+                reply = commands.finish_put(self, item)
             elif item.__class__ is bytes:
-                reply = execute(self, item)
+                reply = commands.execute(self, item)
             elif item is OVERLONG:
                 reply = BadFormat.reply
             else:
@@ -130,7 +131,7 @@ class Connection(asyncio.Protocol):
                        log.written != records_before)
         if self.closing:
             self._close()
-        else:
+        elif self.read_paused or session.waiting or self.write_paused:
             self._limit_reading()
 
     def _send(self, data: bytes, logged: bool) -> None:

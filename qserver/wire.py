@@ -34,13 +34,18 @@ class Framer:
     window without a usable CRLF is thrown away whole (protocol.md, "Lines").
     """
 
-    __slots__ = ("buf", "pos", "mode", "remaining")
+    __slots__ = ("buf", "pos", "mode", "remaining", "next")
 
     def __init__(self):
         self.buf = bytearray()
         self.pos = 0
         self.mode = _LINE
         self.remaining = 0
+        # `next()` gives the next complete item (a line without its CRLF, a body
+        # with its two trailer bytes, OVERLONG or DISCARDED) or None when more bytes
+        # are needed. It is bound to the reader for the current mode, which saves a
+        # dispatch per item on the hot path.
+        self.next = self._next_line
 
     def feed(self, data: bytes) -> None:
         self.buf += data
@@ -53,21 +58,17 @@ class Framer:
         """The next item is a put body of `size` bytes plus its two trailer bytes."""
         self.mode = _BODY
         self.remaining = size + 2
+        self.next = self._next_body
 
     def discard_body(self, size: int) -> None:
         """Throw away `size` + 2 bytes as they arrive, then yield DISCARDED."""
         self.mode = _DISCARD
         self.remaining = size + 2
+        self.next = self._next_discard
 
-    def next(self):
-        """The next complete item (line without CRLF, body with its trailer,
-        OVERLONG or DISCARDED), or None when more bytes are needed."""
-        mode = self.mode
-        if mode == _BODY:
-            return self._next_body()
-        if mode == _DISCARD:
-            return self._next_discard()
-        return self._next_line()
+    def _expect_line(self) -> None:
+        self.mode = _LINE
+        self.next = self._next_line
 
     def _next_line(self):
         buf = self.buf
@@ -98,7 +99,7 @@ class Framer:
             return None
         body = bytes(self.buf[pos:end])
         self.pos = end
-        self.mode = _LINE
+        self._expect_line()
         return body
 
     def _next_discard(self):
@@ -109,12 +110,16 @@ class Framer:
             self.pos = 0
             return None
         self.pos += self.remaining
-        self.mode = _LINE
+        self._expect_line()
         return DISCARDED
 
     def _compact(self) -> None:
-        if self.pos:
-            del self.buf[:self.pos]
+        pos = self.pos
+        if pos:
+            if pos == len(self.buf):
+                self.buf.clear()
+            else:
+                del self.buf[:pos]
             self.pos = 0
 
 
@@ -178,7 +183,11 @@ def parse_put(rest: bytes) -> tuple[int, int, int, int, bool]:
     m = _PUT.match(rest)
     if m is None:
         raise BadFormat
-    return _u32(m[1]), _u32(m[2]), _u32(m[3]), _u32(m[4]), not m[5]
+    pri, delay, ttr, size, tail = m.groups()
+    pri, delay, ttr, size = int(pri), int(delay), int(ttr), int(size)
+    if pri > U32_MAX or delay > U32_MAX or ttr > U32_MAX or size > U32_MAX:
+        raise BadFormat
+    return pri, delay, ttr, size, not tail
 
 
 def parse_timeout(rest: bytes) -> int:
