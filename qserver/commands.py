@@ -30,6 +30,7 @@ class Commands:
         self.clock = clock
         self.wall = wall
         self.counts = info.cmd_counts
+        self._last_created = 0.0
         # Commands written `word <args>`: looked up by the word before the first space.
         self.with_args = {
             b"put": self.put, b"peek": self.peek,
@@ -112,13 +113,22 @@ class Commands:
             if self.engine.draining:
                 raise Draining
             self.engine.put(client.session.use, job_id, pri, delay, ttr, body,
-                            self.clock(), self.wall())
+                            self.clock(), self._creation_time())
             return b"INSERTED %d\r\n" % job_id
         except QueueError as error:
             return error.reply
         except Exception:
             log.exception("put failed")
             return InternalError.reply
+
+    def _creation_time(self) -> float:
+        """The wall clock for a new job's `age`, as one float object shared by all
+        jobs made within the same millisecond (24 bytes a job saved at scale)."""
+        now = self.wall()
+        if now - self._last_created < 0.001:
+            return self._last_created
+        self._last_created = now
+        return now
 
     # -- producer commands ------------------------------------------------------
 

@@ -1,9 +1,7 @@
-"""The server's settings: one frozen `Config` with beanstalkd's defaults.
+"""The server's settings: one read-only `Config` with beanstalkd's defaults.
 
 Imports: stdlib only.
 """
-
-from dataclasses import dataclass
 
 DEFAULT_PORT = 11300
 DEFAULT_MAX_JOB_SIZE = 65535          # (1 << 16) - 1, as beanstalkd
@@ -12,19 +10,48 @@ DEFAULT_SEGMENT_SIZE = 10 * 1024 * 1024
 DEFAULT_FSYNC_MS = 50
 # qserver listens on loopback unless told otherwise (protocol.md, "Differences").
 DEFAULT_ADDRESS = "127.0.0.1"
+# Mode of a `-l unix:PATH` socket: owner and group may connect, other local users
+# may not (connecting needs write permission). Grant access by group membership.
+DEFAULT_UNIX_MODE = 0o660
 
 
-@dataclass(frozen=True)
+_DEFAULTS = {
+    "address": DEFAULT_ADDRESS,
+    "port": DEFAULT_PORT,
+    "max_job_size": DEFAULT_MAX_JOB_SIZE,
+    "binlog_dir": None,
+    "fsync_ms": DEFAULT_FSYNC_MS,        # None: never fsync (-F)
+    "segment_size": DEFAULT_SEGMENT_SIZE,
+    "user": None,
+    "verbosity": 0,
+    "salvage_log": False,
+    "metrics": None,                     # (host, port) of --metrics, None: off
+    "max_connections": None,             # None: unlimited
+    "unix_mode": DEFAULT_UNIX_MODE,
+}
+# New settings go into _DEFAULTS above (Config is a plain class, not a dataclass).
+
+
 class Config:
-    address: str = DEFAULT_ADDRESS
-    port: int = DEFAULT_PORT
-    max_job_size: int = DEFAULT_MAX_JOB_SIZE
-    binlog_dir: str | None = None
-    fsync_ms: int | None = DEFAULT_FSYNC_MS   # None: never fsync (-F)
-    segment_size: int = DEFAULT_SEGMENT_SIZE
-    user: str | None = None
-    verbosity: int = 0
-    salvage_log: bool = False
+    """Settings, read-only once made. A plain class rather than a dataclass: the
+    dataclasses import costs milliseconds of startup, and a spawned server must
+    answer within 100 ms."""
+
+    __slots__ = tuple(_DEFAULTS)
+
+    def __init__(self, **settings):
+        unknown = settings.keys() - _DEFAULTS.keys()
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        for name, default in _DEFAULTS.items():
+            object.__setattr__(self, name, settings.get(name, default))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is read-only")
+
+    def __repr__(self):
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _DEFAULTS)
+        return f"Config({fields})"
 
     @property
     def unix_path(self) -> str | None:

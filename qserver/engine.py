@@ -14,7 +14,8 @@ import itertools
 import math
 
 from qserver.errors import DeadlineSoon, NotFound, NotIgnored, TimedOut
-from qserver.job import BURIED, DELAYED, READY, RESERVED, Job
+from qserver.job import (BURIED, DELAYED, ONE_BURY, ONE_KICK, ONE_RELEASE, ONE_RESERVE,
+                         ONE_TIMEOUT, READY, RESERVED, Job)
 from qserver.swapset import SwapSet
 from qserver.tube import Tube
 
@@ -228,7 +229,7 @@ class Engine:
     def _reserve(self, session, job: Job, now: float) -> None:
         job.state = RESERVED
         job.deadline = deadline = now + job.ttr
-        job.reserves += 1
+        job.counts += ONE_RESERVE
         job.holder = session
         job.tube.reserved_count += 1
         self.reserved_total += 1
@@ -300,7 +301,7 @@ class Engine:
         self._unhold(job)
         job.pri = pri
         job.delay = delay
-        job.releases += 1
+        job.counts += ONE_RELEASE
         if delay:
             self._delay(job, now + delay)
         else:
@@ -314,7 +315,7 @@ class Engine:
         self.log.reserve_update()
         self._unhold(job)
         job.pri = pri
-        job.buries += 1
+        job.counts += ONE_BURY
         job.bury_seq = self.next_bury_seq
         self.next_bury_seq += 1
         job.tube.push_buried(job)
@@ -348,7 +349,7 @@ class Engine:
     def _kick(self, job: Job, now: float) -> None:
         self.log.reserve_update()
         self._unlist(job)
-        job.kicks += 1
+        job.counts += ONE_KICK
         job.tube.push_ready(job)
         self.log.update(job)
         self._process_queue(now)
@@ -378,19 +379,20 @@ class Engine:
             job.reserves, job.timeouts, job.releases = \
                 image.reserves, image.timeouts, image.releases
             job.buries, job.kicks = image.buries, image.kicks
-            job.file, job.bury_seq = image.file, image.bury_seq
+            job.file = image.file
             self.jobs[job.id] = job
             if image.state == BURIED:
-                buried.append(job)
+                buried.append((image.bury_seq, job))
             elif image.state == DELAYED and image.due > wall:
                 self._delay(job, now + (image.due - wall))
             else:
                 tube.push_ready(job)
-        buried.sort(key=lambda job: job.bury_seq)
-        for job in buried:
+        buried.sort(key=lambda pair: pair[0])
+        for bury_seq, job in buried:
+            job.bury_seq = bury_seq
             job.tube.push_buried(job)
+            self.next_bury_seq = max(self.next_bury_seq, bury_seq + 1)
         self.next_id = max(self.next_id, next_id)
-        self.next_bury_seq = max([self.next_bury_seq] + [j.bury_seq + 1 for j in buried])
         for tube in list(self.tubes.values()):
             self._release_tube(tube)
 
@@ -454,7 +456,7 @@ class Engine:
             job = jobs.get(job_id)
             if job is not None and job.state == RESERVED and job.deadline == deadline:
                 self._unhold(job)
-                job.timeouts += 1
+                job.counts += ONE_TIMEOUT
                 self.job_timeouts += 1
                 job.tube.push_ready(job)
                 self._process_queue(now)

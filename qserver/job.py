@@ -1,4 +1,9 @@
-"""A job: its numbers, its body and its state. Imports: stdlib only."""
+"""A job: its numbers, its body and its state. Imports: stdlib only.
+
+A server may hold millions of jobs, so a job is kept small: twelve slots, the five
+per-job counters packed into one int (zero, a shared object, for a fresh job), and
+the `deadline` slot reused for the bury order while the job is buried.
+"""
 
 READY, RESERVED, DELAYED, BURIED = 1, 2, 3, 4
 STATE_NAMES = {READY: "ready", RESERVED: "reserved", DELAYED: "delayed", BURIED: "buried"}
@@ -7,18 +12,37 @@ URGENT_PRI = 1024            # ready jobs below this priority count as urgent
 PRI_SHIFT = 64               # ready-heap keys are (pri << 64) | id
 ID_MASK = (1 << 64) - 1
 
+_COUNTER_BITS = 32
+_COUNTER_MASK = (1 << _COUNTER_BITS) - 1
+# Adding one of these to `counts` bumps one counter.
+ONE_RESERVE, ONE_TIMEOUT, ONE_RELEASE, ONE_BURY, ONE_KICK = (
+    1 << (_COUNTER_BITS * i) for i in range(5))
+
+
+def _counter(index: int) -> property:
+    shift = _COUNTER_BITS * index
+
+    def get(job) -> int:
+        return (job.counts >> shift) & _COUNTER_MASK
+
+    def set(job, value: int) -> None:
+        job.counts = (job.counts & ~(_COUNTER_MASK << shift)) \
+            | ((value & _COUNTER_MASK) << shift)
+
+    return property(get, set)
+
 
 class Job:
     """One job. `body` keeps the trailing CRLF so a reply is header + body.
 
     `deadline` is on the monotonic clock: the due time while delayed, the TTR
-    deadline while reserved. `created` is wall-clock seconds, for `age`.
+    deadline while reserved; while buried it holds the bury order instead.
+    `created` is wall-clock seconds, for `age`.
     """
 
     __slots__ = (
         "id", "tube", "pri", "delay", "ttr", "body", "state", "deadline", "created",
-        "holder", "reserves", "timeouts", "releases", "buries", "kicks", "file",
-        "bury_seq",
+        "holder", "counts", "file",
     )
 
     def __init__(self, job_id, tube, pri, delay, ttr, body, created):
@@ -32,13 +56,23 @@ class Job:
         self.deadline = 0.0
         self.created = created
         self.holder = None       # the session that has it reserved
-        self.reserves = 0
-        self.timeouts = 0
-        self.releases = 0
-        self.buries = 0
-        self.kicks = 0
+        self.counts = 0          # reserves, timeouts, releases, buries, kicks (u32 each)
         self.file = 0            # log segment holding its latest full record
-        self.bury_seq = 0        # orders buried jobs across a restart
+
+    reserves = _counter(0)
+    timeouts = _counter(1)
+    releases = _counter(2)
+    buries = _counter(3)
+    kicks = _counter(4)
+
+    @property
+    def bury_seq(self) -> int:
+        """Orders buried jobs, also across a restart; 0 when not buried."""
+        return int(self.deadline) if self.state == BURIED else 0
+
+    @bury_seq.setter
+    def bury_seq(self, value: int) -> None:
+        self.deadline = value
 
     @property
     def ready_key(self) -> int:

@@ -19,6 +19,15 @@ STARTUP_TIMEOUT = 10.0
 READ_TIMEOUT = 5.0
 
 
+def pytest_configure(config):
+    """Compile qserver's bytecode once. Environments with PYTHONDONTWRITEBYTECODE set
+    would otherwise recompile every module at each server start, and the tests
+    start hundreds of servers (and time how fast they answer)."""
+    import compileall
+    import qserver
+    compileall.compile_dir(os.path.dirname(qserver.__file__), quiet=1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
