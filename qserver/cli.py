@@ -1,7 +1,9 @@
 """Command line: beanstalkd's flags (plus long aliases), then startup in the order
 that makes a spawned server answer fast: parse, bind, then import the rest.
 
-Imports: `config`, `logs`, stdlib; `server` only after the listener is bound.
+Under systemd socket activation the inherited sockets replace -l/-p; an optional
+--metrics listener is bound here too, so that both happen before -u drops privileges.
+Imports: `config`, `logs`, `systemd`, stdlib; `server` only after the listener is bound.
 """
 
 import argparse
@@ -11,9 +13,10 @@ import socket
 import stat
 import sys
 
-from qserver import __version__, logs
+from qserver import __version__, logs, systemd
 from qserver.config import (DEFAULT_ADDRESS, DEFAULT_FSYNC_MS, DEFAULT_MAX_JOB_SIZE,
-                            DEFAULT_PORT, DEFAULT_SEGMENT_SIZE, MAX_JOB_SIZE_LIMIT, Config)
+                            DEFAULT_PORT, DEFAULT_SEGMENT_SIZE, DEFAULT_UNIX_MODE,
+                            MAX_JOB_SIZE_LIMIT, Config)
 
 EXIT_USAGE = 5          # beanstalkd's status for bad flags
 EXIT_SOCKET = 111       # beanstalkd's status when it cannot listen
@@ -51,6 +54,27 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _host_port(text: str) -> tuple:
+    """`ADDR:PORT`, `[V6ADDR]:PORT` or `:PORT` (every interface) for --metrics."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid address (want ADDR:PORT): {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _mode(text: str) -> int:
+    """An octal permission mode such as 660, 0660 or 0o660."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"invalid mode: {text!r}")
+    return mode
+
+
 class _FsyncAction(argparse.Action):
     """-f MS and -F share one setting; the last one given wins (beanstalkd's order)."""
 
@@ -62,10 +86,12 @@ class _FsyncAction(argparse.Action):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qserver", description=DESCRIPTION, add_help=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-l", "--listen", metavar="ADDR", default=DEFAULT_ADDRESS,
+    # -l and -p default to None so that main() can tell they were given when
+    # systemd passes sockets and they are ignored.
+    p.add_argument("-l", "--listen", metavar="ADDR",
                    help=f"listen on ADDR, or unix:PATH for a unix socket "
                         f"(default {DEFAULT_ADDRESS})")
-    p.add_argument("-p", "--port", metavar="PORT", type=_port, default=DEFAULT_PORT,
+    p.add_argument("-p", "--port", metavar="PORT", type=_port,
                    help=f"TCP port (default {DEFAULT_PORT})")
     p.add_argument("-b", "--binlog-dir", metavar="DIR",
                    help="keep a write-ahead log in DIR and replay it at start")
@@ -82,9 +108,18 @@ def _parser() -> argparse.ArgumentParser:
                    default=DEFAULT_MAX_JOB_SIZE,
                    help=f"largest job body accepted (default {DEFAULT_MAX_JOB_SIZE}, "
                         f"at most {MAX_JOB_SIZE_LIMIT})")
+    p.add_argument("--max-connections", metavar="N", type=_size, default=0,
+                   help="serve at most N clients at once; further connections are "
+                        "accepted and closed at once (default 0: unlimited)")
+    p.add_argument("--unix-mode", metavar="MODE", type=_mode, default=DEFAULT_UNIX_MODE,
+                   help=f"permissions of a unix:PATH socket, in octal "
+                        f"(default {DEFAULT_UNIX_MODE:o}: owner and group)")
     p.add_argument("--salvage-log", action="store_true",
                    help="start even if the log is corrupt in the middle, skipping "
                         "and reporting the damaged records")
+    p.add_argument("--metrics", metavar="ADDR:PORT", type=_host_port,
+                   help="serve Prometheus metrics at /metrics and a health check at "
+                        "/health over HTTP on ADDR:PORT (default off)")
     p.add_argument("-u", "--user", metavar="USER",
                    help="become USER after binding the listener")
     p.add_argument("-V", "--verbose", action="count", default=0,
@@ -98,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_config(argv) -> Config:
     """Flags to a Config; prints and raises SystemExit for -h, -v and bad flags."""
+    return _parse(argv)[0]
+
+
+def _parse(argv) -> tuple:
+    """(Config, whether -l or -p was given)."""
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -119,10 +159,17 @@ def parse_config(argv) -> Config:
         print(f"qserver: -z {max_job_size} is over the limit; using {MAX_JOB_SIZE_LIMIT}",
               file=sys.stderr)
         max_job_size = MAX_JOB_SIZE_LIMIT
-    return Config(address=args.listen, port=args.port, max_job_size=max_job_size,
-                  binlog_dir=args.binlog_dir, fsync_ms=args.fsync_ms,
-                  segment_size=args.binlog_size, user=args.user,
-                  verbosity=args.verbose, salvage_log=args.salvage_log)
+    listen_given = args.listen is not None or args.port is not None
+    config = Config(address=DEFAULT_ADDRESS if args.listen is None else args.listen,
+                    port=DEFAULT_PORT if args.port is None else args.port,
+                    max_job_size=max_job_size,
+                    binlog_dir=args.binlog_dir, fsync_ms=args.fsync_ms,
+                    segment_size=args.binlog_size, user=args.user,
+                    verbosity=args.verbose, salvage_log=args.salvage_log,
+                    metrics=args.metrics,
+                    max_connections=args.max_connections or None,
+                    unix_mode=args.unix_mode)
+    return config, listen_given
 
 
 def open_listener(config: Config) -> socket.socket:
@@ -131,19 +178,52 @@ def open_listener(config: Config) -> socket.socket:
     if path is not None:
         _remove_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
+        # bind() creates the file with 0o777 & ~umask: set the umask so that it is
+        # born with --unix-mode (never wider), then chmod to be exact.
+        old_umask = os.umask(0o777 & ~config.unix_mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, config.unix_mode)
     else:
-        host = config.address or None
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and host is None:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(addr)
+        sock = _tcp_socket(config.address, config.port)
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def _tcp_socket(address: str, port: int) -> socket.socket:
+    """A bound TCP socket; '' means the first wildcard address the resolver gives."""
+    host = address or None
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and host is None:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(addr)
+    return sock
+
+
+def open_metrics_listener(config: Config) -> socket.socket | None:
+    """The --metrics socket, bound and listening (None when --metrics is off)."""
+    if config.metrics is None:
+        return None
+    sock = _tcp_socket(*config.metrics)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+def _listeners(config: Config, inherited: list, listen_given: bool, log) -> list:
+    """Sockets from systemd if it passed any, else the one -l/-p describe."""
+    if not inherited:
+        return [open_listener(config)]
+    if listen_given:
+        log.warning("-l/-p ignored: listening on the %d socket(s) passed by systemd",
+                    len(inherited))
+    return inherited
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -154,6 +234,29 @@ def _remove_stale_socket(path: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise OSError(f"{path} exists and is not a socket")
     os.unlink(path)
+
+
+def raise_open_files_limit(log) -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit: every client is a descriptor,
+    and the usual soft limit of 1024 is far below what the server can hold."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as error:
+        log.warning("cannot raise the open files limit from %d to %d: %s",
+                    soft, target, error)
+        return
+    log.info("open files limit raised from %d to %d", soft, target)
 
 
 def drop_privileges(user: str) -> None:
@@ -183,13 +286,24 @@ def _catch_early_signals() -> list:
 
 
 def main(argv=None) -> int:
-    config = parse_config(sys.argv[1:] if argv is None else argv)
+    config, listen_given = _parse(sys.argv[1:] if argv is None else argv)
     log = logs.setup(config.verbosity)
     early_signals = _catch_early_signals()
+    raise_open_files_limit(log)
     try:
-        listener = open_listener(config)
+        inherited = systemd.listen_sockets()
+    except OSError as error:
+        log.error("socket activation: %s", error)
+        return EXIT_SOCKET
+    try:
+        listeners = _listeners(config, inherited, listen_given, log)
     except OSError as error:
         log.error("cannot listen on %s port %s: %s", config.address, config.port, error)
+        return EXIT_SOCKET
+    try:
+        metrics_listener = open_metrics_listener(config)
+    except OSError as error:
+        log.error("cannot listen for --metrics on %s port %s: %s", *config.metrics, error)
         return EXIT_SOCKET
     if config.user:
         try:
@@ -197,13 +311,15 @@ def main(argv=None) -> int:
         except (KeyError, OSError) as error:
             log.error("cannot become user %s: %s", config.user, error)
             return EXIT_USER
-    log.info("listening on %s", _describe(listener))
+    for listener in listeners:
+        log.info("listening on %s", systemd.describe(listener))
     import asyncio
     from qserver import server
     from qserver.journal import CorruptLog, LogDirError
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
-            return runner.run(server.run(config, [listener], early_signals))
+            return runner.run(server.run(config, listeners, early_signals,
+                                         metrics_listener))
     except LogDirError as error:
         log.error("%s", error)
         return EXIT_LOG_DIR
@@ -211,9 +327,3 @@ def main(argv=None) -> int:
         log.error("cannot replay the log: %s", error)
         return EXIT_REPLAY
 
-
-def _describe(sock: socket.socket) -> str:
-    name = sock.getsockname()
-    if isinstance(name, str):
-        return f"unix:{name}"
-    return f"{name[0]}:{name[1]}"

@@ -367,31 +367,29 @@ class Engine:
 
     # -- restart ----------------------------------------------------------------
 
-    def restore(self, images, next_id: int, now: float, wall: float) -> None:
-        """Load jobs read back from the log. Reserved jobs come back ready (no
-        connection survives a restart), a delayed job keeps its wall-clock due time,
-        buried jobs keep their order, and no counter is bumped."""
+    def restore(self, jobs, next_id: int, now: float, wall: float) -> None:
+        """Load jobs read back from the log (see `journal.records.decode` for how
+        they arrive). Reserved jobs come back ready (no connection survives a
+        restart), a delayed job keeps its wall-clock due time, buried jobs keep their
+        order, and no counter is bumped."""
+        ready = {}
         buried = []
-        for image in images:
-            tube = self._tube(image.tube)
-            job = Job(image.id, tube, image.pri, image.delay, image.ttr, image.body,
-                      image.created)
-            job.reserves, job.timeouts, job.releases = \
-                image.reserves, image.timeouts, image.releases
-            job.buries, job.kicks = image.buries, image.kicks
-            job.file = image.file
+        for job in jobs:
+            tube = self._tube(job.tube)
+            job.tube = tube
             self.jobs[job.id] = job
-            if image.state == BURIED:
-                buried.append((image.bury_seq, job))
-            elif image.state == DELAYED and image.due > wall:
-                self._delay(job, now + (image.due - wall))
+            if job.state == BURIED:
+                buried.append(job)
+            elif job.state == DELAYED and job.deadline > wall:
+                self._delay(job, now + (job.deadline - wall))
             else:
-                tube.push_ready(job)
-        buried.sort(key=lambda pair: pair[0])
-        for bury_seq, job in buried:
-            job.bury_seq = bury_seq
+                ready.setdefault(tube, []).append(job)
+        for tube, tube_jobs in ready.items():
+            tube.restore_ready(tube_jobs)
+        buried.sort(key=lambda job: job.deadline)       # the bury order
+        for job in buried:
+            self.next_bury_seq = max(self.next_bury_seq, int(job.deadline) + 1)
             job.tube.push_buried(job)
-            self.next_bury_seq = max(self.next_bury_seq, bury_seq + 1)
         self.next_id = max(self.next_id, next_id)
         for tube in list(self.tubes.values()):
             self._release_tube(tube)

@@ -19,6 +19,14 @@ ONE_RESERVE, ONE_TIMEOUT, ONE_RELEASE, ONE_BURY, ONE_KICK = (
     1 << (_COUNTER_BITS * i) for i in range(5))
 
 
+def pack_counts(reserves, timeouts, releases, buries, kicks) -> int:
+    """The five per-job counters as one int (the layout of `Job.counts`)."""
+    counts = 0
+    for i, value in enumerate((reserves, timeouts, releases, buries, kicks)):
+        counts |= (value & _COUNTER_MASK) << (_COUNTER_BITS * i)
+    return counts
+
+
 def _counter(index: int) -> property:
     shift = _COUNTER_BITS * index
 

@@ -1,7 +1,7 @@
 """Logging to stderr: one line per event, more detail with each -V.
 
-Under systemd (`$JOURNAL_STREAM` set) lines carry sd-daemon priority prefixes
-instead of timestamps, since the journal adds its own. Imports: stdlib only.
+Under systemd (`$JOURNAL_STREAM` names our stderr) lines carry sd-daemon priority
+prefixes instead of timestamps, since the journal adds its own. Imports: stdlib only.
 """
 
 import logging
@@ -17,11 +17,25 @@ class _JournalFormatter(logging.Formatter):
         return f"<{_PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
 
 
+def _stderr_is_journal() -> bool:
+    """$JOURNAL_STREAM is `DEV:INODE` of the journal stream; it is inherited by
+    everything a service starts, so check that it is still our stderr (as
+    systemd.exec(5) advises) before dropping timestamps."""
+    dev, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (dev.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(inode))
+
+
 def setup(verbosity: int) -> logging.Logger:
     """Warnings by default; -V adds info, -VV debug."""
     level = logging.WARNING - 10 * min(verbosity, 2)
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    if _stderr_is_journal():
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter(

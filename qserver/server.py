@@ -9,12 +9,13 @@ Imports: everything above it.
 
 import asyncio
 import collections
+import gc
 import logging
 import math
 import signal
 import time
 
-from qserver import __version__
+from qserver import __version__, systemd
 from qserver.commands import Commands
 from qserver.engine import Engine
 from qserver.errors import BadFormat, JobTooBig, TimedOut
@@ -35,7 +36,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "commands", "engine", "framer", "session", "transport",
         "pending_put", "closing", "half_closed", "write_paused", "read_paused",
-        "resume_scheduled", "held", "close_when_sent",
+        "resume_scheduled", "held", "close_when_sent", "output_wait", "refused",
     )
 
     def __init__(self, server):
@@ -53,11 +54,19 @@ class Connection(asyncio.Protocol):
         self.resume_scheduled = False
         self.held = collections.deque()   # replies waiting for an fsync (-f 0)
         self.close_when_sent = False
+        self.output_wait = False    # stopped running commands until held replies go
+        self.refused = False        # over --max-connections: closed at once
 
     # -- asyncio callbacks ------------------------------------------------------
 
     def connection_made(self, transport):
         self.transport = transport
+        if not self.server.admit():
+            # Over --max-connections: accepted, then closed at once without a reply
+            # (the protocol has none for this), before anything is attached.
+            self.refused = self.closing = True
+            transport.close()
+            return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.engine.attach(self.session)
         self.server.connection_opened(self)
@@ -80,6 +89,8 @@ class Connection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc):
+        if self.refused:
+            return
         self.closing = True
         self.engine.detach(self.session, time.monotonic())
         self.server.connection_closed(self)
@@ -105,6 +116,7 @@ class Connection(asyncio.Protocol):
         log = self.engine.log
         records_before = log.written
         out = []
+        pending = 0
         while not self.write_paused:
             if session.waiting:
                 if not self.half_closed:
@@ -124,6 +136,18 @@ class Connection(asyncio.Protocol):
                 reply = JobTooBig.reply if item is DISCARDED else None
             if reply is not None:
                 out.append(reply)
+                pending += len(reply)
+                if pending > WRITE_HIGH_WATER:
+                    # Send big batches (pipelined peeks of large jobs) as they pile
+                    # up, so the transport's high-water mark pauses this loop
+                    # instead of `out` growing with everything the client sent.
+                    self._send(b"".join(out), log.written != records_before)
+                    out = []
+                    pending = 0
+                    records_before = log.written
+                    if self.held:       # waiting for an fsync (-f 0): go on later
+                        self.output_wait = True
+                        break
             if self.closing:
                 break
         if out:
@@ -131,7 +155,7 @@ class Connection(asyncio.Protocol):
                        log.written != records_before)
         if self.closing:
             self._close()
-        elif self.read_paused or session.waiting or self.write_paused:
+        elif self.read_paused or session.waiting or self.write_paused or self.output_wait:
             self._limit_reading()
 
     def _send(self, data: bytes, logged: bool) -> None:
@@ -150,6 +174,11 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
         if self.close_when_sent and not self.held:
             self.transport.close()
+        elif self.output_wait and not self.held:
+            self.output_wait = False
+            if not self.resume_scheduled:
+                self.resume_scheduled = True
+                asyncio.get_running_loop().call_soon(self._resume)
 
     def _close(self) -> None:
         if self.held:
@@ -159,7 +188,7 @@ class Connection(asyncio.Protocol):
 
     def _limit_reading(self):
         """Pause reading while input piles up that cannot be processed yet."""
-        stuck = self.session.waiting or self.write_paused
+        stuck = self.session.waiting or self.write_paused or self.output_wait
         if stuck and not self.read_paused and self.framer.buffered() > READ_HIGH_WATER:
             self.read_paused = True
             self.transport.pause_reading()
@@ -195,9 +224,14 @@ class Server:
                                time.monotonic())
         self.commands = Commands(self.engine, self.info, config.max_job_size)
         self.connections = set()
+        self.refusals_logged_at = -math.inf
         self.listeners = []
         self.timer = None
         self.stopped = loop.create_future()
+        self.shutting_down = False
+        self.watchdog = None            # the WATCHDOG=1 timer handle under systemd
+        self.metrics = None             # the --metrics asyncio server, when enabled
+        self.all_closed = loop.create_future()
 
     async def serve(self, sockets, early_signals=()) -> None:
         for sock in sockets:
@@ -210,6 +244,18 @@ class Server:
 
     # -- connections ------------------------------------------------------------
 
+    def admit(self) -> bool:
+        """Whether one more client fits under --max-connections."""
+        limit = self.config.max_connections
+        if limit is None or len(self.connections) < limit:
+            return True
+        now = time.monotonic()
+        if now >= self.refusals_logged_at + 10:     # at most one warning per 10 s
+            self.refusals_logged_at = now
+            log.warning("--max-connections %d reached: refusing new connections",
+                        limit)
+        return False
+
     def connection_opened(self, conn) -> None:
         self.connections.add(conn)
         self.info.current_connections += 1
@@ -218,6 +264,8 @@ class Server:
     def connection_closed(self, conn) -> None:
         self.connections.discard(conn)
         self.info.current_connections -= 1
+        if self.shutting_down and not self.connections and not self.all_closed.done():
+            self.all_closed.set_result(None)
 
     # -- the timer --------------------------------------------------------------
 
@@ -257,18 +305,50 @@ class Server:
         """SIGUSR1: refuse new jobs from now on; everything else carries on."""
         log.info("entering drain mode")
         self.engine.draining = True
+        systemd.notify("STATUS=" + self.status())
 
     def shutdown(self) -> None:
         """Stop accepting, close every connection, and let `run` return."""
+        if self.shutting_down:
+            return
         log.info("shutting down")
+        self.shutting_down = True
+        systemd.notify("STOPPING=1", "STATUS=shutting down")
         for listener in self.listeners:
             listener.close()
+        # Nothing may touch the engine or the log after it is closed: no timer, and
+        # no command from a connection whose resume is already scheduled.
+        for handle in (self.timer, self.watchdog):
+            if handle is not None:
+                handle.cancel()
+        self.timer = self.watchdog = None
+        for conn in self.connections:
+            conn.closing = True
         if self.journal is not None:
             self.journal.flush_and_close()     # also sends replies held for fsync
+        # Parked reserves and idle clients alike get their pending replies and then
+        # an orderly close (FIN); `run` waits, bounded, for the closes to finish.
         for conn in list(self.connections):
             conn.transport.close()
+        if not self.connections and not self.all_closed.done():
+            self.all_closed.set_result(None)
         if not self.stopped.done():
             self.stopped.set_result(None)
+
+    # -- systemd ----------------------------------------------------------------
+
+    def status(self) -> str:
+        """A one-line summary for systemd's STATUS= (shown by `systemctl status`)."""
+        text = (f"jobs {len(self.engine.jobs)}, tubes {len(self.engine.tubes)}, "
+                f"connections {self.info.current_connections}")
+        return text + ", draining" if self.engine.draining else text
+
+    def start_watchdog(self, interval: float) -> None:
+        """Ping WATCHDOG=1 from the loop itself, so a stuck loop stops the pings."""
+        def ping():
+            systemd.notify("WATCHDOG=1", "STATUS=" + self.status())
+            self.watchdog = self.loop.call_later(interval, ping)
+        ping()
 
 
 class LoopScheduler:
@@ -298,22 +378,76 @@ def open_journal(config, loop, salvage: bool):
     return journal, journal.recover(salvage)
 
 
-async def run(config, sockets, early_signals=()) -> int:
+async def run(config, sockets, early_signals=(), metrics_socket=None) -> int:
     """Replay the log if there is one, then serve until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     journal = recovery = None
     if config.binlog_dir:
+        gc.disable()            # during replay; _restore turns it back on
         journal, recovery = open_journal(config, loop, config.salvage_log)
     server = Server(config, loop, journal)
     if journal is not None:
-        server.engine.restore(recovery.images.values(), recovery.next_id,
-                              time.monotonic(), time.time())
-        journal.start(server.engine)
+        _restore(server.engine, journal, recovery)
         _log_recovery(config, recovery, server.engine)
+    else:
+        log.info("no log directory (-b): jobs are kept in memory only")
     await server.serve(sockets, early_signals)
+    if metrics_socket is not None:
+        await _start_metrics(server, metrics_socket)
     log.info("ready")
+    _announce_ready(server, sockets)
     await server.stopped
+    await _wait_closed(server)
     return 0
+
+
+async def _start_metrics(server, sock) -> None:
+    from qserver import metrics        # imported only when --metrics is given
+    server.metrics = await metrics.serve(server, sock)
+    log.info("metrics on http://%s/metrics", systemd.describe(sock))
+
+
+def _announce_ready(server, sockets) -> None:
+    """READY=1 once the listeners serve and the log is replayed; then the watchdog."""
+    if server.shutting_down:
+        return      # a signal caught during startup already began the shutdown
+    where = ", ".join(systemd.describe(sock) for sock in sockets)
+    systemd.notify("READY=1", f"STATUS=listening on {where}; {server.status()}")
+    interval = systemd.watchdog_interval()
+    if interval is not None:
+        server.start_watchdog(interval)
+
+
+# A client that stops reading must not hold up the exit for long.
+CLOSE_TIMEOUT = 1.0
+
+
+async def _wait_closed(server) -> None:
+    """Let closed connections flush and finish, then close the metrics listener."""
+    try:
+        await asyncio.wait_for(asyncio.shield(server.all_closed), CLOSE_TIMEOUT)
+    except asyncio.TimeoutError:
+        for conn in list(server.connections):
+            conn.transport.abort()
+    if server.metrics is not None:
+        server.metrics.close()
+
+
+def _restore(engine, journal, recovery) -> None:
+    """Load the replayed jobs and start logging after them.
+
+    The cyclic garbage collector is kept out of the way while a million objects are
+    made (replay and restore), then those long-lived objects are frozen out of its
+    future passes.
+    """
+    try:
+        engine.restore(recovery.jobs.values(), recovery.next_id, time.monotonic(),
+                       time.time())
+        recovery.jobs = None
+        journal.start(engine)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _log_recovery(config, recovery, engine) -> None:

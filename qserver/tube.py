@@ -57,6 +57,16 @@ class Tube:
         if job.pri < URGENT_PRI:
             self.urgent_count += 1
 
+    def restore_ready(self, jobs) -> None:
+        """Add many ready jobs at once (replay): one heapify instead of a push each."""
+        for job in jobs:
+            job.state = READY
+            self.ready.append((job.pri << PRI_SHIFT) | job.id)
+            self.ready_count += 1
+            if job.pri < URGENT_PRI:
+                self.urgent_count += 1
+        heapq.heapify(self.ready)
+
     def peek_ready(self):
         """The ready job with the smallest (pri, id), or None."""
         heap = self.ready

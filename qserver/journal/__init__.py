@@ -31,7 +31,7 @@ from qserver.job import DELAYED
 from qserver.journal import records
 from qserver.journal.replay import CorruptLog, Recovery, replay
 from qserver.journal.segments import (LogDirError, create_segment, list_segments,
-                                      lock_dir, remove_segment, sync_dir)
+                                      lock_dir, remove_segment, segment_path, sync_dir)
 
 __all__ = ["Journal", "CorruptLog", "LogDirError", "Recovery"]
 
@@ -63,6 +63,7 @@ class Journal:
         self.offset = 0
         self.capacity = 0
         self.sizes = {}             # older segment index -> used bytes
+        self.older_bytes = 0        # sum of self.sizes
         self.live_bytes = 0         # bytes of the latest JOB record of every live job
         self.written = 0            # records written (also stats binlog-records-written)
         self.synced = 0             # records covered by a completed fsync
@@ -82,8 +83,21 @@ class Journal:
         indexes = list_segments(self.directory)
         result = replay(self.directory, indexes, salvage) if indexes else Recovery()
         self.sizes = dict(result.sizes)
+        self.older_bytes = sum(self.sizes.values())
+        self._trim(self.sizes)
         self.current_index = indexes[-1] if indexes else 0
         return result
+
+    def _trim(self, sizes: dict) -> None:
+        """Cut segments read back to their data: a crash leaves the newest one
+        preallocated at full size, and it must not cost disk for ever."""
+        for index, used in list(sizes.items()):
+            path = segment_path(self.directory, index)
+            if used == 0:                   # created but never written: drop it
+                remove_segment(self.directory, index)
+                del sizes[index]
+            elif os.path.getsize(path) > used:
+                os.truncate(path, used)
 
     def start(self, engine) -> None:
         """Begin writing into a fresh segment after the newest one found."""
@@ -181,6 +195,7 @@ class Journal:
         self._open_segment(old_index + 1, capacity)
         os.ftruncate(old_fd, old_used)      # hand back the unused preallocation
         self.sizes[old_index] = old_used
+        self.older_bytes += old_used
         if self.mode == NEVER:
             os.close(old_fd)
         else:
@@ -266,11 +281,11 @@ class Journal:
     # -- compaction -------------------------------------------------------------
 
     def total_bytes(self) -> int:
-        return sum(self.sizes.values()) + self.offset
+        return self.older_bytes + self.offset
 
     def _maybe_compact(self) -> None:
-        if self.sweep is None and self.sizes and \
-                self.total_bytes() > 2 * self.live_bytes + 2 * self.segment_size:
+        if self.older_bytes + self.offset > 2 * (self.live_bytes + self.segment_size) \
+                and self.sweep is None and self.sizes:
             self._start_sweep()
 
     def _start_sweep(self) -> None:
@@ -287,7 +302,7 @@ class Journal:
         """Rewrite older jobs into the current segment for at most one slice of time."""
         boundary, ids, pos = self.sweep
         jobs = self.engine.jobs
-        clock = self.scheduler.clock
+        clock = time.perf_counter           # real time spent, whatever the loop's clock
         stop = clock() + SWEEP_SLICE_SECONDS
         try:
             while pos < len(ids):
@@ -311,10 +326,16 @@ class Journal:
             self.when_synced(lambda: self._finish_sweep(boundary))
 
     def _finish_sweep(self, boundary: int) -> None:
-        """Every live job now has its latest JOB record at or after `boundary`."""
-        for index in [i for i in self.sizes if i < boundary]:
+        """Every live job now has its latest JOB record at or after `boundary`: the
+        older segments go, one per loop turn (unlinking a big file takes time)."""
+        older = sorted(i for i in self.sizes if i < boundary)
+        if older:
+            index = older[0]
             remove_segment(self.directory, index)
-            del self.sizes[index]
+            self.older_bytes -= self.sizes.pop(index)
+        if len(older) > 1:
+            self.scheduler.call_soon(lambda: self._finish_sweep(boundary))
+            return
         if self.mode != NEVER:
             sync_dir(self.directory)
         self.sweep = None

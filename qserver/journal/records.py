@@ -17,6 +17,8 @@ Imports: `job`, stdlib.
 import struct
 import zlib
 
+from qserver.job import BURIED, DELAYED, READY, RESERVED, Job, pack_counts
+
 MAGIC = b"QSLOG"
 VERSION = 1
 SEGMENT_HEADER = struct.Struct("<5sBxxQ")        # magic, version, next id
@@ -49,12 +51,29 @@ def _framed(*parts) -> list:
 
 
 def job_record(job, due: float) -> list:
-    """A JOB record as a list of buffers (for os.writev, no copying of the body)."""
-    name = job.tube.name.encode()
+    """A JOB record as a list of buffers (for os.pwritev, no copying of the body)."""
+    name = _encoded_name(job.tube.name)
+    counts = job.counts
     fixed = JOB_FIXED.pack(JOB, job.id, job.pri, job.delay, job.ttr, job.state,
-                           job.created, due, job.reserves, job.timeouts, job.releases,
-                           job.buries, job.kicks, job.bury_seq, len(name), len(job.body))
-    return _framed(fixed, name, job.body)
+                           job.created, due, counts & _U32, (counts >> 32) & _U32,
+                           (counts >> 64) & _U32, (counts >> 96) & _U32,
+                           (counts >> 128) & _U32, job.bury_seq, len(name), len(job.body))
+    body = job.body
+    crc = zlib.crc32(body, zlib.crc32(name, zlib.crc32(fixed)))
+    return [RECORD_HEADER.pack(len(fixed) + len(name) + len(body), crc), fixed, name, body]
+
+
+_U32 = 0xFFFFFFFF
+_ENCODED_NAMES = {}
+
+
+def _encoded_name(name: str) -> bytes:
+    raw = _ENCODED_NAMES.get(name)
+    if raw is None:
+        raw = name.encode("ascii")
+        if len(_ENCODED_NAMES) < 65536:
+            _ENCODED_NAMES[name] = raw
+    return raw
 
 
 def job_record_size(job) -> int:
@@ -72,16 +91,14 @@ def delete_record(job_id: int) -> list:
     return _framed(DELETE_FIXED.pack(DELETE, job_id))
 
 
-class JobImage:
-    """A job as the log describes it, before it is loaded into an engine."""
+def decode(payload, file_index: int, jobs: dict) -> int:
+    """Apply one verified payload to `jobs` (id -> Job as the log describes it);
+    returns the job id.
 
-    __slots__ = ("id", "tube", "pri", "delay", "ttr", "state", "created", "due",
-                 "reserves", "timeouts", "releases", "buries", "kicks", "bury_seq",
-                 "body", "file")
-
-
-def decode(payload, file_index: int, images: dict) -> int:
-    """Apply one verified payload to `images` (id -> JobImage); returns the job id."""
+    Jobs come back with `tube` holding the tube's name, `state` the logged state,
+    and `deadline` the wall-clock due time of a delayed job or the bury order of a
+    buried one; `Engine.restore` turns them into live jobs.
+    """
     kind = payload[0]
     if kind == JOB:
         (_, job_id, pri, delay, ttr, state, created, due, reserves, timeouts, releases,
@@ -89,27 +106,43 @@ def decode(payload, file_index: int, images: dict) -> int:
         start = JOB_FIXED.size
         if start + name_len + body_len != len(payload):
             raise ValueError("JOB record lengths do not add up")
-        image = JobImage()
-        image.id, image.pri, image.delay, image.ttr, image.state = job_id, pri, delay, ttr, state
-        image.created, image.due, image.bury_seq = created, due, bury_seq
-        image.reserves, image.timeouts, image.releases = reserves, timeouts, releases
-        image.buries, image.kicks = buries, kicks
-        image.tube = bytes(payload[start:start + name_len]).decode()
-        image.body = bytes(payload[start + name_len:])
-        image.file = file_index
-        images[job_id] = image
+        name = _tube_name(payload[start:start + name_len])
+        job = Job(job_id, name, pri, delay, ttr, bytes(payload[start + name_len:]), created)
+        job.file = file_index
+        _set_state(job, state, due, bury_seq, reserves, timeouts, releases, buries, kicks)
+        jobs[job_id] = job
         return job_id
     if kind == STATE:
         (_, job_id, pri, delay, state, due, reserves, timeouts, releases, buries, kicks,
          bury_seq) = STATE_FIXED.unpack(payload)
-        image = images.get(job_id)
-        if image is not None:   # else its JOB record was compacted away: it is gone
-            image.pri, image.delay, image.state, image.due = pri, delay, state, due
-            image.reserves, image.timeouts, image.releases = reserves, timeouts, releases
-            image.buries, image.kicks, image.bury_seq = buries, kicks, bury_seq
+        job = jobs.get(job_id)
+        if job is not None:     # else its JOB record was compacted away: it is gone
+            job.pri, job.delay = pri, delay
+            _set_state(job, state, due, bury_seq, reserves, timeouts, releases, buries,
+                       kicks)
         return job_id
     if kind == DELETE:
         _, job_id = DELETE_FIXED.unpack(payload)
-        images.pop(job_id, None)
+        jobs.pop(job_id, None)
         return job_id
     raise ValueError(f"unknown record type {kind}")
+
+
+def _set_state(job, state, due, bury_seq, *counters) -> None:
+    if state not in (READY, RESERVED, DELAYED, BURIED):
+        raise ValueError(f"unknown job state {state}")
+    job.state = state
+    job.deadline = due if state == DELAYED else bury_seq if state == BURIED else 0.0
+    job.counts = pack_counts(*counters)
+
+
+_NAMES = {}
+
+
+def _tube_name(raw) -> str:
+    """Decode a tube name once per distinct name (millions of records share few)."""
+    raw = bytes(raw)
+    name = _NAMES.get(raw)
+    if name is None:
+        name = _NAMES[raw] = raw.decode("ascii")
+    return name

@@ -27,7 +27,7 @@ class Recovery:
     """What replay found: the jobs, the next id, segment sizes and what went wrong."""
 
     def __init__(self):
-        self.images = {}        # id -> JobImage
+        self.jobs = {}          # id -> Job as logged (see records.decode)
         self.next_id = 1
         self.sizes = {}         # segment index -> bytes of valid data
         self.records = 0
@@ -99,7 +99,7 @@ def _valid(data, view, pos, length, crc) -> bool:
 
 def _apply(payload, index, result) -> bool:
     try:
-        job_id = decode(payload, index, result.images)
+        job_id = decode(payload, index, result.jobs)
     except (ValueError, struct.error):      # UnicodeDecodeError is a ValueError
         return False
     result.records += 1

@@ -1,0 +1,236 @@
+"""The optional `--metrics ADDR:PORT` listener: Prometheus text format at /metrics and
+a health check at /health, over a minimal HTTP/1.1 (one request per connection).
+
+Imported only when --metrics is given, so neither startup nor the command path pay
+for it. A scrape reads what `stats` and `stats-tube` would report (qserver/stats.py)
+at that moment; nothing is counted on the command path for it.
+
+Names follow messagebird/beanstalkd_exporter, which turns each `stats` field into a
+metric by replacing '-' with '_' (`current_jobs_ready`, `cmd_put`, ...) and each
+`stats-tube` field into `tube_<field>{tube="NAME"}`, so its dashboards and alerts
+work unchanged. Metrics it has no counterpart for start with `qserver_`. Unlike the
+exporter (gauges only), monotonic fields are typed `counter`.
+
+/health answers 200 "ok", or 503 "draining" after SIGUSR1 (puts are refused, so a
+load balancer should send producers elsewhere) and 503 "stopping" during shutdown.
+Imports: `stats`, stdlib.
+"""
+
+import asyncio
+import logging
+import time
+
+from qserver.stats import server_stats, tube_stats
+
+log = logging.getLogger("qserver")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_REQUEST = 16 * 1024         # a request head longer than this is refused
+REQUEST_TIMEOUT = 10.0          # seconds a client may take to send its request
+
+# `stats` fields that are not numbers, or (pid) not worth a series; version and
+# hostname go into qserver_info's labels instead.
+SKIPPED = frozenset(("pid", "version", "id", "hostname", "os", "platform"))
+
+COUNTERS = frozenset((
+    "job-timeouts", "total-jobs", "total-connections", "rusage-utime", "rusage-stime",
+    "binlog-records-migrated", "binlog-records-written",
+))
+
+HELP = {
+    "current-jobs-urgent": "Ready jobs with priority < 1024",
+    "current-jobs-ready": "Jobs in the ready queue",
+    "current-jobs-reserved": "Jobs reserved by all clients",
+    "current-jobs-delayed": "Delayed jobs",
+    "current-jobs-buried": "Buried jobs",
+    "job-timeouts": "Times a job's time-to-run ran out",
+    "total-jobs": "Jobs created",
+    "max-job-size": "Largest job body accepted, in bytes",
+    "current-tubes": "Tubes that currently exist",
+    "current-connections": "Open connections",
+    "current-producers": "Open connections that have issued put",
+    "current-workers": "Open connections that have issued reserve",
+    "current-waiting": "Connections waiting in reserve",
+    "total-connections": "Connections accepted",
+    "rusage-utime": "User CPU time of the process, in seconds",
+    "rusage-stime": "System CPU time of the process, in seconds",
+    "uptime": "Seconds since the server started",
+    "binlog-oldest-index": "Index of the oldest log file",
+    "binlog-current-index": "Index of the log file being written",
+    "binlog-records-migrated": "Log records rewritten by compaction",
+    "binlog-records-written": "Log records written",
+    "binlog-max-size": "Size of each log file, in bytes",
+    "draining": "1 while in drain mode (SIGUSR1), else 0",
+}
+
+TUBE_COUNTERS = frozenset(("total-jobs", "cmd-delete", "cmd-pause-tube"))
+
+TUBE_HELP = {
+    "current-jobs-urgent": "Ready jobs with priority < 1024 in the tube",
+    "current-jobs-ready": "Ready jobs in the tube",
+    "current-jobs-reserved": "Reserved jobs in the tube",
+    "current-jobs-delayed": "Delayed jobs in the tube",
+    "current-jobs-buried": "Buried jobs in the tube",
+    "total-jobs": "Jobs created in the tube",
+    "current-using": "Connections using the tube",
+    "current-watching": "Connections watching the tube",
+    "current-waiting": "Connections waiting in reserve on the tube",
+    "cmd-delete": "delete commands for jobs of the tube",
+    "cmd-pause-tube": "pause-tube commands for the tube",
+    "pause": "Seconds of the current pause, 0 when not paused",
+    "pause-time-left": "Seconds until the pause ends",
+}
+
+
+async def serve(server, sock):
+    """Serve HTTP on the bound, listening `sock`; returns the asyncio server."""
+    return await server.loop.create_server(lambda: HttpConnection(server), sock=sock)
+
+
+# -- the text format ----------------------------------------------------------------
+
+def escape_label(value: str) -> str:
+    """A label value as the text format wants it: \\, \" and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _family(lines: list, name: str, kind: str, help_text: str, samples) -> None:
+    """One metric family: HELP, TYPE, then its samples ((labels, value) pairs)."""
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} {kind}")
+    for labels, value in samples:
+        lines.append(f"{name}{labels} {value}")
+
+
+def _number(value) -> str | None:
+    """A `stats` value as a sample value; None for strings that are not numbers."""
+    if value.__class__ is int:
+        return str(value)
+    if value in ("true", "false"):
+        return "1" if value == "true" else "0"
+    try:
+        float(value)
+    except ValueError:
+        return None
+    return value
+
+
+def _server_families(lines: list, server, now: float) -> None:
+    for key, value in server_stats(server.engine, server.info, now):
+        number = None if key in SKIPPED else _number(value)
+        if number is None:
+            continue
+        if key.startswith("cmd-"):
+            kind, help_text = "counter", f"{key[4:]} commands received"
+        else:
+            kind = "counter" if key in COUNTERS else "gauge"
+            help_text = HELP.get(key, f"stats field {key}")
+        _family(lines, key.replace("-", "_"), kind, help_text, [("", number)])
+
+
+def _tube_families(lines: list, server, now: float) -> None:
+    """Per-tube series, grouped by family as the format requires."""
+    rows = []
+    for tube in list(server.engine.tubes.values()):
+        label = '{tube="%s"}' % escape_label(tube.name)
+        rows.append((label, dict(tube_stats(tube, now)), tube.is_paused(now)))
+    for key, help_text in TUBE_HELP.items():
+        kind = "counter" if key in TUBE_COUNTERS else "gauge"
+        samples = [(label, str(stats[key])) for label, stats, _ in rows if key in stats]
+        _family(lines, "tube_" + key.replace("-", "_"), kind, help_text, samples)
+    _family(lines, "qserver_tube_paused", "gauge", "1 while the tube is paused, else 0",
+            [(label, "1" if paused else "0") for label, _, paused in rows])
+
+
+def render(server) -> str:
+    """The whole /metrics page."""
+    now = time.monotonic()
+    lines = []
+    info = server.info
+    _family(lines, "qserver_info", "gauge", "Constant 1, labelled with version and host",
+            [('{version="%s",hostname="%s"}' % (escape_label(info.version),
+                                                escape_label(info.hostname)), "1")])
+    _server_families(lines, server, now)
+    _tube_families(lines, server, now)
+    _family(lines, "qserver_shutting_down", "gauge", "1 once shutdown has begun",
+            [("", "1" if server.shutting_down else "0")])
+    lines.append("")
+    return "\n".join(lines)
+
+
+# -- HTTP ---------------------------------------------------------------------------
+
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def health(server) -> tuple:
+    if server.shutting_down:
+        return 503, "stopping\n"
+    if server.engine.draining:
+        return 503, "draining\n"
+    return 200, "ok\n"
+
+
+def respond(server, method: str, target: str) -> tuple:
+    """(status, body, extra headers) for one request."""
+    if method not in ("GET", "HEAD"):
+        return 405, "only GET and HEAD\n", "Allow: GET, HEAD\r\n"
+    path = target.split("?", 1)[0]
+    if path == "/metrics":
+        return 200, render(server), f"Content-Type: {CONTENT_TYPE}\r\n"
+    if path == "/health":
+        status, body = health(server)
+        return status, body, ""
+    return 404, "not found; try /metrics or /health\n", ""
+
+
+class HttpConnection(asyncio.Protocol):
+    """Reads one request head, answers it, closes (`Connection: close`)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.transport = None
+        self.buffer = b""
+        self.timeout = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.timeout = self.server.loop.call_later(REQUEST_TIMEOUT, transport.abort)
+
+    def connection_lost(self, exc):
+        self.timeout.cancel()
+
+    def data_received(self, data):
+        if self.transport.is_closing():
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            end = self.buffer.find(b"\n\n")
+        if end >= 0:
+            self._answer(self.buffer[:end].decode("latin-1"))
+        elif len(self.buffer) > MAX_REQUEST:
+            self._send("GET", 400, "request too long\n", "")
+
+    def _answer(self, head: str) -> None:
+        parts = head.split("\n", 1)[0].strip().split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._send("GET", 400, "bad request line\n", "")
+            return
+        method, target, _ = parts
+        try:
+            status, body, headers = respond(self.server, method, target)
+        except Exception:       # a scrape must never take the server down
+            log.exception("metrics: cannot answer %s %s", method, target)
+            status, body, headers = 500, "internal error\n", ""
+        self._send(method, status, body, headers)
+
+    def _send(self, method: str, status: int, body: str, headers: str) -> None:
+        data = body.encode()
+        if "Content-Type" not in headers:
+            headers += "Content-Type: text/plain; charset=utf-8\r\n"
+        head = (f"HTTP/1.1 {status} {REASONS[status]}\r\n{headers}"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
+        self.transport.write(head if method == "HEAD" else head + data)
+        self.transport.close()

@@ -1,0 +1,178 @@
+"""qctl against live servers: every subcommand against qserver, and the read-only
+ones (plus put and peek) against beanstalkd too, since qctl must work with both.
+Most calls run qctl's main() in-process (fast); one runs it as `python -m`.
+"""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import (ServerProcess, free_port, qserver_argv, start_beanstalkd,
+                      start_qserver)
+
+from qserver import qctl
+
+TUBE_KEYS = ["tube", "ready", "reserved", "delayed", "buried", "urgent", "waiting",
+             "paused"]
+
+
+@pytest.fixture(params=["qserver", "beanstalkd"])
+def any_server(request):
+    server = start_qserver() if request.param == "qserver" else start_beanstalkd()
+    yield server
+    server.stop()
+
+
+def run(capsys, server, *args, stdin: bytes = b"") -> tuple:
+    """(exit status, stdout, stderr) of `qctl --port P ARGS`."""
+    where = (["--socket", server.unix_path] if server.unix_path
+             else ["--port", str(server.port)])
+    old = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+    try:
+        rc = qctl.main([*where, *args])
+    finally:
+        sys.stdin = old
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def run_json(capsys, server, *args, stdin: bytes = b""):
+    rc, out, err = run(capsys, server, *args, "--json", stdin=stdin)
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def test_stats_and_tubes(capsys, any_server):
+    s = any_server
+    assert run_json(capsys, s, "put", "--tube", "jobs", "--pri", "5", stdin=b"a")["id"] == 1
+    run_json(capsys, s, "put", "--tube", "jobs", "--delay", "60", stdin=b"b")
+    stats = run_json(capsys, s, "stats")
+    assert stats["current-jobs-ready"] == 1 and stats["current-jobs-delayed"] == 1
+    assert isinstance(stats["version"], str) and isinstance(stats["id"], str)
+    assert isinstance(stats["draining"], bool)
+    tubes = {row["tube"]: row for row in run_json(capsys, s, "tubes")}
+    assert list(tubes) == ["default", "jobs"]
+    assert list(tubes["jobs"]) == TUBE_KEYS
+    assert tubes["jobs"] == {"tube": "jobs", "ready": 1, "reserved": 0, "delayed": 1,
+                             "buried": 0, "urgent": 1, "waiting": 0, "paused": 0}
+    # --json may also come before the command
+    rc, out, _ = run(capsys, s, "--json", "tubes")
+    assert rc == 0 and json.loads(out)[1]["tube"] == "jobs"
+    rc, out, _ = run(capsys, s, "tubes")
+    lines = out.splitlines()
+    assert lines[0].split() == [k.upper() for k in TUBE_KEYS]
+    assert lines[2].split() == ["jobs", "1", "0", "1", "0", "1", "0", "-"]
+    rc, out, _ = run(capsys, s, "stats")
+    assert rc == 0 and any(line.split() == ["current-jobs-ready", "1"]
+                           for line in out.splitlines())
+
+
+def test_peek_by_id_and_state(capsys, any_server):
+    s = any_server
+    run_json(capsys, s, "put", "--tube", "t", stdin=b"first")
+    run_json(capsys, s, "put", "--tube", "t", "--delay", "60", stdin=b"later")
+    job = run_json(capsys, s, "peek", "1")
+    assert job["id"] == 1 and job["body"] == "first"
+    assert job["stats"]["tube"] == "t" and job["stats"]["state"] == "ready"
+    assert run_json(capsys, s, "peek", "--state", "ready", "--tube", "t")["id"] == 1
+    assert run_json(capsys, s, "peek", "--state", "delayed", "--tube", "t")["id"] == 2
+    rc, _, err = run(capsys, s, "peek", "--state", "buried", "--tube", "t")
+    assert rc == 1 and "NOT_FOUND" in err
+    rc, out, _ = run(capsys, s, "peek", "2")
+    assert rc == 0 and out.rstrip().endswith("later") and "delayed" in out
+    raw = run_json(capsys, s, "put", stdin=b"\xff\x00")
+    assert run_json(capsys, s, "peek", str(raw["id"]))["body_base64"] == "/wA="
+
+
+def test_kick_delete_pause(capsys):
+    s = start_qserver()
+    try:
+        c = s.client()
+        assert c.cmd(b"use t") == b"USING t\r\n"
+        for _ in range(3):
+            assert c.cmd(b"put 0 0 60 1\r\nx").startswith(b"INSERTED")
+        assert c.cmd(b"watch t").startswith(b"WATCHING")
+        for i in (1, 2, 3):
+            assert c.cmd(b"reserve-with-timeout 0").startswith(b"RESERVED")
+            assert c.cmd(b"bury %d 0" % i) == b"BURIED\r\n"
+        assert run_json(capsys, s, "kick", "--tube", "t", "2") == {"tube": "t", "kicked": 2}
+        rc, out, _ = run(capsys, s, "kick", "--tube", "t", "5")
+        assert rc == 0 and out.strip() == "kicked 1 job(s) in t"
+        assert run_json(capsys, s, "delete", "1") == {"deleted": 1}
+        rc, _, err = run(capsys, s, "delete", "1")
+        assert rc == 1 and "NOT_FOUND" in err
+        assert run_json(capsys, s, "pause", "t", "30") == {"tube": "t", "paused": 30}
+        row = [r for r in run_json(capsys, s, "tubes") if r["tube"] == "t"][0]
+        assert 28 <= row["paused"] <= 30 and row["ready"] == 2
+        c.close()
+    finally:
+        s.stop()
+
+
+def test_top_is_bounded(capsys):
+    s = start_qserver()
+    try:
+        rc, out, _ = run(capsys, s, "top", "--iterations", "2", "--interval", "0.05",
+                         "--json")
+        frames = [json.loads(line) for line in out.splitlines()]
+        assert rc == 0 and len(frames) == 2
+        assert frames[0]["rates"] == {} and "cmd-put" in frames[1]["rates"]
+        assert frames[1]["tubes"][0]["tube"] == "default"
+        rc, out, _ = run(capsys, s, "top", "--iterations", "1", "--interval", "0.05")
+        assert rc == 0 and "jobs: ready 0" in out and "TUBE" in out
+    finally:
+        s.stop()
+
+
+def test_unix_socket(capsys):
+    directory = tempfile.mkdtemp(prefix="qctl", dir="/tmp")
+    path = os.path.join(directory, "q.sock")
+    s = ServerProcess(qserver_argv("-l", "unix:" + path), unix_path=path)
+    try:
+        assert run_json(capsys, s, "put", stdin=b"hi")["id"] == 1
+        assert run_json(capsys, s, "stats")["current-jobs-ready"] == 1
+    finally:
+        s.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_errors_have_distinct_exit_status(capsys):
+    assert qctl.main(["--port", str(free_port()), "stats"]) == 3
+    assert "cannot connect" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        qctl.main(["peek"])
+    assert exit_info.value.code == 2
+
+
+def test_yaml_of_both_versions():
+    """1.12 writes strings bare, 1.13 and qserver quote them."""
+    old = qctl.parse_yaml("---\nname: default\nversion: 1.12\ncurrent-jobs-ready: 3\n")
+    new = qctl.parse_yaml('---\nname: "default"\nversion: "1.13"\n'
+                          'current-jobs-ready: 3\nhostname: "a\\"b\\\\"\n')
+    assert old["name"] == new["name"] == "default"
+    assert old["version"] == "1.12" and new["version"] == "1.13"
+    assert old["current-jobs-ready"] == new["current-jobs-ready"] == 3
+    assert new["hostname"] == 'a"b\\'
+    assert qctl.parse_yaml("---\n- default\n- \"x\"\n") == ["default", "x"]
+    assert qctl.parse_yaml("---\nid: 1234\n", strings=("id",)) == {"id": "1234"}
+
+
+def test_as_a_module_with_stdin():
+    s = start_qserver()
+    try:
+        argv = [sys.executable, "-m", "qserver.qctl", "--port", str(s.port)]
+        put = subprocess.run([*argv, "put", "--tube", "x", "--json"], input=b"body",
+                             capture_output=True, timeout=10)
+        assert put.returncode == 0 and json.loads(put.stdout) == {"id": 1, "tube": "x"}
+        tubes = subprocess.run([*argv, "tubes", "--json"], capture_output=True,
+                               timeout=10)
+        assert [row["tube"] for row in json.loads(tubes.stdout)] == ["default", "x"]
+    finally:
+        s.stop()
