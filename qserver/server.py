@@ -93,6 +93,7 @@ class Connection(asyncio.Protocol):
             return
         self.closing = True
         self.engine.detach(self.session, time.monotonic())
+        self.session.wake = None    # break the cycle so refcounting frees us at once
         self.server.connection_closed(self)
         self.server.after_batch()
 

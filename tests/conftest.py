@@ -104,6 +104,15 @@ class ServerProcess:
 
 
 
+def rss(pid: int) -> int:
+    """A process's resident set size in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 def qserver_argv(*extra) -> list:
     return [sys.executable, "-m", "qserver", *extra]
 

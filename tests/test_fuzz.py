@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ServerProcess, free_port, start_qserver
+from conftest import ServerProcess, free_port, rss, start_qserver
 from qserver.commands import Commands
 from qserver.engine import Engine
 from qserver.session import Session
@@ -330,14 +330,6 @@ def test_internal_error_over_the_wire_leaks_nothing():
 
 
 # --------------------------------------------------------------------------- live server
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def control_client(server, tube: bytes):

@@ -18,18 +18,9 @@ import time
 
 import pytest
 
-from conftest import ServerProcess, free_port, qserver_argv, start_qserver
+from conftest import ServerProcess, free_port, qserver_argv, rss, start_qserver
 
 MiB = 1024 * 1024
-
-
-def rss(pid: int) -> int:
-    """The process's resident set size in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:
