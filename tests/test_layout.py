@@ -1,0 +1,64 @@
+"""The module boundaries of the design, held by reading each module's imports."""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "qserver"
+
+# module -> the qserver modules it may import (stdlib is always allowed, except the
+# names in FORBIDDEN_STDLIB for the pure modules).
+ALLOWED = {
+    "errors": set(),
+    "config": set(),
+    "logs": set(),
+    "systemd": set(),
+    "swapset": set(),
+    "job": set(),
+    "wire": {"errors"},
+    "tube": {"job", "swapset"},
+    "session": {"job", "swapset"},
+    "engine": {"errors", "job", "tube", "session", "swapset"},
+    "stats": {"job", "wire"},
+    "commands": {"wire", "engine", "errors", "stats"},
+    "journal": {"journal", "job", "errors"},
+}
+# The engine and what it is made of never touch the event loop, sockets or bytes on
+# the wire: they are pure and tested with an injected clock.
+PURE = {"swapset", "job", "tube", "session", "engine"}
+FORBIDDEN_STDLIB = {"asyncio", "socket", "selectors", "uvloop"}
+
+
+def _imports(path: pathlib.Path) -> set:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            if node.module == "qserver":
+                names.update(f"qserver.{alias.name}" for alias in node.names)
+    return names
+
+
+def _files(module: str):
+    path = PACKAGE / module
+    return sorted(path.glob("*.py")) if path.is_dir() else [PACKAGE / f"{module}.py"]
+
+
+@pytest.mark.parametrize("module", sorted(ALLOWED))
+def test_module_imports_stay_inside_its_boundary(module):
+    for path in _files(module):
+        imported = _imports(path)
+        ours = {name.split(".")[1] for name in imported
+                if name.startswith("qserver.") and name.count(".") >= 1}
+        assert ours <= ALLOWED[module], (path.name, ours - ALLOWED[module])
+        if module in PURE:
+            assert not imported & FORBIDDEN_STDLIB, (path.name, imported & FORBIDDEN_STDLIB)
+
+
+def test_every_module_has_a_docstring():
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        assert ast.get_docstring(tree), f"{path.relative_to(PACKAGE)} has no docstring"
