@@ -434,7 +434,7 @@ async def soak(args) -> int:
     print(f"duration            {elapsed / 60:.1f} min, fsync-ms {args.fsync_ms}, "
           f"seed {args.seed}")
     print(f"SIGKILL restarts    {restarts}")
-    print(f"acknowledged        " + ", ".join(f"{k} {v}" for k, v in ledger.counts.items()))
+    print("acknowledged        " + ", ".join(f"{k} {v}" for k, v in ledger.counts.items()))
     print(f"live jobs at end    {len(ledger.live)} (ids seen {len(ledger.seen)})")
     print(f"jobs checked        {sum(f['checked'] for f in facts)} stats-job lookups "
           f"over {len(facts)} checks; largest job set {max(f['jobs'] for f in facts)}")

@@ -428,16 +428,24 @@ class Engine:
                 soonest = heap[0][0]
         return soonest
 
-    def _mature_delays(self, now: float) -> None:
-        heap = self._delays
-        jobs = self.jobs
+    def _due_jobs(self, heap: list, now: float, state: int):
+        """Pop the (time, id) entries due by `now`; yield the jobs they still describe."""
         while heap and heap[0][0] <= now:
-            due, job_id = heapq.heappop(heap)
-            job = jobs.get(job_id)
-            if job is not None and job.state == DELAYED and job.deadline == due:
-                self._unlist(job)
-                job.tube.push_ready(job)
-                self._process_queue(now)
+            entry = heapq.heappop(heap)
+            if self._describes(entry, state):
+                yield self.jobs[entry[1]]
+
+    def _describes(self, entry: tuple, state: int) -> bool:
+        """Whether a (time, id) heap entry is current: the job is still in `state`
+        with that time (else it is a stale entry left by lazy deletion)."""
+        job = self.jobs.get(entry[1])
+        return job is not None and job.state == state and job.deadline == entry[0]
+
+    def _mature_delays(self, now: float) -> None:
+        for job in self._due_jobs(self._delays, now, DELAYED):
+            self._unlist(job)
+            job.tube.push_ready(job)
+            self._process_queue(now)
 
     def _end_pauses(self, now: float) -> None:
         heap = self._pauses
@@ -447,17 +455,12 @@ class Engine:
                 self._process_queue(now)
 
     def _expire_ttrs(self, now: float) -> None:
-        heap = self._ttrs
-        jobs = self.jobs
-        while heap and heap[0][0] <= now:
-            deadline, job_id = heapq.heappop(heap)
-            job = jobs.get(job_id)
-            if job is not None and job.state == RESERVED and job.deadline == deadline:
-                self._unhold(job)
-                job.counts += ONE_TIMEOUT
-                self.job_timeouts += 1
-                job.tube.push_ready(job)
-                self._process_queue(now)
+        for job in self._due_jobs(self._ttrs, now, RESERVED):
+            self._unhold(job)
+            job.counts += ONE_TIMEOUT
+            self.job_timeouts += 1
+            job.tube.push_ready(job)
+            self._process_queue(now)
 
     def _answer_waits(self, now: float) -> None:
         heap = self._waits
@@ -518,13 +521,10 @@ class Engine:
             self.timer_dirty = True
 
     def _prune(self, heap: list) -> None:
-        jobs = self.jobs
         if heap is self._delays:
-            keep = [e for e in heap if (j := jobs.get(e[1])) is not None
-                    and j.state == DELAYED and j.deadline == e[0]]
+            keep = [e for e in heap if self._describes(e, DELAYED)]
         elif heap is self._ttrs:
-            keep = [e for e in heap if (j := jobs.get(e[1])) is not None
-                    and j.state == RESERVED and j.deadline == e[0]]
+            keep = [e for e in heap if self._describes(e, RESERVED)]
         elif heap is self._waits:
             keep = [e for e in heap if e[2].waiting and e[2].wait_seq == e[3]]
         else:

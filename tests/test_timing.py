@@ -162,7 +162,6 @@ def test_ttr_expiry_makes_job_ready_on_time(clients):
 def test_deadline_soon_while_waiting(clients):
     c = clients()
     job = put(c, ttr=3)
-    start = time.monotonic()
     assert reserved_id(c.cmd(b"reserve")) == job
     reply, elapsed = timed_reply(c, b"reserve")
     assert reply == b"DEADLINE_SOON\r\n"
