@@ -104,22 +104,26 @@ class Commands:
         raise UnknownCommand
 
     def finish_put(self, client, body: bytes):
-        """The body of a put arrived (with its two trailer bytes)."""
+        """The body of a put arrived later than its line (with its trailer bytes)."""
         job_id, pri, delay, ttr = client.pending_put
         client.pending_put = None
         try:
-            if body[-2:] != wire.CRLF:
-                raise ExpectedCrlf
-            if self.engine.draining:
-                raise Draining
-            self.engine.put(client.session.use, job_id, pri, delay, ttr, body,
-                            self.clock(), self._creation_time())
-            return b"INSERTED %d\r\n" % job_id
+            return self._store(client, job_id, pri, delay, ttr, body)
         except QueueError as error:
             return error.reply
         except Exception:
             log.exception("put failed")
             return InternalError.reply
+
+    def _store(self, client, job_id, pri, delay, ttr, body: bytes) -> bytes:
+        """Make the job from a complete body; raises the put's error replies."""
+        if not body.endswith(wire.CRLF):
+            raise ExpectedCrlf
+        if self.engine.draining:
+            raise Draining
+        self.engine.put(client.session.use, job_id, pri, delay, ttr, body,
+                        self.clock(), self._creation_time())
+        return b"INSERTED %d\r\n" % job_id
 
     def _creation_time(self) -> float:
         """The wall clock for a new job's `age`, as one float object shared by all
@@ -142,9 +146,15 @@ class Commands:
             raise BadFormat
         engine = self.engine
         engine.mark_producer(client.session)
-        client.pending_put = (engine.allocate_id(), pri, delay, ttr or 1)
-        client.framer.expect_body(size)
-        return None
+        job_id = engine.allocate_id()
+        ttr = ttr or 1
+        # Usually the body came in the same read: store the job at once. Otherwise
+        # the framer hands the body over when it is complete (finish_put).
+        body = client.framer.take_body(size)
+        if body is None:
+            client.pending_put = (job_id, pri, delay, ttr)
+            return None
+        return self._store(client, job_id, pri, delay, ttr, body)
 
     def use(self, client, rest):
         name = wire.parse_tube(rest).decode()

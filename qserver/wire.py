@@ -60,6 +60,17 @@ class Framer:
         self.remaining = size + 2
         self.next = self._next_body
 
+    def take_body(self, size: int):
+        """A put body of `size` bytes plus its trailer if it is all here already;
+        otherwise None, and the body becomes the next item (`expect_body`)."""
+        pos = self.pos
+        end = pos + size + 2
+        if len(self.buf) >= end:
+            self.pos = end
+            return bytes(self.buf[pos:end])
+        self.expect_body(size)
+        return None
+
     def discard_body(self, size: int) -> None:
         """Throw away `size` + 2 bytes as they arrive, then yield DISCARDED."""
         self.mode = _DISCARD
