@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import ServerProcess, free_port, qserver_argv, start_qserver
+from conftest import ServerProcess, free_port, qserver_argv, start_qserver, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT_DIR = os.path.join(ROOT, "systemd")
@@ -111,14 +111,7 @@ def test_sockets_meant_for_another_process_are_left_alone():
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.01)
+        wait_for_port(port, proc, timeout=5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(5) == 0
         assert IGNORED_WARNING not in proc.stderr.read().decode()
@@ -336,14 +329,7 @@ def run_logged(journal_stream, *flags) -> str:
         argv = qserver_argv("-V", "-l", "127.0.0.1", "-p", str(port), *flags)
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            deadline = time.monotonic() + 5
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None and time.monotonic() < deadline
-                    time.sleep(0.01)
+            wait_for_port(port, proc, timeout=5)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(5) == 0
         finally:
