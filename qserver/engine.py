@@ -5,8 +5,10 @@ tests drive time by hand. Nothing here knows about sockets, asyncio or wire byte
 Everything that happens at a moment (a delay ending, a TTR running out, a pause
 ending, a reserve timing out) sits in one of four heaps; `next_wakeup()` gives the
 earliest moment and `tick(now)` does what is due, so the server needs one timer.
-Parked reserves are answered through `Session.wake`.
-Imports: `job`, `tube`, `session`, `swapset`, `errors`, stdlib.
+Parked reserves are answered through `Session.wake`. What goes beyond beanstalkd
+(counted failures, policies, results, retained records) is the `lifecycle` room's;
+the engine calls it only for tubes with a policy, so plain traffic never does.
+Imports: `job`, `tube`, `session`, `swapset`, `errors`, `lifecycle`, stdlib.
 """
 
 import heapq
@@ -16,6 +18,7 @@ import math
 from qserver.errors import DeadlineSoon, NotFound, NotIgnored, TimedOut
 from qserver.job import (BURIED, DELAYED, ONE_BURY, ONE_KICK, ONE_RELEASE, ONE_RESERVE,
                          ONE_TIMEOUT, READY, RESERVED, Job)
+from qserver.lifecycle import CONNECTION_CLOSED, TTR_EXPIRED, Lifecycle
 from qserver.swapset import SwapSet
 from qserver.tube import Tube
 
@@ -29,6 +32,12 @@ class NoLog:
     def reserve_update(self): pass
     def update(self, job): pass
     def delete(self, job): pass
+    def reserve(self, size): pass
+    def moved(self, job, old_tube_name): pass
+    def policy(self, tube_name, policy): pass
+    def lifecycle(self, job_id, history): pass
+    def finished(self, record): pass
+    def expired(self, record, history): pass
 
 
 # DEADLINE_SOON is answered this long before a reserved job's TTR runs out.
@@ -37,7 +46,7 @@ DEFAULT_TUBE = "default"
 
 
 class Engine:
-    def __init__(self, log=None):
+    def __init__(self, log=None, wall=None, rand=None):
         # The append-only log: every change of persisted state is handed to it
         # before the reply (journal.Journal), or to NoLog without -b.
         self.log = log if log is not None else NoLog()
@@ -62,6 +71,10 @@ class Engine:
         self._tubes_with_waiters = set()
         self.earliest = math.inf        # the soonest moment anything may be due
         self.timer_dirty = False        # set when `earliest` moved earlier
+        self.policies = {}              # tube name -> Policy (config-tube)
+        self.histories = {}             # job id -> lifecycle.History, for few jobs
+        self.lifecycle = Lifecycle(self, **{k: v for k, v in
+                                           (("wall", wall), ("rand", rand)) if v})
         self.default_tube = self._tube(DEFAULT_TUBE)
 
     # -- tubes ------------------------------------------------------------------
@@ -69,7 +82,7 @@ class Engine:
     def _tube(self, name: str) -> Tube:
         tube = self.tubes.get(name)
         if tube is None:
-            tube = self.tubes[name] = Tube(name, self.jobs)
+            tube = self.tubes[name] = Tube(name, self.jobs, self.policies.get(name))
             self.tube_order.append(tube)
         return tube
 
@@ -100,8 +113,11 @@ class Engine:
         if session.waiting:
             self._unpark(session)
         for job in list(session.reserved.values()):
-            self._unhold(job)
-            job.tube.push_ready(job)
+            self.unhold(job)
+            if job.tube.policy is None:
+                job.tube.push_ready(job)
+            else:       # a worker that crashes with the job counts an attempt
+                self.lifecycle.failed_in_background(job, CONNECTION_CLOSED, now)
             self._process_queue(now)
         if session.producer:
             self.producers -= 1
@@ -290,15 +306,26 @@ class Engine:
             raise NotFound
         self.log.delete(job)
         self._unlist(job)
-        del self.jobs[job_id]
+        self._forget(job)
+
+    def drop(self, job: Job) -> None:
+        """Delete a job that is in no list (a dead letter with `dead-letter delete`)."""
+        self.log.delete(job)
+        self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        del self.jobs[job.id]
+        histories = self.histories
+        if histories:
+            histories.pop(job.id, None)
         tube = job.tube
         tube.cmd_delete += 1
         self._release_tube(tube)
 
     def release(self, session, job_id: int, pri: int, delay: int, now: float) -> None:
-        job = self._held(session, job_id)
+        job = self.held(session, job_id)
         self.log.reserve_update()
-        self._unhold(job)
+        self.unhold(job)
         job.pri = pri
         job.delay = delay
         job.counts += ONE_RELEASE
@@ -311,18 +338,40 @@ class Engine:
             self._process_queue(now)
 
     def bury(self, session, job_id: int, pri: int) -> None:
-        job = self._held(session, job_id)
+        job = self.held(session, job_id)
         self.log.reserve_update()
-        self._unhold(job)
+        self.unhold(job)
         job.pri = pri
+        self.bury_job(job)
+
+    def bury_job(self, job: Job) -> None:
+        """Bury a job that is in no list (logged)."""
         job.counts += ONE_BURY
         job.bury_seq = self.next_bury_seq
         self.next_bury_seq += 1
         job.tube.push_buried(job)
         self.log.update(job)
 
+    def requeue(self, job: Job, delay: int, now: float) -> None:
+        """Put a job that is in no list back, delayed or ready (logged): a retry."""
+        job.delay = delay
+        if delay:
+            self._delay(job, now + delay)
+        else:
+            job.tube.push_ready(job)
+        self.log.update(job)
+
+    def move(self, job: Job, tube_name: str, now: float) -> None:
+        """Make a job that is in no list ready in another tube (logged)."""
+        old = job.tube
+        job.tube = tube = self._tube(tube_name)
+        tube.total_jobs += 1
+        tube.push_ready(job)
+        self.log.moved(job, old.name)
+        self._release_tube(old)
+
     def touch(self, session, job_id: int, now: float) -> None:
-        job = self._held(session, job_id)
+        job = self.held(session, job_id)
         job.deadline = deadline = now + job.ttr
         session.note_deadline(job)
         self._push(self._ttrs, (deadline, job_id), deadline, self.reserved_total)
@@ -417,12 +466,14 @@ class Engine:
         # A waiting client hears DEADLINE_SOON before its job can time out.
         self._answer_waits(now)
         self._expire_ttrs(now)
+        if self.lifecycle.ledger.next_expiry() <= now:
+            self.lifecycle.expire(now)
         self.earliest = self.next_wakeup()
         self.timer_dirty = False
 
     def next_wakeup(self) -> float:
         """The soonest moment something may be due (math.inf when nothing is)."""
-        soonest = math.inf
+        soonest = self.lifecycle.ledger.next_expiry()
         for heap in (self._delays, self._ttrs, self._waits, self._pauses):
             if heap and heap[0][0] < soonest:
                 soonest = heap[0][0]
@@ -456,10 +507,13 @@ class Engine:
 
     def _expire_ttrs(self, now: float) -> None:
         for job in self._due_jobs(self._ttrs, now, RESERVED):
-            self._unhold(job)
+            self.unhold(job)
             job.counts += ONE_TIMEOUT
             self.job_timeouts += 1
-            job.tube.push_ready(job)
+            if job.tube.policy is None:
+                job.tube.push_ready(job)
+            else:       # counted as a failed attempt (protocol.md, "Job lifecycle")
+                self.lifecycle.failed_in_background(job, TTR_EXPIRED, now)
             self._process_queue(now)
 
     def _answer_waits(self, now: float) -> None:
@@ -479,13 +533,14 @@ class Engine:
 
     # -- helpers ----------------------------------------------------------------
 
-    def _held(self, session, job_id: int) -> Job:
+    def held(self, session, job_id: int) -> Job:
+        """The job `session` holds reserved under this id, else NOT_FOUND."""
         job = session.reserved.get(job_id)
         if job is None:
             raise NotFound
         return job
 
-    def _unhold(self, job: Job) -> None:
+    def unhold(self, job: Job) -> None:
         """A reserved job stops being reserved (its TTR entry goes stale)."""
         del job.holder.reserved[job.id]
         job.holder = None
@@ -504,7 +559,14 @@ class Engine:
         elif state == BURIED:
             del tube.buried[job.id]
         else:
-            self._unhold(job)
+            self.unhold(job)
+
+    def note_deadline(self, when: float) -> None:
+        """Something outside the four heaps (a retained record's expiry) is due at
+        `when`: make sure the timer fires by then."""
+        if when < self.earliest:
+            self.earliest = when
+            self.timer_dirty = True
 
     def _delay(self, job: Job, due: float) -> None:
         job.tube.push_delayed(job, due)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 
-from qserver.stats import server_stats, tube_stats
+from qserver.stats import ext_stats, server_stats, tube_stats
 
 log = logging.getLogger("qserver")
 
@@ -142,6 +142,41 @@ def _tube_families(lines: list, server, now: float) -> None:
             [(label, "1" if paused else "0") for label, _, paused in rows])
 
 
+# The lifecycle extensions' counters (protocol.md, "stats-ext"), as qserver_ series.
+EXT_HELP = {
+    "job-failures": ("counter", "Counted failed attempts (fail, TTR expiry and closed "
+                                "connections in configured tubes)"),
+    "job-retries": ("counter", "Failed attempts that scheduled another attempt"),
+    "job-dead-letters": ("counter", "Jobs whose attempts ran out"),
+    "job-completions": ("counter", "Jobs finished with complete"),
+    "current-retained": ("gauge", "Finished jobs' records retained now"),
+    "configured-tubes": ("gauge", "Tube names with a policy"),
+}
+TUBE_EXT = (("failures", "Counted failed attempts in the tube"),
+            ("retries", "Failed attempts in the tube that scheduled another attempt"),
+            ("dead_letters", "Jobs of the tube whose attempts ran out"),
+            ("completions", "Jobs of the tube finished with complete"))
+
+
+def _ext_families(lines: list, server) -> None:
+    lifecycle = server.engine.lifecycle
+    for key, value in ext_stats(lifecycle, server.info.cmd_counts):
+        if key.startswith("cmd-"):
+            kind, help_text = "counter", f"{key[4:]} commands received"
+        else:
+            kind, help_text = EXT_HELP[key]
+        name = "qserver_" + key.replace("-", "_")
+        if kind == "counter" and not name.endswith("_total"):
+            name += "_total"
+        _family(lines, name, kind, help_text, [("", str(value))])
+    tubes = [(tube, tube.counters) for tube in list(server.engine.tubes.values())
+             if tube.counters is not None]
+    for field, help_text in TUBE_EXT:
+        samples = [('{tube="%s"}' % escape_label(tube.name), str(getattr(counts, field)))
+                   for tube, counts in tubes]
+        _family(lines, f"qserver_tube_{field}_total", "counter", help_text, samples)
+
+
 def render(server) -> str:
     """The whole /metrics page."""
     now = time.monotonic()
@@ -152,6 +187,7 @@ def render(server) -> str:
                                                 escape_label(info.hostname)), "1")])
     _server_families(lines, server, now)
     _tube_families(lines, server, now)
+    _ext_families(lines, server)
     _family(lines, "qserver_shutting_down", "gauge", "1 once shutdown has begun",
             [("", "1" if server.shutting_down else "0")])
     lines.append("")

@@ -35,7 +35,7 @@ WRITE_HIGH_WATER = 1024 * 1024
 class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "commands", "engine", "framer", "session", "transport",
-        "pending_put", "closing", "half_closed", "write_paused", "read_paused",
+        "pending_body", "closing", "half_closed", "write_paused", "read_paused",
         "resume_scheduled", "held", "close_when_sent", "output_wait", "refused",
     )
 
@@ -46,7 +46,7 @@ class Connection(asyncio.Protocol):
         self.framer = Framer()
         self.session = Session(wake=self._wake)
         self.transport = None
-        self.pending_put = None     # (id, pri, delay, ttr) while a put body arrives
+        self.pending_body = None    # (finisher, args) while a command's body arrives
         self.closing = False
         self.half_closed = False
         self.write_paused = False
@@ -127,8 +127,8 @@ class Connection(asyncio.Protocol):
             item = framer.next()
             if item is None:
                 break
-            if self.pending_put is not None:
-                reply = commands.finish_put(self, item)
+            if self.pending_body is not None:
+                reply = commands.finish_body(self, item)
             elif item.__class__ is bytes:
                 reply = commands.execute(self, item)
             elif item is OVERLONG:
@@ -442,9 +442,11 @@ def _restore(engine, journal, recovery) -> None:
     future passes.
     """
     try:
-        engine.restore(recovery.jobs.values(), recovery.next_id, time.monotonic(),
-                       time.time())
-        recovery.jobs = None
+        now, wall = time.monotonic(), time.time()
+        engine.restore(recovery.jobs.values(), recovery.next_id, now, wall)
+        engine.lifecycle.restore(recovery.policies, recovery.histories,
+                                 recovery.finished, now, wall)
+        recovery.jobs = recovery.histories = recovery.finished = None
         journal.start(engine)
     finally:
         gc.freeze()

@@ -7,8 +7,8 @@ Builds (key, formatted value) pairs from the engine and the process-wide counter
 import os
 import resource
 
-from qserver.job import DELAYED, RESERVED, STATE_NAMES
-from qserver.wire import yaml_quote
+from qserver.job import COMPLETED, DEAD, DELAYED, RESERVED, STATE_NAMES
+from qserver.wire import yaml_bytes, yaml_quote
 
 # The cmd-* counters, in the order `stats` prints them.
 CMD_COUNTERS = (
@@ -34,6 +34,7 @@ class ServerInfo:
         self.current_connections = 0
         self.total_connections = 0
         self.cmd_counts = dict.fromkeys(CMD_COUNTERS, 0)
+        self.cmd_counts.update(dict.fromkeys(EXT_COMMANDS, 0))
 
 
 def _seconds(value: float) -> str:
@@ -63,7 +64,8 @@ def server_stats(engine, info: ServerInfo, now: float) -> list:
         ("current-jobs-delayed", delayed),
         ("current-jobs-buried", buried),
     ]
-    pairs += [("cmd-" + name, count) for name, count in info.cmd_counts.items()]
+    counts = info.cmd_counts
+    pairs += [("cmd-" + name, counts[name]) for name in CMD_COUNTERS]
     pairs += [
         ("job-timeouts", engine.job_timeouts),
         ("total-jobs", engine.total_jobs),
@@ -114,7 +116,8 @@ def tube_stats(tube, now: float) -> list:
 
 
 def job_stats(job, now: float, wall: float) -> list:
-    timed = job.state == RESERVED or job.state == DELAYED
+    # A retained record's time-left counts down to its expiry (protocol.md, "job-info").
+    timed = job.state in (RESERVED, DELAYED, COMPLETED, DEAD)
     return [
         ("id", job.id),
         ("tube", yaml_quote(job.tube.name)),
@@ -131,3 +134,53 @@ def job_stats(job, now: float, wall: float) -> list:
         ("buries", job.buries),
         ("kicks", job.kicks),
     ]
+
+
+# -- extensions (protocol.md, "Extensions") ----------------------------------------
+
+EXT_COMMANDS = ("config-tube", "fail", "complete", "progress", "job-info",
+                "peek-result", "stats-ext")
+
+
+def job_info(job, history, max_attempts: int, now: float, wall: float) -> str:
+    """job-info's YAML: the stats-job fields, then the lifecycle's."""
+    pairs = job_stats(job, now, wall)
+    progress = history.progress if history is not None else None
+    result = history.result if history is not None else None
+    pairs += [
+        ("attempts", history.attempts if history is not None else 0),
+        ("max-attempts", max_attempts),
+        ("progress", "~" if progress is None else yaml_bytes(progress)),
+        ("result-bytes", 0 if result is None else len(result)),
+    ]
+    lines = ["---\n"]
+    lines += [f"{key}: {value}\n" for key, value in pairs]
+    failures = history.failures if history is not None else ()
+    if not failures:
+        lines.append("failures: []\n")
+    else:
+        lines.append("failures:\n")
+        for when, reason in failures:
+            lines.append(f"- time: {int(when)}\n  reason: {yaml_bytes(reason)}\n")
+    return "".join(lines)
+
+
+def policy_info(tube_name: str, policy, configured: bool) -> list:
+    pairs = [("name", yaml_quote(tube_name)), ("configured", str(configured).lower())]
+    for name, value in policy.pairs():
+        pairs.append((name, yaml_quote(value) if name == "dead-letter" else value))
+    return pairs
+
+
+def ext_stats(lifecycle, counts: dict) -> list:
+    totals = lifecycle.totals
+    pairs = [(f"cmd-{name}", counts[name]) for name in EXT_COMMANDS]
+    pairs += [
+        ("job-failures", totals.failures),
+        ("job-retries", totals.retries),
+        ("job-dead-letters", totals.dead_letters),
+        ("job-completions", totals.completions),
+        ("current-retained", len(lifecycle.ledger)),
+        ("configured-tubes", len(lifecycle.policies)),
+    ]
+    return pairs

@@ -16,10 +16,11 @@ class Tube:
     __slots__ = (
         "name", "jobs", "ready", "ready_count", "urgent_count", "delayed",
         "delayed_count", "buried", "reserved_count", "waiting", "using", "watching",
-        "total_jobs", "cmd_delete", "cmd_pause", "pause", "unpause_at",
+        "total_jobs", "cmd_delete", "cmd_pause", "pause", "unpause_at", "policy",
+        "counters",
     )
 
-    def __init__(self, name: str, jobs: dict):
+    def __init__(self, name: str, jobs: dict, policy=None):
         self.name = name
         self.jobs = jobs              # the engine's id -> job index
         self.ready = []               # heap of (pri << 64 | id)
@@ -37,6 +38,8 @@ class Tube:
         self.cmd_pause = 0
         self.pause = 0                # seconds of the current pause, 0 when none
         self.unpause_at = 0.0
+        self.policy = policy          # policy.Policy once configured (config-tube)
+        self.counters = None          # lifecycle.Counters once a job failed or completed
 
     # -- lifetime ---------------------------------------------------------------
 

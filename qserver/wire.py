@@ -219,6 +219,31 @@ def _number(digits: bytes) -> int:
     return value
 
 
+_ID_SIZE = re.compile(rb"(\d{1,20}) (\d{1,10})")
+
+
+def parse_id_size(rest: bytes) -> tuple[int, int]:
+    """`<id> <bytes>` of the extension commands with a body (single spaces only)."""
+    m = _ID_SIZE.fullmatch(rest)
+    if m is None:
+        raise BadFormat
+    return _u64(m[1]), _u32(m[2])
+
+
+def parse_config(rest: bytes) -> tuple[str, str | None, str | None]:
+    """`<tube>` or `<tube> <name> <value>` of config-tube (single spaces only)."""
+    parts = rest.split(b" ")
+    if len(parts) not in (1, 3) or not all(parts):
+        raise BadFormat
+    tube = parse_tube(parts[0]).decode()
+    if len(parts) == 1:
+        return tube, None, None
+    try:
+        return tube, parts[1].decode("ascii"), parts[2].decode("ascii")
+    except UnicodeDecodeError:
+        raise BadFormat from None
+
+
 def parse_timeout(rest: bytes) -> int:
     """reserve-with-timeout's seconds: trailing text is ignored, as in beanstalkd 1.13."""
     m = _ONE.match(rest)
@@ -275,6 +300,19 @@ def yaml_reply(text: str) -> bytes:
 def yaml_quote(value: str) -> str:
     """A double-quoted YAML scalar (beanstalkd 1.13 quotes its string values)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# How each byte is written inside a double-quoted YAML scalar.
+_YAML_BYTE = [chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in range(256)]
+_YAML_BYTE[ord("\\")] = "\\\\"
+_YAML_BYTE[ord('"')] = '\\"'
+
+
+def yaml_bytes(data: bytes) -> str:
+    """Arbitrary bytes as a double-quoted YAML scalar: printable ASCII as it is,
+    `\\` and `"` escaped with a backslash, every other byte as `\\xNN` (protocol.md,
+    "job-info")."""
+    return '"' + "".join(_YAML_BYTE[b] for b in data) + '"'
 
 
 def yaml_mapping(pairs) -> bytes:

@@ -128,7 +128,7 @@ class FakeClient:
     def __init__(self, engine):
         self.framer = Framer()
         self.session = Session(wake=self.woken)
-        self.pending_put = None
+        self.pending_body = None
         self.closing = False
         self.woken_with = []
         engine.attach(self.session)
@@ -162,8 +162,8 @@ class Driver:
                 # Never more buffered than the largest item still to come.
                 assert framer.buffered() <= max(LINE_LIMIT, MAX_JOB + 2)
                 break
-            if client.pending_put is not None:
-                reply = self.commands.finish_put(client, item)
+            if client.pending_body is not None:
+                reply = self.commands.finish_body(client, item)
             elif item.__class__ is bytes:
                 reply = self.commands.execute(client, item)
             elif item is OVERLONG:

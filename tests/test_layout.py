@@ -19,14 +19,17 @@ ALLOWED = {
     "wire": {"errors"},
     "tube": {"job", "swapset"},
     "session": {"job", "swapset"},
-    "engine": {"errors", "job", "tube", "session", "swapset"},
+    "policy": {"errors", "wire"},
+    "ledger": set(),
+    "lifecycle": {"errors", "job", "policy", "ledger"},
+    "engine": {"errors", "job", "tube", "session", "swapset", "lifecycle"},
     "stats": {"job", "wire"},
-    "commands": {"wire", "engine", "errors", "stats"},
-    "journal": {"journal", "job", "errors"},
+    "commands": {"commands", "wire", "engine", "errors", "stats", "policy"},
+    "journal": {"journal", "job", "errors", "ledger", "lifecycle", "policy"},
 }
 # The engine and what it is made of never touch the event loop, sockets or bytes on
 # the wire: they are pure and tested with an injected clock.
-PURE = {"swapset", "job", "tube", "session", "engine"}
+PURE = {"swapset", "job", "tube", "session", "engine", "policy", "ledger", "lifecycle"}
 FORBIDDEN_STDLIB = {"asyncio", "socket", "selectors", "uvloop"}
 
 

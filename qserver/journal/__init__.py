@@ -27,7 +27,7 @@ import os
 import time
 
 from qserver.errors import InternalError, OutOfMemory
-from qserver.job import DELAYED
+from qserver.job import COMPLETED, DEAD, DELAYED
 from qserver.journal import records
 from qserver.journal.replay import CorruptLog, Recovery, replay
 from qserver.journal.segments import (LogDirError, create_segment, list_segments,
@@ -104,6 +104,12 @@ class Journal:
         self.engine = engine
         for job in engine.jobs.values():
             self.live_bytes += records.job_record_size(job)
+        for record in engine.lifecycle.ledger.records.values():
+            self.live_bytes += records.framed_size(records.finished_record(record, 0.0))
+        for job_id, history in engine.histories.items():
+            history.logged_size = records.framed_size(
+                records.lifecycle_record(job_id, history))
+            self.live_bytes += history.logged_size
         self._open_segment(self.current_index + 1, self.segment_size)
 
     @property
@@ -145,6 +151,54 @@ class Journal:
             self._report_failure("delete", error)
             raise InternalError from None
         self.live_bytes -= records.job_record_size(job)
+        histories = self.engine.histories
+        if histories:
+            history = histories.get(job.id)
+            if history is not None:
+                self.live_bytes -= history.logged_size
+                history.logged_size = 0
+
+    # -- the lifecycle's hooks (protocol.md, "Extensions and the log") ----------
+
+    def reserve(self, size: int) -> None:
+        """Make sure records of `size` bytes in all will fit; INTERNAL_ERROR else."""
+        try:
+            self._make_room(size, for_delete=False)
+        except OSError as error:
+            self._report_failure("update", error)
+            raise InternalError from None
+
+    def moved(self, job, old_tube_name: str) -> None:
+        """A job changed tubes (a dead letter): its whole record again."""
+        self.live_bytes += len(job.tube.name) - len(old_tube_name)
+        self._guarded("move", self._write_job, job)
+
+    def policy(self, tube_name: str, policy) -> None:
+        self._guarded("policy", self._write_buffers,
+                      records.policy_record(tube_name, policy.to_text()))
+
+    def lifecycle(self, job_id: int, history) -> None:
+        size = self._guarded("lifecycle", self._write_buffers,
+                             records.lifecycle_record(job_id, history))
+        self.live_bytes += size - history.logged_size
+        history.logged_size = size
+
+    def finished(self, record) -> None:
+        size = self._guarded("finished", self._write_finished, record)
+        self.live_bytes += size
+
+    def expired(self, record, history) -> None:
+        """A retained record ran out (not logged: replay drops it by its expiry)."""
+        self.live_bytes -= records.framed_size(records.finished_record(record, 0.0))
+        if history is not None:
+            self.live_bytes -= history.logged_size
+
+    def _guarded(self, what: str, write, item) -> int:
+        try:
+            return write(item)
+        except OSError as error:
+            self._report_failure(what, error)
+            raise InternalError from None
 
     # -- writing ----------------------------------------------------------------
 
@@ -152,6 +206,17 @@ class Journal:
         size = records.job_record_size(job)
         self._write(records.job_record(job, self._due(job)), size, for_delete=False)
         job.file = self.current_index
+
+    def _write_buffers(self, buffers: list) -> int:
+        size = records.framed_size(buffers)
+        self._write(buffers, size, for_delete=False)
+        return size
+
+    def _write_finished(self, record) -> int:
+        expires = time.time() + (record.deadline - self.scheduler.clock())
+        size = self._write_buffers(records.finished_record(record, expires))
+        record.file = self.current_index
+        return size
 
     def _due(self, job) -> float:
         """A delayed job's due time on the wall clock, for the record."""
@@ -293,7 +358,19 @@ class Journal:
             self._rotate(0)
         except OSError:
             return                  # no space to compact into; try again later
-        self.sweep = (self.current_index, list(self.engine.jobs), 0)
+        boundary = self.current_index
+        self.sweep = (boundary, [], 0)    # claimed: the writes below start no other
+        engine = self.engine
+        try:
+            for name, policy in engine.policies.items():
+                self._write_buffers(records.policy_record(name, policy.to_text()))
+        except OSError:
+            self.sweep = None
+            return
+        # Retained records are swept like jobs; a job id is live or retained, not both.
+        ids = list(engine.jobs)
+        ids += engine.lifecycle.ledger.records
+        self.sweep = (boundary, ids, 0)
         log.debug("compaction started: log %d bytes, live %d bytes", self.total_bytes(),
                   self.live_bytes)
         self._sweep_slice()
@@ -302,15 +379,24 @@ class Journal:
         """Rewrite older jobs into the current segment for at most one slice of time."""
         boundary, ids, pos = self.sweep
         jobs = self.engine.jobs
+        retained = self.engine.lifecycle.ledger.records
+        histories = self.engine.histories
         clock = time.perf_counter           # real time spent, whatever the loop's clock
         stop = clock() + SWEEP_SLICE_SECONDS
         try:
             while pos < len(ids):
-                job = jobs.get(ids[pos])
+                job_id = ids[pos]
+                job = jobs.get(job_id) or retained.get(job_id)
                 pos += 1
                 if job is not None and job.file < boundary:
-                    self._write_job(job)
+                    if job.state == COMPLETED or job.state == DEAD:
+                        self._write_finished(job)
+                    else:
+                        self._write_job(job)
                     self.migrated += 1
+                    if histories and job_id in histories:
+                        self._write_buffers(
+                            records.lifecycle_record(job_id, histories[job_id]))
                 if pos % 256 == 0 and clock() > stop:
                     break
         except OSError as error:

@@ -1,4 +1,5 @@
-"""The log's record codec (format version 1, documented in protocol.md, "Persistence").
+"""The log's record codec (format version 2, documented in protocol.md, "Persistence"
+and "Extensions and the log").
 
 A segment file starts with a header: magic `QSLOG`, a format version byte, two zero
 bytes, and the next job id at the time the segment was created. Then records follow,
@@ -8,23 +9,34 @@ of the data (segments are preallocated with zeros). Payload types:
 * JOB:    the whole job as it is now (written by put and by compaction);
 * STATE:  a job's changed fields (release, bury, kick, kick-job, reserve-job);
 * DELETE: the job is gone.
+* POLICY: a tube's policy (config-tube), as its `name value` text;
+* LIFECYCLE: a job's attempts, last failures, progress and result (full snapshot);
+* FINISHED: a retained record of a completed or dead job (no body).
+
+Version 1 logs (types 1-3 only) are read as they are.
+Imports: `job`, `ledger`, `lifecycle`, `policy`, stdlib.
 
 All integers are little-endian. Times in records are wall-clock seconds (float64):
 `created` for age, `due` for a delayed job's absolute due time.
-Imports: `job`, stdlib.
 """
 
 import struct
 import zlib
 
-from qserver.job import BURIED, DELAYED, READY, RESERVED, Job, pack_counts
+from qserver.job import (BURIED, COMPLETED, DEAD, DELAYED, READY, RESERVED, Job,
+                         pack_counts)
+from qserver.ledger import TubeRef
+from qserver.lifecycle import History
+from qserver.policy import Policy
 
 MAGIC = b"QSLOG"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SEGMENT_HEADER = struct.Struct("<5sBxxQ")        # magic, version, next id
 RECORD_HEADER = struct.Struct("<II")             # payload length, crc32
 
-JOB, STATE, DELETE = 1, 2, 3
+JOB, STATE, DELETE, POLICY, LIFECYCLE, FINISHED = 1, 2, 3, 4, 5, 6
+KINDS = (JOB, STATE, DELETE, POLICY, LIFECYCLE, FINISHED)
 
 # type, id, pri, delay, ttr, state, created, due, reserves, timeouts, releases,
 # buries, kicks, bury order, tube-name length, body length (the body keeps its CRLF)
@@ -32,6 +44,16 @@ JOB_FIXED = struct.Struct("<BQIIIBddIIIIIQHI")
 # type, id, pri, delay, state, due, reserves, timeouts, releases, buries, kicks, bury order
 STATE_FIXED = struct.Struct("<BQIIBdIIIIIQ")
 DELETE_FIXED = struct.Struct("<BQ")
+# type, tube-name length; then the name and the policy text
+POLICY_FIXED = struct.Struct("<BH")
+# type, id, attempts, failure count, progress length, result length (NONE: absent);
+# then progress, result, and per failure (time f64, reason length u16, reason)
+LIFECYCLE_FIXED = struct.Struct("<BQIBII")
+FAILURE_FIXED = struct.Struct("<dH")
+NONE = 0xFFFFFFFF
+# type, id, state, expires (wall clock), pri, delay, ttr, created, reserves, timeouts,
+# releases, buries, kicks, tube-name length; then the tube name
+FINISHED_FIXED = struct.Struct("<BQBdIIIdIIIIIH")
 
 STATE_RECORD_SIZE = RECORD_HEADER.size + STATE_FIXED.size
 DELETE_RECORD_SIZE = RECORD_HEADER.size + DELETE_FIXED.size
@@ -91,15 +113,51 @@ def delete_record(job_id: int) -> list:
     return _framed(DELETE_FIXED.pack(DELETE, job_id))
 
 
-def decode(payload, file_index: int, jobs: dict) -> int:
-    """Apply one verified payload to `jobs` (id -> Job as the log describes it);
-    returns the job id.
+def policy_record(tube_name: str, policy_text: str) -> list:
+    name = _encoded_name(tube_name)
+    return _framed(POLICY_FIXED.pack(POLICY, len(name)), name, policy_text.encode())
+
+
+def lifecycle_record(job_id: int, history) -> list:
+    progress, result = history.progress, history.result
+    parts = [LIFECYCLE_FIXED.pack(
+        LIFECYCLE, job_id, history.attempts, len(history.failures),
+        NONE if progress is None else len(progress), NONE if result is None else len(result))]
+    if progress:
+        parts.append(progress)
+    if result:
+        parts.append(result)
+    for when, reason in history.failures:
+        parts.append(FAILURE_FIXED.pack(when, len(reason)))
+        parts.append(reason)
+    return _framed(*parts)
+
+
+def finished_record(record, expires: float) -> list:
+    name = _encoded_name(record.tube.name)
+    counts = record.counts
+    fixed = FINISHED_FIXED.pack(
+        FINISHED, record.id, record.state, expires, record.pri, record.delay, record.ttr,
+        record.created, counts & _U32, (counts >> 32) & _U32, (counts >> 64) & _U32,
+        (counts >> 96) & _U32, (counts >> 128) & _U32, len(name))
+    return _framed(fixed, name)
+
+
+def framed_size(buffers: list) -> int:
+    return sum(len(part) for part in buffers)
+
+
+def decode(payload, file_index: int, found) -> int:
+    """Apply one verified payload to `found` (a journal.replay.Recovery: `jobs`,
+    `policies`, `histories`, `finished`); returns the job id (0 for a policy).
 
     Jobs come back with `tube` holding the tube's name, `state` the logged state,
     and `deadline` the wall-clock due time of a delayed job or the bury order of a
-    buried one; `Engine.restore` turns them into live jobs.
+    buried one; `Engine.restore` turns them into live jobs. Retained records come
+    back with their wall-clock expiry in `deadline`.
     """
     kind = payload[0]
+    jobs = found.jobs
     if kind == JOB:
         (_, job_id, pri, delay, ttr, state, created, due, reserves, timeouts, releases,
          buries, kicks, bury_seq, name_len, body_len) = JOB_FIXED.unpack_from(payload)
@@ -124,8 +182,60 @@ def decode(payload, file_index: int, jobs: dict) -> int:
     if kind == DELETE:
         _, job_id = DELETE_FIXED.unpack(payload)
         jobs.pop(job_id, None)
+        found.histories.pop(job_id, None)
+        found.finished.pop(job_id, None)
         return job_id
+    if kind == LIFECYCLE:
+        job_id, history = _decode_lifecycle(payload)
+        if job_id in jobs or job_id in found.finished:
+            found.histories[job_id] = history
+        return job_id
+    if kind == FINISHED:
+        return _decode_finished(payload, file_index, found.finished)
+    if kind == POLICY:
+        _, name_len = POLICY_FIXED.unpack_from(payload)
+        start = POLICY_FIXED.size
+        name = _tube_name(payload[start:start + name_len])
+        found.policies[name] = Policy.from_text(name, bytes(payload[start + name_len:])
+                                                .decode("ascii"))
+        return 0
     raise ValueError(f"unknown record type {kind}")
+
+
+def _decode_lifecycle(payload) -> tuple:
+    (_, job_id, attempts, count, progress_len,
+     result_len) = LIFECYCLE_FIXED.unpack_from(payload)
+    pos = LIFECYCLE_FIXED.size
+    progress = result = None
+    if progress_len != NONE:
+        progress, pos = bytes(payload[pos:pos + progress_len]), pos + progress_len
+    if result_len != NONE:
+        result, pos = bytes(payload[pos:pos + result_len]), pos + result_len
+    failures = []
+    for _ in range(count):
+        when, size = FAILURE_FIXED.unpack_from(payload, pos)
+        pos += FAILURE_FIXED.size
+        failures.append((when, bytes(payload[pos:pos + size])))
+        pos += size
+    if pos != len(payload):
+        raise ValueError("LIFECYCLE record lengths do not add up")
+    return job_id, History(attempts, tuple(failures), progress, result)
+
+
+def _decode_finished(payload, file_index: int, finished: dict) -> int:
+    (_, job_id, state, expires, pri, delay, ttr, created, reserves, timeouts, releases,
+     buries, kicks, name_len) = FINISHED_FIXED.unpack_from(payload)
+    start = FINISHED_FIXED.size
+    if state not in (COMPLETED, DEAD) or start + name_len != len(payload):
+        raise ValueError("bad FINISHED record")
+    record = Job(job_id, TubeRef(_tube_name(payload[start:])), pri, delay, ttr, b"",
+                 created)
+    record.state = state
+    record.deadline = expires
+    record.counts = pack_counts(reserves, timeouts, releases, buries, kicks)
+    record.file = file_index
+    finished[job_id] = record
+    return job_id
 
 
 def _set_state(job, state, due, bury_seq, *counters) -> None:

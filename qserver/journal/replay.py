@@ -11,12 +11,11 @@ Imports: `journal.records`, `journal.segments`, stdlib.
 import struct
 import zlib
 
-from qserver.journal.records import (DELETE, JOB, MAGIC, RECORD_HEADER, SEGMENT_HEADER,
-                                     STATE, VERSION, decode)
+from qserver.journal.records import (KINDS, MAGIC, READABLE_VERSIONS, RECORD_HEADER,
+                                     SEGMENT_HEADER, decode)
 from qserver.journal.segments import segment_path
 
 _HEADER = RECORD_HEADER.size
-_KINDS = (JOB, STATE, DELETE)
 
 
 class CorruptLog(Exception):
@@ -24,10 +23,14 @@ class CorruptLog(Exception):
 
 
 class Recovery:
-    """What replay found: the jobs, the next id, segment sizes and what went wrong."""
+    """What replay found: the jobs, policies, histories and retained records, the
+    next id, segment sizes and what went wrong."""
 
     def __init__(self):
         self.jobs = {}          # id -> Job as logged (see records.decode)
+        self.policies = {}      # tube name -> Policy
+        self.histories = {}     # job id -> lifecycle.History
+        self.finished = {}      # job id -> retained record, deadline = wall expiry
         self.next_id = 1
         self.sizes = {}         # segment index -> bytes of valid data
         self.records = 0
@@ -85,7 +88,7 @@ def _check_header(path, data, newest, result) -> bool:
     magic, version, next_id = SEGMENT_HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CorruptLog(f"{path}: not a qserver log segment (bad magic at offset 0)")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise CorruptLog(f"{path}: unsupported log format version {version}")
     result.next_id = max(result.next_id, next_id)
     return True
@@ -93,14 +96,14 @@ def _check_header(path, data, newest, result) -> bool:
 
 def _valid(data, view, pos, length, crc) -> bool:
     end = pos + _HEADER + length
-    return 0 < length and end <= len(data) and data[pos + _HEADER] in _KINDS \
+    return 0 < length and end <= len(data) and data[pos + _HEADER] in KINDS \
         and zlib.crc32(view[pos + _HEADER:end]) == crc
 
 
 def _apply(payload, index, result) -> bool:
     try:
-        job_id = decode(payload, index, result.jobs)
-    except (ValueError, struct.error):      # UnicodeDecodeError is a ValueError
+        job_id = decode(payload, index, result)
+    except (ValueError, struct.error):      # UnicodeDecodeError, PolicyError too
         return False
     result.records += 1
     if job_id >= result.next_id:

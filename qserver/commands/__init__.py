@@ -2,15 +2,18 @@
 errors become reply bytes.
 
 A handler takes the client (the server's per-connection object: `session`, `framer`,
-`pending_put`, `closing`) and the rest of the line after the command word, and
+`pending_body`, `closing`) and the rest of the line after the command word, and
 returns reply bytes, or None when there is nothing to say yet (a parked reserve, a
-put waiting for its body, quit). Imports: `wire`, `engine`, `errors`, `stats`.
+put waiting for its body, quit). This module holds the beanstalkd table; each
+extension topic has a module of its own whose table is merged in (`lifecycle`).
+Imports: `wire`, `engine`, `errors`, `stats`, `commands.*`.
 """
 
 import logging
 import time
 
 from qserver import wire
+from qserver.commands.lifecycle import LifecycleCommands
 from qserver.errors import BadFormat, Draining, ExpectedCrlf, InternalError, QueueError
 from qserver.errors import UnknownCommand
 from qserver.stats import job_stats, server_stats, tube_stats
@@ -70,6 +73,10 @@ class Commands:
             (b"list-tubes", self.list_tubes, True),
             (b"quit", self.quit, False), (b"pause-tube", self.pause_tube, False),
         ]
+        # Extension words are new words: exact lookups only, never by prefix.
+        for with_args, no_args in (LifecycleCommands(self).table(),):
+            self.with_args.update(with_args)
+            self.no_args.update(no_args)
 
     # -- dispatch ---------------------------------------------------------------
 
@@ -103,19 +110,40 @@ class Commands:
                 return handler(client, rest)
         raise UnknownCommand
 
-    def finish_put(self, client, body: bytes):
-        """The body of a put arrived later than its line (with its trailer bytes)."""
-        job_id, pri, delay, ttr = client.pending_put
-        client.pending_put = None
+    def finish_body(self, client, body: bytes):
+        """The body of a put (or an extension command) arrived later than its line
+        (with its trailer bytes)."""
+        finish, args = client.pending_body
+        client.pending_body = None
         try:
-            return self._store(client, job_id, pri, delay, ttr, body)
+            return finish(client, body, *args)
         except QueueError as error:
             return error.reply
         except Exception:
-            log.exception("put failed")
+            log.exception("%s failed", getattr(finish, "__name__", "command"))
             return InternalError.reply
 
-    def _store(self, client, job_id, pri, delay, ttr, body: bytes) -> bytes:
+    def with_body(self, client, rest: bytes, finish):
+        """An extension command `<word> <id> <bytes>` followed by a body: read the body
+        as put does (too big: thrown away, JOB_TOO_BIG) and call
+        finish(client, body without CRLF, id) once it is here."""
+        job_id, size = wire.parse_id_size(rest)
+        if size > self.max_job_size:
+            client.framer.discard_body(size)
+            return None
+        body = client.framer.take_body(size)
+        if body is None:
+            client.pending_body = (self._body_then, (finish, job_id))
+            return None
+        return self._body_then(client, body, finish, job_id)
+
+    @staticmethod
+    def _body_then(client, body: bytes, finish, job_id: int):
+        if not body.endswith(wire.CRLF):
+            raise ExpectedCrlf
+        return finish(client, body[:-2], job_id)
+
+    def _store(self, client, body: bytes, job_id, pri, delay, ttr) -> bytes:
         """Make the job from a complete body; raises the put's error replies."""
         if not body.endswith(wire.CRLF):
             raise ExpectedCrlf
@@ -149,12 +177,12 @@ class Commands:
         job_id = engine.allocate_id()
         ttr = ttr or 1
         # Usually the body came in the same read: store the job at once. Otherwise
-        # the framer hands the body over when it is complete (finish_put).
+        # the framer hands the body over when it is complete (finish_body).
         body = client.framer.take_body(size)
         if body is None:
-            client.pending_put = (job_id, pri, delay, ttr)
+            client.pending_body = (self._store, (job_id, pri, delay, ttr))
             return None
-        return self._store(client, job_id, pri, delay, ttr, body)
+        return self._store(client, body, job_id, pri, delay, ttr)
 
     def use(self, client, rest):
         name = wire.parse_tube(rest).decode()
