@@ -479,3 +479,53 @@ def test_records_expired_while_down_are_not_replayed(tmp_path, clock, later, kep
     _, again = _open(tmp_path, clock, wall + later)
     assert (again.lifecycle.retained(job.id) is not None) is kept
     assert (job.id in again.histories) is kept
+
+
+class SweepScheduler(Scheduler):
+    """Runs the compaction's call_soon slices when the test asks."""
+
+    def __init__(self):
+        self.soon = []
+
+    def call_soon(self, callback):
+        self.soon.append(callback)
+
+    def run_soon(self):
+        for _ in range(100_000):
+            if not self.soon:
+                return
+            self.soon.pop(0)()
+
+
+def test_compaction_keeps_policies_histories_and_retained_records(tmp_path, clock):
+    """Churn until the log is compacted and its old segments deleted: what the
+    lifecycle keeps must be rewritten, so a restart still finds all of it."""
+    wall = time.time()
+    scheduler = SweepScheduler()
+    journal = Journal(str(tmp_path), 4096, None, scheduler)
+    journal.recover()
+    eng = Engine(log=journal, wall=clock.time, rand=clock.randint)
+    journal.start(eng)
+    configure(eng, "t", max_attempts=9, retain=1000)
+    s = new_session(eng)
+    failed = put(eng, "t")
+    reserve(eng, s, "t")
+    eng.lifecycle.fail(s, failed.id, b"kept", T0)
+    done = put(eng, "t")
+    eng.reserve_job(s, done.id, T0)
+    eng.lifecycle.complete(s, done.id, b"answer", T0)
+    first_segment = journal.oldest_index
+    for _ in range(400):                   # put/delete churn: many segments' worth
+        job = put(eng, "churn")
+        eng.delete(s, job.id)
+        scheduler.run_soon()
+    assert journal.oldest_index > first_segment       # old segments are gone
+    journal.flush_and_close()
+
+    journal = Journal(str(tmp_path), 4096, None, Scheduler())
+    recovery = journal.recover()
+    assert recovery.policies["t"].max_attempts == 9
+    assert recovery.histories[failed.id].failures[0][1] == b"kept"
+    assert recovery.histories[done.id].result == b"answer"
+    assert set(recovery.finished) == {done.id}
+    assert recovery.jobs[failed.id].state == READY
