@@ -15,7 +15,7 @@ import random
 import time
 
 from qserver.errors import QueueError
-from qserver.job import BURIED, COMPLETED, DEAD
+from qserver.job import COMPLETED, DEAD, RESERVED
 from qserver.ledger import Ledger, TubeRef
 from qserver.policy import DEAD_BURY, DEAD_DELETE, DEFAULT
 
@@ -118,6 +118,17 @@ class Lifecycle:
     def failed(self, job, reason: bytes, now: float) -> tuple:
         """A reservation of `job` (no longer held) ended in failure: count it and
         let the policy decide. Returns the outcome (word, argument)."""
+        try:
+            return self._decide(job, reason, now)
+        except QueueError:
+            # A log write failed half-way: a job left in no list is made ready
+            # rather than lost (a restart may then show the attempt uncounted).
+            if self.engine.jobs.get(job.id) is job and job.state == RESERVED \
+                    and job.holder is None:
+                job.tube.push_ready(job)
+            raise
+
+    def _decide(self, job, reason: bytes, now: float) -> tuple:
         engine = self.engine
         history = self._history(job.id)
         history.count_failure(self.wall(), reason)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from qserver.engine import Engine
-from qserver.errors import NotFound
+from qserver.engine import Engine, NoLog
+from qserver.errors import InternalError, NotFound
 from qserver.job import BURIED, DELAYED, READY, RESERVED
 from qserver.journal import Journal
 from qserver.lifecycle import (CONNECTION_CLOSED, FAILURES_KEPT, REASON_LIMIT,
@@ -529,3 +529,28 @@ def test_compaction_keeps_policies_histories_and_retained_records(tmp_path, cloc
     assert recovery.histories[done.id].result == b"answer"
     assert set(recovery.finished) == {done.id}
     assert recovery.jobs[failed.id].state == READY
+
+
+class FailingLog(NoLog):
+    """A log whose state and delete records cannot be written (EIO)."""
+
+    def update(self, job):
+        raise InternalError
+
+    def delete(self, job):
+        raise InternalError
+
+
+@pytest.mark.parametrize("dead_letter", ["bury", "delete"])
+def test_a_failed_log_write_leaves_the_job_ready_not_lost(clock, dead_letter):
+    eng = Engine(log=FailingLog(), wall=clock.time, rand=clock.randint)
+    configure(eng, "t", max_attempts=1, dead_letter=dead_letter)
+    s = new_session(eng)
+    job = put(eng, "t", ttr=5)
+    reserve(eng, s, "t")
+    with pytest.raises(InternalError):
+        eng.lifecycle.fail(s, job.id, b"x", T0)
+    assert job.state == READY and eng.jobs[job.id] is job
+    reserve(eng, s, "t")
+    advance(eng, T0 + 5)            # in the background: reported, not raised
+    assert job.state == READY and eng.jobs[job.id] is job
