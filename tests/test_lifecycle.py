@@ -553,7 +553,7 @@ def test_a_failed_log_write_leaves_the_job_listed_not_lost(clock, dead_letter, s
     with pytest.raises(InternalError):
         eng.lifecycle.fail(s, job.id, b"x", T0)
     assert job.state == state and eng.jobs[job.id] is job
-    eng.kick(job.tube, 1, T0)
-    reserve(eng, s, "t")
+    other = put(eng, "t", ttr=5, pri=0)
+    assert eng.reserve_job(s, other.id, T0) is other
     advance(eng, T0 + 5)            # in the background: reported, not raised
-    assert job.state == state and eng.jobs[job.id] is job
+    assert other.state == state and eng.jobs[other.id] is other
