@@ -1,0 +1,52 @@
+"""The lifecycle extensions' counters on /metrics (protocol.md, "stats-ext"): the
+same figures as stats-ext, after real commands, in strict Prometheus text format."""
+
+from conftest import free_port, start_qserver
+from test_metrics import parse_metrics, get
+
+import pytest
+
+
+@pytest.fixture
+def served():
+    mport = free_port()
+    server = start_qserver("--metrics", f"127.0.0.1:{mport}")
+    yield server, mport
+    server.stop()
+
+
+def test_lifecycle_counters_after_commands(served):
+    server, mport = served
+    c = server.client()
+    assert c.cmd(b"config-tube jobs max-attempts 2") == b"CONFIGURED\r\n"
+    assert c.cmd(b"config-tube jobs retain 60") == b"CONFIGURED\r\n"
+    assert c.cmd(b"use jobs") == b"USING jobs\r\n"
+    assert c.cmd(b"watch jobs") == b"WATCHING 2\r\n"
+    assert c.cmd(b"put 0 0 60 1\r\na") == b"INSERTED 1\r\n"
+    assert c.cmd(b"put 0 0 60 1\r\nb") == b"INSERTED 2\r\n"
+    for expected in (b"RETRYING 0\r\n", b"BURIED\r\n"):
+        assert c.cmd(b"reserve-job 1") == b"RESERVED 1 1\r\na\r\n"
+        assert c.cmd(b"fail 1 3\r\nbad") == expected
+    assert c.cmd(b"reserve-job 2") == b"RESERVED 2 1\r\nb\r\n"
+    assert c.cmd(b"complete 2 2\r\nok") == b"COMPLETED\r\n"
+    ext = c.yaml(b"stats-ext")
+
+    status, _, body = get(mport, "/metrics")
+    assert status == 200
+    samples, types = parse_metrics(body)
+    expected = {
+        "qserver_job_failures_total": 2, "qserver_job_retries_total": 1,
+        "qserver_job_dead_letters_total": 1, "qserver_job_completions_total": 1,
+        "qserver_current_retained": 1, "qserver_configured_tubes": 1,
+        "qserver_cmd_fail_total": 2, "qserver_cmd_complete_total": 1,
+        "qserver_cmd_config_tube_total": 2,
+    }
+    for name, value in expected.items():
+        assert samples[(name, ())] == value, name
+    assert types["qserver_current_retained"] == "gauge"
+    assert types["qserver_job_failures_total"] == "counter"
+    # the same figures as stats-ext
+    assert ext["job-failures"] == "2" and ext["current-retained"] == "1"
+    per_tube = {"failures": 2, "retries": 1, "dead_letters": 1, "completions": 1}
+    for field, value in per_tube.items():
+        assert samples[(f"qserver_tube_{field}_total", (("tube", "jobs"),))] == value
