@@ -1,18 +1,7 @@
 """The lifecycle extensions' counters on /metrics (protocol.md, "stats-ext"): the
 same figures as stats-ext, after real commands, in strict Prometheus text format."""
 
-from conftest import free_port, start_qserver
-from test_metrics import parse_metrics, get
-
-import pytest
-
-
-@pytest.fixture
-def served():
-    mport = free_port()
-    server = start_qserver("--metrics", f"127.0.0.1:{mport}")
-    yield server, mport
-    server.stop()
+from test_metrics import get, parse_metrics, served  # noqa: F401 (a fixture)
 
 
 def test_lifecycle_counters_after_commands(served):
