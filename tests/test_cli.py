@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -14,10 +13,11 @@ import time
 
 import pytest
 
-from conftest import (ServerProcess, beanstalkd_path, free_port, qserver_argv,
-                      start_beanstalkd, start_qserver)
+from conftest import (SOON, STARTUP_TIMEOUT, WAIT, ServerProcess, beanstalkd_path,
+                      free_port, qserver_argv, start_beanstalkd, start_qserver)
 
 RUN_TIMEOUT = 10.0
+EXIT_TIMEOUT = 5.0      # a signalled server exits in tens of ms; room for a slow host
 
 
 def run(argv, timeout=RUN_TIMEOUT) -> subprocess.CompletedProcess:
@@ -212,26 +212,27 @@ def _listening_addresses(port: int) -> set:
     return found
 
 
-# -- startup latency ----------------------------------------------------------------
+# -- startup ------------------------------------------------------------------------
 
-FIRST_REPLY_BUDGET = 0.1
-
-
-def _time_to_first_reply(argv, port) -> float:
-    """Seconds from Popen to the first byte of the reply to `stats`."""
+def _first_reply(argv, port) -> float:
+    """Spawn, connect with retries as client test suites do, send `stats`; returns the
+    seconds from Popen to the first bytes of the reply (printed, not asserted: how fast
+    is bench/startup.py's figure)."""
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = start + 5.0
+        deadline = start + STARTUP_TIMEOUT
         while True:
             try:
                 sock = socket.create_connection(("127.0.0.1", port), timeout=1.0)
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"no listener within 5 s (rc={proc.poll()})")
+                    raise AssertionError(
+                        f"no listener within {STARTUP_TIMEOUT} s (rc={proc.poll()})")
                 time.sleep(0.002)
         with sock:
+            sock.settimeout(STARTUP_TIMEOUT)
             sock.sendall(b"stats\r\n")
             assert sock.recv(3) == b"OK "
         return time.monotonic() - start
@@ -252,17 +253,14 @@ def _console_script():
 
 
 @pytest.mark.parametrize("entry", ["module", "console-script"])
-def test_first_command_answered_within_100ms(entry):
-    """greenstalk's tests sleep only 0.1 s after Popen before connecting."""
-    times = []
-    for _ in range(3):
-        port = free_port()
-        flags = ["-l", "127.0.0.1", "-p", str(port)]
-        argv = qserver_argv(*flags) if entry == "module" else [_console_script(), *flags]
-        times.append(_time_to_first_reply(argv, port))
-    # Each start is measured; the median guards against one unlucky scheduling hiccup.
-    assert statistics.median(times) < FIRST_REPLY_BUDGET, \
-        f"first reply after {[round(t * 1000) for t in times]} ms"
+def test_spawned_server_answers_its_first_command(entry):
+    """Both entry points start a server that answers. How soon it answers (client test
+    suites connect 0.1 s after spawning it) is a product promise measured by
+    bench/startup.py, not asserted here: a slower or busier host would miss it."""
+    port = free_port()
+    flags = ["-l", "127.0.0.1", "-p", str(port)]
+    argv = qserver_argv(*flags) if entry == "module" else [_console_script(), *flags]
+    print(f"first reply {_first_reply(argv, port) * 1000:.0f} ms after spawn")
 
 
 # -- signals --------------------------------------------------------------------------
@@ -275,7 +273,7 @@ def test_sigusr1_drains(kind):
         assert c.cmd(b"put 0 0 10 1\r\na") == b"INSERTED 1\r\n"
         assert c.yaml(b"stats")["draining"] == "false"
         server.signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + WAIT
         while c.yaml(b"stats")["draining"] != "true":
             assert time.monotonic() < deadline, "stats never showed draining: true"
             time.sleep(0.01)
@@ -305,18 +303,17 @@ def test_signal_exits_zero_and_closes_listener(signum):
         waiting.send(b"reserve\r\n")
         busy.send(b"put 0 0 10 100\r\nhalf a bo")          # mid-body
         assert idle.cmd(b"stats-tube default").startswith(b"OK ")
-        start = time.monotonic()
         server.signal(signum)
+        # Open connections must not hold the exit up: no wait for a client, so the
+        # exit takes tens of ms; EXIT_TIMEOUT is room for a slow host, not a figure.
         try:
-            rc = server.proc.wait(2.0)
+            rc = server.proc.wait(EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"qserver still running 2 s after signal {signum}")
-        elapsed = time.monotonic() - start
+            pytest.fail(f"qserver still running {EXIT_TIMEOUT} s after signal {signum}")
         assert rc == 0, (rc, stderr_of(server))
-        assert elapsed < 2.0
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
-        assert idle.expect_closed(1.0)
+        assert idle.expect_closed()
     finally:
         for c in (idle, waiting, busy):
             c.close()
@@ -333,9 +330,9 @@ def test_signal_exits_zero_on_unix_socket(signum, short_tmp):
         c.send(b"reserve\r\n")
         server.signal(signum)
         try:
-            rc = server.proc.wait(2.0)
+            rc = server.proc.wait(EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"qserver still running 2 s after signal {signum}")
+            pytest.fail(f"qserver still running {EXIT_TIMEOUT} s after signal {signum}")
         assert rc == 0
         probe = socket.socket(socket.AF_UNIX)
         try:
@@ -357,7 +354,7 @@ def test_signal_right_after_listener_appears_exits_zero():
         server = start_qserver()          # returns as soon as a TCP connect succeeds
         server.signal(signal.SIGTERM)
         try:
-            codes.append(server.proc.wait(2.0))
+            codes.append(server.proc.wait(EXIT_TIMEOUT))
         except subprocess.TimeoutExpired:
             codes.append("still running")
         finally:
@@ -383,11 +380,11 @@ def test_closing_connection_releases_reserved_job_at_once(kind, how):
             owner.send(b"quit\r\n")
         else:
             owner.close()
-        other.sock.settimeout(2.0)
         reply = other.read_reply()
         elapsed = time.monotonic() - start
+        # at once: not at the reserve's timeout (10 s) nor at the TTR (60 s)
         assert reply == b"RESERVED 1 3\r\njob\r\n"
-        assert elapsed < 0.2, f"job came back after {elapsed:.3f} s"
+        assert elapsed < SOON, f"job came back after {elapsed:.3f} s"
         stats = other.yaml(b"stats-job 1")
         assert stats["reserves"] == "2" and stats["pri"] == "5"
     finally:
