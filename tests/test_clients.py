@@ -20,7 +20,8 @@ from collections import Counter
 
 import pytest
 
-from conftest import ServerProcess, beanstalkd_path, qserver_argv, start_beanstalkd, start_qserver
+from conftest import (WAIT, ServerProcess, assert_on_time, beanstalkd_path, qserver_argv,
+                      start_beanstalkd, start_qserver)
 
 greenstalk = pytest.importorskip("greenstalk")
 pystalk = pytest.importorskip("pystalk")
@@ -286,17 +287,17 @@ def test_greenstalk_pause_tube(any_server):
     _, address = any_server
     with gclient(address, use="paused", watch="paused") as c:
         c.put("x")
+        start = time.monotonic()        # before the server starts counting the pause
         c.pause_tube("paused", 1)
         st = c.stats_tube("paused")
         assert st["pause"] == 1
         assert st["cmd-pause-tube"] == 1
         with pytest.raises(greenstalk.TimedOutError):
             c.reserve(timeout=0)
-        start = time.monotonic()
         job = c.reserve(timeout=3)
         elapsed = time.monotonic() - start
         assert job.body == "x"
-        assert 0.5 <= elapsed <= 1.5, elapsed
+        assert_on_time(elapsed, 1.0, "reserve on a tube paused for 1 s")
         c.delete(job)
 
 
@@ -304,12 +305,12 @@ def test_greenstalk_ttr_deadline_soon_and_touch(tcp_server):
     address = ("127.0.0.1", tcp_server.port)
     with gclient(address) as c:
         c.put("ttr", ttr=2)
+        start = time.monotonic()        # before the reserve that sets the deadline
         job = c.reserve(timeout=0)
-        start = time.monotonic()
         with pytest.raises(greenstalk.DeadlineSoonError):
             c.reserve(timeout=5)
         elapsed = time.monotonic() - start
-        assert 0.8 <= elapsed <= 1.3, elapsed
+        assert_on_time(elapsed, 1.0, "DEADLINE_SOON for a TTR 2 job (deadline - 1 s)")
         c.touch(job)
         assert c.stats_job(job)["time-left"] >= 1
         c.release(job)
@@ -345,7 +346,7 @@ def test_greenstalk_drain_mode(unix_server):
         assert c.put(b"first") == 1
         assert c.stats()["draining"] == "false"
         unix_server.signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + WAIT
         while c.stats()["draining"] != "true":
             assert time.monotonic() < deadline, "stats never showed draining: true"
             time.sleep(0.01)
