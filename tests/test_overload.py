@@ -18,15 +18,21 @@ import time
 
 import pytest
 
-from conftest import ServerProcess, free_port, qserver_argv, rss, start_qserver
+from conftest import SOON, WAIT, ServerProcess, free_port, qserver_argv, rss, start_qserver
 
 MiB = 1024 * 1024
+# Another client's round trip while a hog piles up work: under 1 ms here, 50 ms at worst
+# with both cores busy. "Still served" means within this, not at some figure.
+SERVED_WITHIN = 2.0
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def busy_seconds(pid: int) -> float:
+    """Seconds the process's main thread ran or waited for a CPU (/proc/PID/schedstat).
+    A spinning loop is busy all the time however many others compete for the CPUs;
+    an idle one is not busy at all, so the share does not depend on the host."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        on_cpu, waiting = f.read().split()[:2]
+    return (int(on_cpu) + int(waiting)) / 1e9
 
 
 def nofile_limits(pid: int) -> tuple:
@@ -124,8 +130,10 @@ def test_pipelined_large_replies_never_read_keep_memory_bounded():
         # The test means something only if the replies would have been huge.
         assert commands * len(body) > 256 * MiB, commands
         assert peak - base < 64 * MiB, (peak - base) / MiB
-        assert max(latencies) < 1.0, max(latencies)
-        assert sorted(latencies)[len(latencies) // 2] < 0.1, latencies
+        print(f"control round trips: median {sorted(latencies)[len(latencies) // 2]:.4f} s, "
+              f"max {max(latencies):.4f} s")
+        assert max(latencies) < SERVED_WITHIN, max(latencies)
+        assert sorted(latencies)[len(latencies) // 2] < SOON, latencies
 
         # The hog's replies are intact, in order, when it finally reads some.
         hog.setblocking(True)
@@ -138,7 +146,7 @@ def test_pipelined_large_replies_never_read_keep_memory_bounded():
             got += data
         assert got[:50 * len(want)] == want * 50
         hog.close()
-        assert round_trip(ctl, b"ctl", b"after") < 1.0
+        assert round_trip(ctl, b"ctl", b"after") < SERVED_WITHIN
         assert server.proc.poll() is None
     finally:
         server.stop()
@@ -303,10 +311,21 @@ def test_running_out_of_descriptors_keeps_the_accept_loop_alive():
                 s.close()
                 continue
             socks.append(s)
-        time.sleep(0.3)
-        before = cpu_seconds(server.proc.pid)
+        # Let the server finish with the connection attempts (bounded: a spinning
+        # loop never goes quiet, and then fails the check below).
+        deadline = time.monotonic() + WAIT
+        before = busy_seconds(server.proc.pid)
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = busy_seconds(server.proc.pid)
+            if now - before < 0.01:
+                break
+            before = now
+        before = busy_seconds(server.proc.pid)
         time.sleep(1.0)
-        assert cpu_seconds(server.proc.pid) - before < 0.5, "accept loop spins"
+        busy = busy_seconds(server.proc.pid) - before
+        print(f"server busy {busy:.3f} s of 1 s while its descriptors are used up")
+        assert busy < 0.5, "accept loop spins"
         assert server.proc.poll() is None
         served = 0
         for s in socks:
@@ -320,7 +339,22 @@ def test_running_out_of_descriptors_keeps_the_accept_loop_alive():
         for s in socks:
             s.close()
         socks = []
-        time.sleep(0.3)
+        # Wait (bounded) until the server has seen every close: only then are its
+        # descriptors free for the twenty clients below.
+        deadline = time.monotonic() + WAIT
+        while True:
+            probe = None
+            try:
+                probe = server.client()
+                if probe.yaml(b"stats")["current-connections"] == "1":
+                    break
+            except (ConnectionError, OSError):
+                pass                # dropped: no descriptor free yet
+            finally:
+                if probe is not None:
+                    probe.close()
+            assert time.monotonic() < deadline, "the closed clients were never freed"
+            time.sleep(0.02)
         clients = [server.client() for _ in range(20)]
         for c in clients:
             assert c.cmd(b"list-tube-used") == b"USING default\r\n"
