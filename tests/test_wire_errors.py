@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import start_qserver
+from conftest import SOON, WAIT, assert_on_time, start_qserver
 
 VOLATILE = {
     b"pid": rb"[1-9][0-9]*",
@@ -469,7 +469,7 @@ def test_not_ignored(client):
 # --------------------------------------------------------------------------- DRAINING
 
 def wait_draining(client):
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT
     while stats_yaml(client)[b"draining"] != b"true":
         assert time.monotonic() < deadline, "server never entered drain mode"
         time.sleep(0.02)
@@ -551,7 +551,7 @@ def test_deadline_soon_on_reserve_with_timeout(client):
     assert client.cmd(b"reserve") == b"RESERVED 1 5\r\nhello\r\n"
     t0 = time.monotonic()
     assert client.cmd(b"reserve-with-timeout 5") == b"DEADLINE_SOON\r\n"
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < SOON       # at once: no wait for a timer
     assert client.cmd(b"reserve") == b"DEADLINE_SOON\r\n"
     assert client.cmd(b"reserve-with-timeout 0") == b"DEADLINE_SOON\r\n"
     # still reserved by us
@@ -592,11 +592,10 @@ def test_deadline_soon_marks_worker(qserver):
 
 def test_deadline_soon_while_waiting(client):
     assert put(client, ttr=2) == b"INSERTED 1\r\n"
+    t0 = time.monotonic()                   # before the reserve sets the deadline
     assert client.cmd(b"reserve") == b"RESERVED 1 5\r\nhello\r\n"
-    t0 = time.monotonic()
     assert client.cmd(b"reserve-with-timeout 10") == b"DEADLINE_SOON\r\n"
-    elapsed = time.monotonic() - t0
-    assert 0.8 <= elapsed < 1.6, elapsed
+    assert_on_time(time.monotonic() - t0, 1.0, "DEADLINE_SOON for a TTR 2 job")
     assert stats_yaml(client, b"stats-job 1")[b"state"] == b"reserved"
 
 
@@ -757,7 +756,7 @@ def test_producer_worker_flags_sticky(qserver):
         assert b.cmd(b"reserve-job 1") == b"NOT_FOUND\r\n"  # no worker mark
         assert stats_yaml(b)[b"current-workers"] == b"1"
         a.close()
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + WAIT
         while stats_yaml(b)[b"current-connections"] != b"1":
             assert time.monotonic() < deadline
             time.sleep(0.01)
