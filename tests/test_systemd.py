@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import ServerProcess, free_port, qserver_argv, start_qserver, wait_for_port
+from conftest import (EARLY, LATE, WAIT, Client, ServerProcess, free_port, qserver_argv,
+                      start_qserver, wait_for_port)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT_DIR = os.path.join(ROOT, "systemd")
@@ -212,16 +213,21 @@ def test_drain_updates_status(notify):
 
 
 def test_watchdog_pings_at_half_the_interval(notify):
+    """WATCHDOG_USEC=1 s: a ping right after READY, then one every 0.5 s."""
     port = free_port()
-    proc = spawn(port, {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"})
+    spawned = time.monotonic()
+    proc = spawn(port, {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
     try:
         notify.wait_for("READY")
-        start = time.monotonic()
+        ready = time.monotonic()
         for _ in range(4):
-            notify.wait_for("WATCHDOG", timeout=1.0)
-        elapsed = time.monotonic() - start
-        # four pings at 0.1 s, the first possibly together with READY
-        assert 0.2 < elapsed < 1.0, elapsed
+            notify.wait_for("WATCHDOG")
+        fourth = time.monotonic()
+        print(f"fourth ping {fourth - ready:.3f} s after READY (due 1.5 s)")
+        # Never early: the pings are sent after the spawn, 0.5 s apart at least.
+        assert fourth - spawned >= 3 * 0.5 - EARLY, fourth - spawned
+        # Not at the full interval (that would be 3 s): room of LATE for the timers.
+        assert fourth - ready <= 1.5 + LATE, fourth - ready
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(5) == 0
@@ -249,7 +255,14 @@ def test_sigterm_closes_a_parked_reserve_cleanly(notify):
         parked = socket.create_connection(("127.0.0.1", port), timeout=5)
         parked.sendall(b"watch other\r\nreserve\r\n")
         assert parked.recv(100) == b"WATCHING 2\r\n"
-        time.sleep(0.05)        # let the reserve park
+        other = Client(socket.create_connection(("127.0.0.1", port)))
+        try:
+            deadline = time.monotonic() + WAIT       # until the reserve is parked
+            while other.yaml(b"stats")["current-waiting"] != "1":
+                assert time.monotonic() < deadline, "the reserve never parked"
+                time.sleep(0.01)
+        finally:
+            other.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(5) == 0
         # an orderly close (EOF), not a reset, and no stray reply
