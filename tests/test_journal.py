@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import Client, ServerProcess, free_port, qserver_argv, start_qserver
+from conftest import WAIT, Client, ServerProcess, free_port, qserver_argv, start_qserver
 
 PRODUCERS = 20
 WORKERS = 20
@@ -96,6 +96,11 @@ def _run_load_then_kill(server) -> Ledger:
     for t in threads:
         t.start()
     time.sleep(LOAD_SECONDS)        # the load runs; the kill comes in the middle of it
+    # A slow host may need longer before the first delete is acknowledged, and the
+    # checks need one; wait for it (bounded) rather than for a fixed time.
+    deadline = time.monotonic() + WAIT
+    while not ledger.deleted and not ledger.errors and time.monotonic() < deadline:
+        time.sleep(0.05)
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(5)
     stop.set()

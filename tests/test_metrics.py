@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ServerProcess, free_port, qserver_argv, start_qserver
+from conftest import WAIT, ServerProcess, free_port, qserver_argv, start_qserver
 
 from qserver.metrics import escape_label
 
@@ -180,7 +180,7 @@ def test_health_and_http_errors(served):
         s.sendall(b"garbage\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400 ")
     server.signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + WAIT
     while get(mport, "/health")[0] != 503:
         assert time.monotonic() < deadline
         time.sleep(0.01)
