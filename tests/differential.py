@@ -22,12 +22,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from conftest import start_beanstalkd, start_qserver
+from conftest import WAIT, start_beanstalkd, start_qserver
 
-# Bounds on every wait. beanstalkd answers in microseconds; a reply missing after this
-# long is a missing reply, not a slow one.
-REPLY_TIMEOUT = 2.0
-SEND_TIMEOUT = 5.0
+# Bounds on every wait. beanstalkd answers in microseconds and qserver in well under a
+# millisecond; a reply missing after this long is a missing reply, not a slow one, even
+# on a slow or busy host. (Only a failing run waits this long: no step expects silence.)
+REPLY_TIMEOUT = 10.0
+SEND_TIMEOUT = 10.0
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -168,12 +169,48 @@ class Pair:
             self.conns[side][i].close()
             self.conns[side][i] = Conn(self.servers[side])
 
+    def hang_up(self, i: int) -> None:
+        """The client closes connection `i` on both servers and opens a new one; returns
+        once both servers have closed their end of the old one, so that what they
+        count next (connections, ids of unfinished puts) no longer depends on timing."""
+        old = [self.conns[side][i].sock.getsockname()[1] for side in (0, 1)]
+        self.reconnect(i)
+        for server, client_port in zip(self.servers, old):
+            wait_server_closed(server.port, client_port)
+
     def close(self) -> None:
         for side in self.conns:
             for conn in side:
                 conn.close()
         for server in self.servers:
             server.stop()
+
+
+# TCP states (include/net/tcp_states.h) in which the server still holds its end.
+_SERVER_END_OPEN = {"01", "08"}         # ESTABLISHED, CLOSE_WAIT
+
+
+def _server_end_state(server_port: int, client_port: int):
+    """The state of the server's end of 127.0.0.1:client_port -> server_port, or None
+    once it is gone (/proc/net/tcp; ports in hex)."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if (int(local.split(":")[1], 16) == server_port
+                    and int(remote.split(":")[1], 16) == client_port):
+                return state
+    return None
+
+
+def wait_server_closed(server_port: int, client_port: int, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while _server_end_state(server_port, client_port) in _SERVER_END_OPEN:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server on {server_port} never closed the connection "
+                                 f"from port {client_port}")
+        time.sleep(0.005)
 
 
 # ---------------------------------------------------------------------------

@@ -6,8 +6,6 @@ walks (`differential.RandomSession`) mix valid and invalid commands over three
 connections, pipelined and split into random TCP segments.
 """
 
-import time
-
 import pytest
 
 from differential import Cmd, Pair, Runner, Step, run_random, run_script, warm_up
@@ -182,8 +180,7 @@ def test_disconnect_mid_body_uses_an_id():
         warm_up(runner, 2)
         runner.run(S(0, put()))
         runner.run(Step(1, [Cmd(b"put 0 0 100 10\r\nabc", 0)]))
-        pair.reconnect(1)
-        time.sleep(0.2)  # let both servers notice the hang-up before counting
+        pair.hang_up(1)  # returns once both servers have noticed, before counting
         runner.run(S(1, b"list-tube-used"))
         for data in (put(), b"stats-job 3", b"stats"):
             runner.run(S(0, data))
