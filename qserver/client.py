@@ -1,0 +1,920 @@
+"""A Python client for qserver (and beanstalkd): asyncio first, with a blocking wrapper.
+
+`AsyncClient` speaks every beanstalkd command and every qserver extension
+(protocol.md, "Extensions") over one connection; `Client` runs an `AsyncClient` on a
+private event loop in a thread, so the protocol is written once. `AsyncClient.work`
+(and `Client.work`) is the worker loop: reserve, heartbeat while the handler runs,
+`complete` with what it returns, `fail` with the traceback when it raises.
+
+Errors are split in two: `QueueConnectionError` (a `ConnectionError`: cannot connect,
+the connection broke, a reply did not come in time or could not be read) and
+`ServerError`, with one subclass per error reply (`NotFound`, `BadFormat`, ...).
+A command cancelled or timed out while its reply is outstanding leaves the
+request/reply pipe out of step, so the connection is closed and later calls raise
+`QueueConnectionError`.
+
+YAML replies are read by a small parser for the flat shapes the servers send
+(protocol.md, "YAML replies", "job-info"); PyYAML is not needed.
+
+Imports: stdlib only, and nothing from the server's modules (a client runs anywhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import re
+import threading
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar, Union, cast
+
+__all__ = [
+    "AsyncClient", "Client", "Job", "FailAction", "FailResult",
+    "JobStats", "TubeStats", "JobInfo", "Failure", "TubePolicy", "ExtStats",
+    "ServerStats", "parse_yaml",
+    "QueueClientError", "QueueConnectionError", "ServerError", "NotFound", "BadFormat",
+    "JobTooBig", "Draining", "DeadlineSoon", "TimedOut", "Buried", "ExpectedCrlf",
+    "OutOfMemory", "InternalError", "UnknownCommand", "NotIgnored", "UnexpectedReply",
+    "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_PRI", "DEFAULT_TTR",
+]
+
+log = logging.getLogger("qserver.client")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11300
+DEFAULT_PRI = 1 << 31        # the middle of the u32 range
+DEFAULT_TTR = 60
+FAIL_REASON_LIMIT = 4096     # the server keeps at most this much of a reason
+
+
+# -- errors -------------------------------------------------------------------------
+
+class QueueClientError(Exception):
+    """Base of every error this module raises."""
+
+
+class QueueConnectionError(QueueClientError, ConnectionError):
+    """Cannot connect, the connection broke or was closed, or a reply did not arrive
+    in time or could not be read. The connection is unusable afterwards."""
+
+
+class ServerError(QueueClientError):
+    """The server answered a command with an error reply. The connection stays usable.
+
+    `command` is the command word sent, `reply` the reply line (without CRLF)."""
+
+    word = ""
+
+    def __init__(self, command: str, reply: str) -> None:
+        super().__init__(f"{command}: {reply}")
+        self.command = command
+        self.reply = reply
+
+
+class NotFound(ServerError):
+    word = "NOT_FOUND"
+
+
+class BadFormat(ServerError):
+    word = "BAD_FORMAT"
+
+
+class JobTooBig(ServerError):
+    word = "JOB_TOO_BIG"
+
+
+class Draining(ServerError):
+    word = "DRAINING"
+
+
+class DeadlineSoon(ServerError):
+    """A reserve was answered DEADLINE_SOON: a job this connection holds is about to
+    run out of TTR."""
+
+    word = "DEADLINE_SOON"
+
+
+class TimedOut(ServerError):
+    word = "TIMED_OUT"
+
+
+class Buried(ServerError):
+    """`put` or `release` answered BURIED (beanstalkd out of memory; qserver never
+    sends it). `job_id` is the id a put's reply names, else None."""
+
+    word = "BURIED"
+
+    @property
+    def job_id(self) -> int | None:
+        words = self.reply.split()
+        return int(words[1]) if len(words) == 2 and words[1].isdigit() else None
+
+
+class ExpectedCrlf(ServerError):
+    word = "EXPECTED_CRLF"
+
+
+class OutOfMemory(ServerError):
+    word = "OUT_OF_MEMORY"
+
+
+class InternalError(ServerError):
+    word = "INTERNAL_ERROR"
+
+
+class UnknownCommand(ServerError):
+    """The server does not know the command (e.g. an extension sent to beanstalkd)."""
+
+    word = "UNKNOWN_COMMAND"
+
+
+class NotIgnored(ServerError):
+    word = "NOT_IGNORED"
+
+
+class UnexpectedReply(ServerError):
+    """A well-framed reply that this command never gets."""
+
+
+_ERRORS: dict[str, type[ServerError]] = {
+    cls.word: cls for cls in (NotFound, BadFormat, JobTooBig, Draining, DeadlineSoon,
+                              TimedOut, Buried, ExpectedCrlf, OutOfMemory,
+                              InternalError, UnknownCommand, NotIgnored)}
+
+
+# -- values -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as `reserve*` and `peek*` return it."""
+
+    id: int
+    body: bytes
+
+
+class FailAction(enum.StrEnum):
+    """What `fail` did with the job (protocol.md, "fail")."""
+
+    RETRYING = "RETRYING"
+    BURIED = "BURIED"
+    MOVED = "MOVED"
+    DELETED = "DELETED"
+
+
+@dataclass(frozen=True, slots=True)
+class FailResult:
+    """The reply to `fail`: `delay` is set for RETRYING (seconds until the next
+    attempt, 0 = ready now), `tube` for MOVED (the dead-letter tube)."""
+
+    action: FailAction
+    delay: int | None = None
+    tube: str | None = None
+
+
+Scalar = Union[int, float, bool, str, None]
+ServerStats = dict[str, Scalar]
+"""`stats`: keys as on the wire; the set of keys depends on the server and version."""
+
+JobStats = TypedDict("JobStats", {
+    "id": int, "tube": str, "state": str, "pri": int, "age": int, "delay": int,
+    "ttr": int, "time-left": int, "file": int, "reserves": int, "timeouts": int,
+    "releases": int, "buries": int, "kicks": int})
+
+TubeStats = TypedDict("TubeStats", {
+    "name": str, "current-jobs-urgent": int, "current-jobs-ready": int,
+    "current-jobs-reserved": int, "current-jobs-delayed": int,
+    "current-jobs-buried": int, "total-jobs": int, "current-using": int,
+    "current-watching": int, "current-waiting": int, "cmd-delete": int,
+    "cmd-pause-tube": int, "pause": int, "pause-time-left": int})
+
+
+class Failure(TypedDict):
+    """One counted failure of a job: wall-clock Unix seconds and the reason."""
+
+    time: int
+    reason: bytes
+
+
+JobInfo = TypedDict("JobInfo", {
+    "id": int, "tube": str, "state": str, "pri": int, "age": int, "delay": int,
+    "ttr": int, "time-left": int, "file": int, "reserves": int, "timeouts": int,
+    "releases": int, "buries": int, "kicks": int,
+    "attempts": int, "max-attempts": int, "progress": bytes | None,
+    "result-bytes": int, "failures": list[Failure]})
+
+TubePolicy = TypedDict("TubePolicy", {
+    "name": str, "configured": bool, "max-attempts": int, "backoff": str,
+    "dead-letter": str, "retain": int})
+
+ExtStats = TypedDict("ExtStats", {
+    "cmd-config-tube": int, "cmd-fail": int, "cmd-complete": int, "cmd-progress": int,
+    "cmd-job-info": int, "cmd-peek-result": int, "cmd-stats-ext": int,
+    "job-failures": int, "job-retries": int, "job-dead-letters": int,
+    "job-completions": int, "current-retained": int, "configured-tubes": int})
+
+
+# -- YAML replies -------------------------------------------------------------------
+
+# Keys whose bare values stay strings even when they look like numbers: beanstalkd
+# 1.12 writes strings bare (`version: 1.12`), a tube may be called `123`, and the
+# `stats` id is hex that may happen to be all digits.
+_STATS_STRINGS = frozenset(("version", "hostname", "os", "platform", "id"))
+_TUBE_STRINGS = frozenset(("name",))
+_JOB_STRINGS = frozenset(("tube", "state"))
+_POLICY_STRINGS = frozenset(("name", "backoff", "dead-letter"))
+
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)")
+_SIMPLE_ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+_INT = re.compile(r"[0-9]+")
+_FLOAT = re.compile(r"[0-9]+\.[0-9]+")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    text = match.group(1)
+    if len(text) == 3:                  # xNN: one byte, as one character U+00NN
+        return chr(int(text[1:], 16))
+    return _SIMPLE_ESCAPES.get(text, text)
+
+
+def _unquote(text: str) -> tuple[str, bool]:
+    """A YAML double-quoted scalar's text (protocol.md, "job-info": `\\\\`, `\\"`,
+    `\\xNN`), and whether it was quoted."""
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        return _ESCAPE.sub(_unescape, text[1:-1]), True
+    return text, False
+
+
+def _scalar(key: str, text: str, strings: frozenset[str]) -> Any:
+    value, quoted = _unquote(text)
+    if quoted or key in strings:
+        return value
+    if value == "~":
+        return None
+    if value in ("true", "false"):
+        return value == "true"
+    if value == "[]":
+        return []
+    if _INT.fullmatch(value):
+        return int(value)
+    if _FLOAT.fullmatch(value):
+        return float(value)
+    return value
+
+
+def parse_yaml(text: str | bytes, strings: Iterable[str] = ()) -> Any:
+    """Read the YAML the servers send: a document that is either a list of names
+    (`- name`) or flat `key: value` lines, where a key with an empty value holds a
+    list of `- key: value` mappings continued by `  key: value` lines (job-info's
+    `failures`). Quoted values are strings; bare ones become int, float, bool, None
+    (`~`) or [] (`[]`) unless their key is in `strings`. List entries are strings."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    keep = frozenset(strings)
+    mapping: dict[str, Any] = {}
+    names: list[str] | None = None
+    block: list[Any] | None = None         # the list a `key:` line opened
+    item: dict[str, Any] | None = None     # the mapping a `- key: value` line opened
+    for line in text.split("\n"):
+        if not line or line == "---":
+            continue
+        if line.startswith("- "):
+            entry = line[2:]
+            if block is None:                       # a list document: list-tubes
+                if names is None:
+                    names = []
+                names.append(_unquote(entry)[0])
+                continue
+            key, sep, value = entry.partition(": ")
+            if sep:
+                item = {key: _scalar(key, value, keep)}
+                block.append(item)
+            else:
+                item = None
+                block.append(_scalar("", entry, keep))
+        elif line.startswith("  ") and item is not None:
+            key, _, value = line[2:].partition(": ")
+            item[key] = _scalar(key, value, keep)
+        else:
+            key, _, value = line.partition(":")
+            item = None
+            if value.strip():
+                mapping[key] = _scalar(key, value[1:] if value[:1] == " " else value,
+                                       keep)
+                block = None
+            else:
+                block = mapping[key] = []
+    return names if names is not None and not mapping else mapping
+
+
+def _latin1(text: str) -> bytes:
+    """The bytes a YAML string stands for: the server writes every byte that is not
+    printable ASCII as `\\xNN`, so each character is one byte."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:          # not from qserver's escaping; keep the text
+        return text.encode("utf-8")
+
+
+def _job_info(data: bytes) -> JobInfo:
+    info = parse_yaml(data, _JOB_STRINGS)
+    progress = info.get("progress")
+    if isinstance(progress, str):
+        info["progress"] = _latin1(progress)
+    failures = info.get("failures") or []
+    for failure in failures:
+        if isinstance(failure, dict) and isinstance(failure.get("reason"), str):
+            failure["reason"] = _latin1(failure["reason"])
+    info["failures"] = failures
+    return cast(JobInfo, info)
+
+
+def _body(data: bytes | str | None) -> bytes:
+    if data is None:
+        return b""
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"a body must be bytes, str or None, not {type(data).__name__}")
+
+
+def _number(value: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a non-negative integer: {value!r}")
+    return str(value)
+
+
+def _name(tube: str) -> str:
+    """A tube name for a command line. The server checks the rules; the client only
+    makes sure the name cannot end the line early and smuggle in another command."""
+    if not isinstance(tube, str) or any(c in tube for c in "\r\n"):
+        raise ValueError(f"not a tube name: {tube!r}")
+    return tube
+
+
+# -- the async client ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    line: str
+    words: list[str]
+    body: bytes | None
+
+
+_BODY_REPLIES = {"OK": 2, "FOUND": 3, "RESERVED": 3}   # word -> words with the size last
+_FROM_SETTING = object()
+
+
+class AsyncClient:
+    """One connection to qserver or beanstalkd.
+
+        async with AsyncClient(port=11300) as queue:
+            job_id = await queue.put(b"hello")
+
+    `timeout` (seconds, default None: wait as long as it takes) bounds connecting
+    and every reply except a `reserve`'s wait; `reserve_with_timeout(n)` waits
+    n + timeout. Commands are serialized with a lock, so several tasks may share
+    one client; they take turns.
+    """
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+                 unix_path: str | None = None, timeout: float | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.unix_path = unix_path
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    # connection ------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return self.unix_path or f"{self.host}:{self.port}"
+
+    @property
+    def closed(self) -> bool:
+        return self._writer is None
+
+    async def connect(self) -> AsyncClient:
+        if self._writer is not None:
+            return self
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.unix_path:
+                    opened = await asyncio.open_unix_connection(self.unix_path)
+                else:
+                    opened = await asyncio.open_connection(self.host, self.port)
+        except (OSError, TimeoutError) as error:
+            reason = "timed out" if isinstance(error, TimeoutError) else error
+            raise QueueConnectionError(f"cannot connect to {self.where}: {reason}") \
+                from error
+        self._reader, self._writer = opened
+        return self
+
+    async def close(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _abort(self) -> None:
+        """Drop the connection at once: the pipe is out of step."""
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.transport.abort()
+
+    # one command -------------------------------------------------------------------
+
+    async def _call(self, line: str, body: bytes | None = None,
+                    timeout: Any = _FROM_SETTING) -> _Reply:
+        """Send one command and read its whole reply, holding the lock."""
+        data = line.encode("utf-8")
+        # A body goes after its size, as put's does (protocol.md, "Job bodies").
+        data += b"\r\n" if body is None else b" %d\r\n%s\r\n" % (len(body), body)
+        wait = self.timeout if timeout is _FROM_SETTING else timeout
+        async with self._lock:
+            reader, writer = self._reader, self._writer
+            if reader is None or writer is None:
+                raise QueueConnectionError(f"not connected to {self.where}")
+            try:
+                async with asyncio.timeout(wait):
+                    writer.write(data)
+                    await writer.drain()
+                    return await self._read_reply(reader)
+            except BaseException as error:
+                # Cancelled, timed out or broken with the reply outstanding: whatever
+                # comes next on this connection would be read as the wrong reply.
+                self._abort()
+                if isinstance(error, TimeoutError):
+                    raise QueueConnectionError(
+                        f"{line.split(' ')[0]}: no reply from {self.where} within "
+                        f"{wait} s") from None
+                if isinstance(error, (OSError, EOFError, ValueError)):
+                    raise QueueConnectionError(
+                        f"connection to {self.where}: {error}") from error
+                raise
+
+    async def _read_reply(self, reader: asyncio.StreamReader) -> _Reply:
+        try:
+            raw = await reader.readuntil(b"\r\n")
+        except asyncio.IncompleteReadError:
+            raise EOFError("the server closed the connection") from None
+        except asyncio.LimitOverrunError:
+            raise ValueError("reply line too long") from None
+        line = raw[:-2].decode("latin-1")
+        words = line.split(" ")
+        if _BODY_REPLIES.get(words[0]) == len(words):
+            if not _INT.fullmatch(words[-1]):
+                raise ValueError(f"bad reply line {line!r}")
+            try:
+                data = await reader.readexactly(int(words[-1]) + 2)
+            except asyncio.IncompleteReadError:
+                raise EOFError("the server closed the connection") from None
+            if data[-2:] != b"\r\n":
+                raise ValueError(f"reply body of {line!r} is not followed by CRLF")
+            return _Reply(line, words, data[:-2])
+        return _Reply(line, words, None)
+
+    async def _expect(self, line: str, word: str, numbers: int | None = 0,
+                      body: bytes | None = None, timeout: Any = _FROM_SETTING) -> _Reply:
+        """`_call`, raising the reply's ServerError unless it is `word` followed by
+        `numbers` numbers (None: anything, as the tube name after USING)."""
+        reply = await self._call(line, body, timeout)
+        words = reply.words
+        if words[0] != word or numbers is not None and (
+                len(words) != 1 + numbers or not all(map(_INT.fullmatch, words[1:]))):
+            raise self._error(line, reply)
+        return reply
+
+    @staticmethod
+    def _error(line: str, reply: _Reply) -> ServerError:
+        cls = _ERRORS.get(reply.words[0], UnexpectedReply)
+        return cls(line.split(" ")[0], reply.line)
+
+    @staticmethod
+    def _job(reply: _Reply) -> Job:
+        assert reply.body is not None
+        return Job(int(reply.words[1]), reply.body)
+
+    async def _yaml(self, line: str, strings: frozenset[str] = frozenset()) -> Any:
+        reply = await self._expect(line, "OK", 1)
+        assert reply.body is not None
+        return parse_yaml(reply.body, strings)
+
+    # producer commands ---------------------------------------------------------------
+
+    async def put(self, body: bytes | str, *, pri: int = DEFAULT_PRI, delay: int = 0,
+                  ttr: int = DEFAULT_TTR) -> int:
+        """Put a job into the used tube; returns its id. A str body is sent as UTF-8."""
+        reply = await self._expect(f"put {_number(pri)} {_number(delay)} {_number(ttr)}",
+                                   "INSERTED", 1, _body(body))
+        return int(reply.words[1])
+
+    async def use(self, tube: str) -> str:
+        """Put later jobs into `tube`; returns the name."""
+        return (await self._expect(f"use {_name(tube)}", "USING", None)).line[len("USING "):]
+
+    # worker commands -----------------------------------------------------------------
+
+    async def reserve(self) -> Job:
+        """Wait as long as it takes for a job from the watched tubes. Raises
+        DeadlineSoon when a job this connection holds is about to time out."""
+        return self._job(await self._expect("reserve", "RESERVED", 2, timeout=None))
+
+    async def reserve_with_timeout(self, seconds: int) -> Job:
+        """As `reserve`, but raises TimedOut after `seconds` (0: at once)."""
+        wait = None if self.timeout is None else seconds + self.timeout
+        return self._job(await self._expect(f"reserve-with-timeout {_number(seconds)}",
+                                            "RESERVED", 2, timeout=wait))
+
+    async def reserve_job(self, job_id: int) -> Job:
+        """Reserve one ready, delayed or buried job by id."""
+        return self._job(await self._expect(f"reserve-job {_number(job_id)}", "RESERVED", 2))
+
+    async def delete(self, job_id: int) -> None:
+        await self._expect(f"delete {_number(job_id)}", "DELETED")
+
+    async def release(self, job_id: int, *, pri: int = DEFAULT_PRI, delay: int = 0) -> None:
+        await self._expect(f"release {_number(job_id)} {_number(pri)} {_number(delay)}",
+                           "RELEASED")
+
+    async def bury(self, job_id: int, *, pri: int = DEFAULT_PRI) -> None:
+        await self._expect(f"bury {_number(job_id)} {_number(pri)}", "BURIED")
+
+    async def touch(self, job_id: int) -> None:
+        await self._expect(f"touch {_number(job_id)}", "TOUCHED")
+
+    async def watch(self, tube: str) -> int:
+        """Add `tube` to the watch list; returns how many tubes are watched."""
+        return int((await self._expect(f"watch {_name(tube)}", "WATCHING", 1)).words[1])
+
+    async def ignore(self, tube: str) -> int:
+        """Remove `tube` from the watch list; returns how many tubes are watched.
+        Raises NotIgnored for the last one."""
+        return int((await self._expect(f"ignore {_name(tube)}", "WATCHING", 1)).words[1])
+
+    # other commands ------------------------------------------------------------------
+
+    async def peek(self, job_id: int) -> Job:
+        return self._job(await self._expect(f"peek {_number(job_id)}", "FOUND", 2))
+
+    async def peek_ready(self) -> Job:
+        """The next ready job of the used tube."""
+        return self._job(await self._expect("peek-ready", "FOUND", 2))
+
+    async def peek_delayed(self) -> Job:
+        """The delayed job of the used tube that is due soonest."""
+        return self._job(await self._expect("peek-delayed", "FOUND", 2))
+
+    async def peek_buried(self) -> Job:
+        """The oldest buried job of the used tube."""
+        return self._job(await self._expect("peek-buried", "FOUND", 2))
+
+    async def kick(self, bound: int) -> int:
+        """Kick up to `bound` buried (else delayed) jobs of the used tube; returns
+        how many were kicked."""
+        return int((await self._expect(f"kick {_number(bound)}", "KICKED", 1)).words[1])
+
+    async def kick_job(self, job_id: int) -> None:
+        await self._expect(f"kick-job {_number(job_id)}", "KICKED")
+
+    async def stats(self) -> ServerStats:
+        return cast(ServerStats, await self._yaml("stats", _STATS_STRINGS))
+
+    async def stats_job(self, job_id: int) -> JobStats:
+        return cast(JobStats, await self._yaml(f"stats-job {_number(job_id)}",
+                                               _JOB_STRINGS))
+
+    async def stats_tube(self, tube: str) -> TubeStats:
+        return cast(TubeStats, await self._yaml(f"stats-tube {_name(tube)}",
+                                                _TUBE_STRINGS))
+
+    async def list_tubes(self) -> list[str]:
+        return cast(list[str], await self._yaml("list-tubes"))
+
+    async def list_tube_used(self) -> str:
+        return (await self._expect("list-tube-used", "USING", None)).line[len("USING "):]
+
+    async def list_tubes_watched(self) -> list[str]:
+        return cast(list[str], await self._yaml("list-tubes-watched"))
+
+    async def pause_tube(self, tube: str, seconds: int) -> None:
+        await self._expect(f"pause-tube {_name(tube)} {_number(seconds)}", "PAUSED")
+
+    async def quit(self) -> None:
+        """Ask the server to close the connection (no reply), then close it."""
+        async with self._lock:
+            if self._writer is not None:
+                try:
+                    self._writer.write(b"quit\r\n")
+                    await self._writer.drain()
+                except OSError:
+                    pass
+        await self.close()
+
+    # extensions (qserver only; beanstalkd answers UNKNOWN_COMMAND) -------------------
+
+    async def config_tube_set(self, tube: str, name: str, value: int | str) -> None:
+        """Set one policy value of a tube: `max-attempts`, `backoff`, `dead-letter`
+        or `retain` (protocol.md, "config-tube")."""
+        if not isinstance(value, int) or isinstance(value, bool):
+            value = _name(str(value))
+        await self._expect(f"config-tube {_name(tube)} {_name(name)} {value}", "CONFIGURED")
+
+    async def config_tube_get(self, tube: str) -> TubePolicy:
+        """A tube's effective policy (the defaults, `configured: False`, if none)."""
+        return cast(TubePolicy, await self._yaml(f"config-tube {_name(tube)}",
+                                                 _POLICY_STRINGS))
+
+    async def fail(self, job_id: int, reason: bytes | str = b"") -> FailResult:
+        """Report that a reserved job failed; the tube's policy decides what next."""
+        reply = await self._call(f"fail {_number(job_id)}", _body(reason))
+        words = reply.words
+        if words == ["BURIED"] or words == ["DELETED"]:
+            return FailResult(FailAction(words[0]))
+        if words[0] == "RETRYING" and len(words) == 2 and _INT.fullmatch(words[1]):
+            return FailResult(FailAction.RETRYING, delay=int(words[1]))
+        if words[0] == "MOVED" and len(words) == 2:
+            return FailResult(FailAction.MOVED, tube=words[1])
+        raise self._error("fail", reply)
+
+    async def complete(self, job_id: int, result: bytes | str | None = b"") -> None:
+        """Finish a reserved job with a result (kept for the tube's `retain` seconds)."""
+        await self._expect(f"complete {_number(job_id)}", "COMPLETED", 0, _body(result))
+
+    async def progress(self, job_id: int, data: bytes | str) -> None:
+        """Store a reserved job's progress and restart its TTR (a `touch`)."""
+        await self._expect(f"progress {_number(job_id)}", "TOUCHED", 0, _body(data))
+
+    async def job_info(self, job_id: int) -> JobInfo:
+        """`stats-job` plus attempts, failures, progress and result size; also for
+        finished jobs whose record is retained (state `completed` or `dead`)."""
+        reply = await self._expect(f"job-info {_number(job_id)}", "OK", 1)
+        assert reply.body is not None
+        return _job_info(reply.body)
+
+    async def peek_result(self, job_id: int) -> bytes:
+        """The result of a completed job while its record is retained."""
+        reply = await self._expect(f"peek-result {_number(job_id)}", "FOUND", 2)
+        assert reply.body is not None
+        return reply.body
+
+    async def stats_ext(self) -> ExtStats:
+        return cast(ExtStats, await self._yaml("stats-ext"))
+
+    # the worker loop -----------------------------------------------------------------
+
+    async def work(self, tubes: str | Sequence[str],
+                   handler: Callable[[Job], Awaitable[bytes | str | None] | bytes | str | None],
+                   *, max_jobs: int | None = None, idle_timeout: int | None = None,
+                   heartbeat: float | None = None) -> int:
+        """Watch `tubes` (only those) and handle jobs one at a time until cancelled,
+        `max_jobs` are handled, or no job comes for `idle_timeout` seconds. Returns
+        the number of jobs handled.
+
+        While `handler(job)` runs, a background task `touch`es the job every
+        `heartbeat` seconds (default: half its ttr). When the handler returns bytes,
+        str or None the job is `complete`d with it; when it raises, the job is
+        `fail`ed with the traceback (its last 4 KiB) and the tube's policy decides
+        what follows. If the worker is cancelled meanwhile, the job is released.
+        A handler may use this client too (e.g. `progress`); commands take turns.
+        `complete` and `fail` are qserver extensions.
+        """
+        names = [tubes] if isinstance(tubes, str) else list(tubes)
+        if not names:
+            raise ValueError("no tube to work on")
+        for tube in names:
+            await self.watch(tube)
+        for tube in await self.list_tubes_watched():
+            if tube not in names:
+                await self.ignore(tube)
+        handled = 0
+        while max_jobs is None or handled < max_jobs:
+            try:
+                if idle_timeout is None:
+                    job = await self.reserve()
+                else:
+                    job = await self.reserve_with_timeout(idle_timeout)
+            except TimedOut:
+                break
+            except DeadlineSoon:        # a job the handler reserved itself is due
+                await asyncio.sleep(0.1)
+                continue
+            await self._handle(job, handler, heartbeat)
+            handled += 1
+        return handled
+
+    async def _handle(self, job: Job, handler: Callable[[Job], Any],
+                      heartbeat: float | None) -> None:
+        try:
+            stats = await self.stats_job(job.id)
+        except NotFound:                # its TTR ran out already
+            log.warning("job %d was lost before its handler ran", job.id)
+            return
+        interval = heartbeat if heartbeat is not None else stats["ttr"] / 2
+        stop = asyncio.Event()
+        beat = asyncio.create_task(self._heartbeat(job.id, interval, stop))
+        try:
+            try:
+                result = handler(job)
+                if inspect.isawaitable(result):
+                    result = await result
+                body = _body(result)
+            finally:
+                stop.set()
+                await asyncio.shield(beat)   # never cancel it mid-command
+        except Exception:
+            reason = traceback.format_exc().encode("utf-8", "replace")
+            await self._fail_quietly(job.id, reason[-FAIL_REASON_LIMIT:])
+            return
+        except BaseException:           # cancelled: give the job back untouched
+            if not self.closed:
+                try:
+                    await self.release(job.id, pri=stats["pri"])
+                except QueueClientError:
+                    pass
+            raise
+        try:
+            await self.complete(job.id, body)
+        except NotFound:
+            log.warning("job %d was lost before it could be completed", job.id)
+        except (JobTooBig, BadFormat) as error:
+            await self._fail_quietly(job.id, f"complete: {error.reply}".encode())
+
+    async def _fail_quietly(self, job_id: int, reason: bytes) -> None:
+        try:
+            outcome = await self.fail(job_id, reason)
+        except NotFound:
+            log.warning("job %d was lost before it could be failed", job_id)
+            return
+        log.info("job %d failed: %s", job_id, outcome.action.value)
+
+    async def _heartbeat(self, job_id: int, interval: float, stop: asyncio.Event) -> None:
+        """Touch the job every `interval` seconds until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.touch(job_id)
+            except NotFound:
+                log.warning("job %d: heartbeat found it gone (TTR ran out)", job_id)
+                return
+            except QueueConnectionError:
+                return
+
+
+# -- the blocking client ------------------------------------------------------------
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _blocking(method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]
+              ) -> Callable[Concatenate[Client, P], T]:
+    """`Client.<name>`: run `AsyncClient.<name>` on the client's loop and wait."""
+    name = method.__name__
+
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        bound = cast(Callable[P, Coroutine[Any, Any, T]], getattr(self._client, name))
+        return self._run(bound(*args, **kwargs))
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+class Client:
+    """The blocking client: every `AsyncClient` method, waiting for its result.
+
+        with Client(port=11300) as queue:
+            job_id = queue.put(b"hello")
+
+    It runs an `AsyncClient` on a private event loop in a daemon thread, so it
+    may be used from several threads (commands take turns) and from a `work`
+    handler. It connects at once and raises QueueConnectionError if it cannot.
+    A call interrupted (e.g. by KeyboardInterrupt) while its reply is outstanding
+    closes the connection.
+    """
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+                 unix_path: str | None = None, timeout: float | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="qserver-client", daemon=True)
+        self._thread.start()
+        self._client = AsyncClient(host, port, unix_path=unix_path, timeout=timeout)
+        try:
+            self._run(self._client.connect())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError("a blocking Client call from its own event loop")
+        if self._loop.is_closed():
+            coroutine.close()
+            raise QueueConnectionError("the client is closed")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def _stop_loop(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    @property
+    def where(self) -> str:
+        return self._client.where
+
+    @property
+    def closed(self) -> bool:
+        return self._loop.is_closed() or self._client.closed
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            try:
+                self._run(self._client.close())
+            finally:
+                self._stop_loop()
+
+    def quit(self) -> None:
+        if not self._loop.is_closed():
+            try:
+                self._run(self._client.quit())
+            finally:
+                self._stop_loop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def work(self, tubes: str | Sequence[str],
+             handler: Callable[[Job], bytes | str | None], *,
+             max_jobs: int | None = None, idle_timeout: int | None = None,
+             heartbeat: float | None = None) -> int:
+        """`AsyncClient.work` with a plain function as the handler, run in a worker
+        thread so that the heartbeats go on while it works."""
+        async def run(job: Job) -> bytes | str | None:
+            return await asyncio.to_thread(handler, job)
+        return self._run(self._client.work(tubes, run, max_jobs=max_jobs,
+                                           idle_timeout=idle_timeout,
+                                           heartbeat=heartbeat))
+
+    put = _blocking(AsyncClient.put)
+    use = _blocking(AsyncClient.use)
+    reserve = _blocking(AsyncClient.reserve)
+    reserve_with_timeout = _blocking(AsyncClient.reserve_with_timeout)
+    reserve_job = _blocking(AsyncClient.reserve_job)
+    delete = _blocking(AsyncClient.delete)
+    release = _blocking(AsyncClient.release)
+    bury = _blocking(AsyncClient.bury)
+    touch = _blocking(AsyncClient.touch)
+    watch = _blocking(AsyncClient.watch)
+    ignore = _blocking(AsyncClient.ignore)
+    peek = _blocking(AsyncClient.peek)
+    peek_ready = _blocking(AsyncClient.peek_ready)
+    peek_delayed = _blocking(AsyncClient.peek_delayed)
+    peek_buried = _blocking(AsyncClient.peek_buried)
+    kick = _blocking(AsyncClient.kick)
+    kick_job = _blocking(AsyncClient.kick_job)
+    stats = _blocking(AsyncClient.stats)
+    stats_job = _blocking(AsyncClient.stats_job)
+    stats_tube = _blocking(AsyncClient.stats_tube)
+    list_tubes = _blocking(AsyncClient.list_tubes)
+    list_tube_used = _blocking(AsyncClient.list_tube_used)
+    list_tubes_watched = _blocking(AsyncClient.list_tubes_watched)
+    pause_tube = _blocking(AsyncClient.pause_tube)
+    config_tube_set = _blocking(AsyncClient.config_tube_set)
+    config_tube_get = _blocking(AsyncClient.config_tube_get)
+    fail = _blocking(AsyncClient.fail)
+    complete = _blocking(AsyncClient.complete)
+    progress = _blocking(AsyncClient.progress)
+    job_info = _blocking(AsyncClient.job_info)
+    peek_result = _blocking(AsyncClient.peek_result)
+    stats_ext = _blocking(AsyncClient.stats_ext)
