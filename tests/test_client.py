@@ -471,3 +471,254 @@ def test_blocking_client_over_a_unix_socket():
     finally:
         s.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- the extensions, on qserver ---------------------------------------------------------
+
+async def test_config_tube(qs):
+    async with aclient(qs) as q:
+        assert await q.config_tube_get("emails") == {
+            "name": "emails", "configured": False, "max-attempts": 0,
+            "backoff": "none", "dead-letter": "bury", "retain": 0}
+        await q.config_tube_set("emails", "max-attempts", 3)
+        await q.config_tube_set("emails", "backoff", "exp:5:300")
+        await q.config_tube_set("emails", "dead-letter", "tube:emails-dead")
+        await q.config_tube_set("emails", "retain", 3600)
+        assert await q.config_tube_get("emails") == {
+            "name": "emails", "configured": True, "max-attempts": 3,
+            "backoff": "exp:5:300", "dead-letter": "tube:emails-dead", "retain": 3600}
+        for name, value in (("colour", "red"), ("max-attempts", "x"),
+                            ("backoff", "exp:0:1"), ("dead-letter", "tube:emails")):
+            with pytest.raises(BadFormat):
+                await q.config_tube_set("emails", name, value)
+        assert (await q.config_tube_get("emails"))["max-attempts"] == 3
+
+
+async def test_fail_without_policy_buries_and_keeps_the_reason(qs):
+    async with aclient(qs) as q:
+        job_id = await q.put(b"x")
+        with pytest.raises(NotFound):           # not reserved by this connection
+            await q.fail(job_id, "no")
+        await q.reserve()
+        assert await q.fail(job_id, 'bad "input"\n\xff') == FailResult(FailAction.BURIED)
+        info = await q.job_info(job_id)
+        assert info["state"] == "buried" and info["attempts"] == 1
+        assert info["max-attempts"] == 0 and info["progress"] is None
+        assert [f["reason"] for f in info["failures"]] == ['bad "input"\n\xff'.encode()]
+        assert isinstance(info["failures"][0]["time"], int)
+
+
+async def test_retries_then_dead_letters(qs):
+    async with aclient(qs) as q:
+        await q.config_tube_set("r", "max-attempts", 2)
+        await q.config_tube_set("r", "dead-letter", "tube:r-dead")
+        await q.use("r")
+        await q.watch("r")
+        job_id = await q.put(b"job")
+        await q.reserve_job(job_id)
+        assert await q.fail(job_id, "one") == FailResult(FailAction.RETRYING, delay=0)
+        assert (await q.job_info(job_id))["state"] == "ready"
+        await q.reserve_job(job_id)
+        assert await q.fail(job_id, "two") == FailResult(FailAction.MOVED, tube="r-dead")
+        info = await q.job_info(job_id)
+        assert (info["tube"], info["state"], info["attempts"]) == ("r-dead", "ready", 0)
+        assert [f["reason"] for f in info["failures"]] == [b"one", b"two"]
+
+        await q.config_tube_set("f", "backoff", "fixed:30")
+        await q.use("f")
+        job_id = await q.put(b"job")
+        await q.reserve_job(job_id)
+        assert await q.fail(job_id) == FailResult(FailAction.RETRYING, delay=30)
+        assert (await q.stats_job(job_id))["state"] == "delayed"
+
+        await q.config_tube_set("d", "max-attempts", 1)
+        await q.config_tube_set("d", "dead-letter", "delete")
+        await q.config_tube_set("d", "retain", 600)
+        await q.use("d")
+        job_id = await q.put(b"job")
+        await q.reserve_job(job_id)
+        assert await q.fail(job_id, "gone") == FailResult(FailAction.DELETED)
+        info = await q.job_info(job_id)
+        assert info["state"] == "dead" and info["failures"][0]["reason"] == b"gone"
+        with pytest.raises(NotFound):
+            await q.peek_result(job_id)
+
+
+async def test_complete_progress_and_results(qs):
+    async with aclient(qs) as q:
+        await q.config_tube_set("done", "retain", 600)
+        await q.use("done")
+        job_id = await q.put(b"job")
+        await q.reserve_job(job_id)
+        await q.progress(job_id, b"\xff\x00 half \\ \"way\"")
+        info = await q.job_info(job_id)
+        assert info["progress"] == b"\xff\x00 half \\ \"way\""
+        await q.progress(job_id, "¾")
+        assert (await q.job_info(job_id))["progress"] == "¾".encode()
+        await q.complete(job_id, "résultat")
+        assert await q.peek_result(job_id) == "résultat".encode()
+        info = await q.job_info(job_id)
+        assert info["state"] == "completed" and info["result-bytes"] == len("résultat".encode())
+        with pytest.raises(NotFound):
+            await q.complete(job_id, b"again")
+        with pytest.raises(NotFound):
+            await q.peek(job_id)
+
+        await q.use("default")                  # retain 0: nothing kept
+        job_id = await q.put(b"job")
+        await q.reserve_job(job_id)
+        await q.complete(job_id)
+        with pytest.raises(NotFound):
+            await q.peek_result(job_id)
+        with pytest.raises(NotFound):
+            await q.progress(job_id, b"late")
+
+
+async def test_stats_ext_counts(qs):
+    async with aclient(qs) as q:
+        await q.config_tube_set("s", "retain", 60)
+        await q.use("s")
+        await q.watch("s")
+        for _ in range(2):
+            await q.put(b"x")
+        first = await q.reserve()
+        await q.progress(first.id, b"p")
+        await q.complete(first.id, b"r")
+        second = await q.reserve()
+        # a configured tube retries (max-attempts 0: unlimited; backoff none)
+        assert await q.fail(second.id, b"f") == FailResult(FailAction.RETRYING, delay=0)
+        await q.job_info(first.id)
+        await q.peek_result(first.id)
+        assert await q.stats_ext() == {
+            "cmd-config-tube": 1, "cmd-fail": 1, "cmd-complete": 1, "cmd-progress": 1,
+            "cmd-job-info": 1, "cmd-peek-result": 1, "cmd-stats-ext": 1,
+            "job-failures": 1, "job-retries": 1, "job-dead-letters": 0,
+            "job-completions": 1, "current-retained": 1, "configured-tubes": 1}
+
+
+def test_blocking_extensions(qs):
+    with Client(port=qs.port, timeout=TIMEOUT) as c:
+        c.config_tube_set("b", "retain", 60)
+        c.use("b")
+        job_id = c.put(b"x")
+        c.reserve_job(job_id)
+        c.progress(job_id, "1/2")
+        c.complete(job_id, b"ok")
+        assert c.peek_result(job_id) == b"ok"
+        assert c.job_info(job_id)["progress"] == b"1/2"
+        assert c.config_tube_get("b")["retain"] == 60
+        assert c.stats_ext()["job-completions"] == 1
+
+
+# -- the worker loop ----------------------------------------------------------------------
+
+async def test_work_completes_and_fails(qs):
+    async with aclient(qs) as q:
+        await q.config_tube_set("emails", "retain", 600)
+        await q.config_tube_set("emails", "max-attempts", 1)   # else: retried at once
+        await q.use("emails")
+        ok = await q.put(b"ok")
+        empty = await q.put(b"none")
+        bad = await q.put(b"raise")
+        wrong = await q.put(b"wrong type")
+        await q.use("other")
+        other = await q.put(b"not mine")
+
+        async def handler(job):
+            if job.body == b"raise":
+                raise ValueError("cannot send to nobody")
+            if job.body == b"wrong type":
+                return 42
+            await q.progress(job.id, b"sending")       # the handler may use the client
+            return None if job.body == b"none" else "sent " + job.body.decode()
+
+        assert await q.work("emails", handler, idle_timeout=0, max_jobs=10) == 4
+        assert await q.list_tubes_watched() == ["emails"]
+        assert await q.peek_result(ok) == b"sent ok"
+        assert await q.peek_result(empty) == b""
+        assert (await q.job_info(ok))["progress"] == b"sending"
+        info = await q.job_info(bad)
+        assert info["state"] == "buried" and info["attempts"] == 1
+        reason = info["failures"][0]["reason"]
+        assert reason.startswith(b"Traceback") and b"in handler" in reason
+        assert reason.endswith(b"ValueError: cannot send to nobody\n")
+        reason = (await q.job_info(wrong))["failures"][0]["reason"]
+        assert b"TypeError: a body must be bytes, str or None, not int" in reason
+        assert (await q.stats_job(other))["state"] == "ready"
+
+
+async def test_work_stops_after_max_jobs(qs):
+    async with aclient(qs) as q:
+        await q.use("m")
+        for _ in range(3):
+            await q.put(b"x")
+        seen = []
+
+        async def handler(job):
+            seen.append(job.id)
+        assert await q.work(["m", "n"], handler, max_jobs=2) == 2
+        assert seen == [1, 2]
+        assert sorted(await q.list_tubes_watched()) == ["m", "n"]
+        assert (await q.stats_job(3))["state"] == "ready"
+
+
+async def test_work_heartbeats_while_the_handler_runs(qs):
+    async with aclient(qs) as q, aclient(qs) as observer:
+        await q.use("hb")
+        await q.put(b"slow", ttr=10)
+        await q.put(b"default interval", ttr=3)
+
+        async def handler(job):
+            start = (await observer.stats())["cmd-touch"]
+
+            async def touched():
+                return (await observer.stats())["cmd-touch"] >= start + 2
+            # ttr 3: a touch every 1.5 s; else every 0.05 s as asked
+            if job.body == b"default interval":
+                await until(touched, "two heartbeats at ttr/2")
+            else:
+                await until(touched, "two heartbeats")
+            return "done"
+
+        assert await q.work("hb", handler, max_jobs=1, heartbeat=0.05) == 1
+        assert await q.work("hb", handler, max_jobs=1) == 1
+        assert (await q.stats_ext())["job-completions"] == 2
+
+
+async def test_cancelled_worker_releases_its_job(qs):
+    async with aclient(qs) as q, aclient(qs) as observer:
+        await q.use("c")
+        job_id = await q.put(b"x", pri=77)
+        started = asyncio.Event()
+
+        async def handler(job):
+            started.set()
+            await asyncio.Event().wait()        # until cancelled
+
+        task = asyncio.create_task(q.work("c", handler))
+        await asyncio.wait_for(started.wait(), TIMEOUT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stats = await observer.stats_job(job_id)
+        assert (stats["state"], stats["pri"], stats["releases"]) == ("ready", 77, 1)
+        assert await q.list_tube_used() == "c"  # the connection is still good
+
+
+def test_blocking_work_with_a_plain_function(qs):
+    with Client(port=qs.port, timeout=TIMEOUT) as c:
+        c.config_tube_set("sync", "retain", 60)
+        c.config_tube_set("sync", "max-attempts", 1)
+        c.use("sync")
+        good = c.put(b"2")
+        bad = c.put(b"x")
+
+        def handler(job):
+            c.progress(job.id, b"working")          # from the handler's thread
+            return str(int(job.body) * 21)
+
+        assert c.work("sync", handler, idle_timeout=0, max_jobs=10) == 2
+        assert c.peek_result(good) == b"42"
+        assert c.job_info(good)["progress"] == b"working"
+        reason = c.job_info(bad)["failures"][0]["reason"]
+        assert b"ValueError: invalid literal for int()" in reason
