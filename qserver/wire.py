@@ -219,12 +219,9 @@ def _number(digits: bytes) -> int:
     return value
 
 
-_ID_SIZE = re.compile(rb"(\d{1,20}) (\d{1,10})")
-
-
 def parse_id_size(rest: bytes) -> tuple[int, int]:
-    """`<id> <bytes>` of the extension commands with a body (single spaces only)."""
-    m = _ID_SIZE.fullmatch(rest)
+    """`<id> <bytes>` of the extension commands with a body (protocol.md, "Numbers")."""
+    m = _TWO.fullmatch(rest)
     if m is None:
         raise BadFormat
     return _u64(m[1]), _u32(m[2])

@@ -684,9 +684,6 @@ def test_fail_bad_line_is_bad_format(client, line):
     assert client.cmd(b"list-tube-used") == b"USING default\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.md 'Extensions' says extension lines "
-                   "follow 'Numbers' (any number of spaces before a number, leading "
-                   "zeros fine); the server's parse_id_size takes single spaces only")
 def test_fail_extra_spaces_before_numbers_are_allowed(client):
     job = put(client)
     reserve(client, job)
