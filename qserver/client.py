@@ -176,6 +176,8 @@ class FailResult:
 
 
 Scalar = Union[int, float, bool, str, None]
+Result = Union[bytes, str, None]
+"""What a `work` handler returns: the result `complete` stores (None: empty)."""
 ServerStats = dict[str, Scalar]
 """`stats`: keys as on the wire; the set of keys depends on the server and version."""
 
@@ -680,7 +682,7 @@ class AsyncClient:
     # the worker loop -----------------------------------------------------------------
 
     async def work(self, tubes: str | Sequence[str],
-                   handler: Callable[[Job], Awaitable[bytes | str | None] | bytes | str | None],
+                   handler: Callable[[Job], Awaitable[Result] | Result],
                    *, max_jobs: int | None = None, idle_timeout: int | None = None,
                    heartbeat: float | None = None) -> int:
         """Watch `tubes` (only those) and handle jobs one at a time until cancelled,

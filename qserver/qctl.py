@@ -2,141 +2,43 @@
 
     qctl [--host H] [--port P | --socket PATH] COMMAND [--json] ...
 
-Commands: stats, tubes, peek, kick, delete, pause, put, top. Tables for people by
-default, `--json` for scripts. It needs nothing from the server but the protocol, so
-it works against beanstalkd too: 1.12 prints YAML strings bare, 1.13 and qserver
+Commands: stats, tubes, peek, kick, delete, pause, put, top, and for qserver's
+extensions job, config and stats-ext. Tables for people by default, `--json` for
+scripts. It needs nothing from the server but the protocol, so the beanstalkd
+commands work against beanstalkd too: 1.12 prints YAML strings bare, 1.13 and qserver
 quote them, and both are read. Exit status: 0 done, 1 the server said no
 (NOT_FOUND, ...), 2 bad usage, 3 cannot connect or the connection broke.
-Imports: stdlib only (not the server's modules: qctl may run on another host).
+Imports: stdlib and `qserver.client` (the wire talk), not the server's modules: qctl
+may run on another host.
 """
 
 import argparse
+import base64
 import json
 import os
-import re
-import socket
 import sys
 import time
+
+from qserver.client import (DEFAULT_PRI, DEFAULT_TTR, BadFormat, Client, NotFound,
+                            QueueConnectionError, ServerError, UnknownCommand)
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_CONNECTION = 3
 
-DEFAULT_PRI = 1 << 31        # the middle of the range, as most client libraries use
-DEFAULT_TTR = 60
-
 TUBE_COLUMNS = ("tube", "ready", "reserved", "delayed", "buried", "urgent", "waiting",
                 "paused")
-
-
-class Refused(Exception):
-    """The server answered with something other than the expected reply."""
-
-
-# -- the protocol -------------------------------------------------------------------
-
-class Connection:
-    """One blocking connection; every read is bounded by the socket timeout."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.buffer = b""
-
-    @classmethod
-    def open(cls, args) -> "Connection":
-        if args.socket:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(args.timeout)
-            sock.connect(args.socket)
-        else:
-            sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
-        return cls(sock)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        self.buffer += chunk
-
-    def _line(self) -> list:
-        while b"\r\n" not in self.buffer:
-            self._fill()
-        line, _, self.buffer = self.buffer.partition(b"\r\n")
-        return line.decode("latin-1").split()
-
-    def _exact(self, n: int) -> bytes:
-        while len(self.buffer) < n + 2:
-            self._fill()
-        data, self.buffer = self.buffer[:n], self.buffer[n + 2:]
-        return data
-
-    def call(self, line: str, body: bytes | None = None) -> tuple:
-        """Send one command; returns (reply words, body or None)."""
-        data = line.encode() + b"\r\n"
-        if body is not None:
-            data += body + b"\r\n"
-        self.sock.sendall(data)
-        words = self._line()
-        if words and words[0] in ("OK", "FOUND", "RESERVED"):
-            return words, self._exact(int(words[-1]))
-        return words, None
-
-    def expect(self, line: str, reply: str, body: bytes | None = None) -> tuple:
-        words, data = self.call(line, body)
-        if not words or words[0] != reply:
-            raise Refused(f"{line.split()[0]}: {' '.join(words) or 'empty reply'}")
-        return words, data
-
-    def yaml(self, line: str, strings=frozenset()):
-        """A stats-style command's reply as a dict, or a list for list-tubes."""
-        return parse_yaml(self.expect(line, "OK")[1].decode("utf-8", "replace"), strings)
-
-
-# Fields that are strings even when they look like numbers: 1.12 prints them bare
-# (`version: 1.12`), and the `stats` id is hex that may happen to be all digits.
-STRING_KEYS = frozenset(("version", "hostname", "os", "platform", "name", "tube",
-                         "state"))
-
-
-def _unquote(text: str) -> str:
-    """A YAML value as beanstalkd writes it: quoted (1.13, qserver) or bare (1.12)."""
-    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", text[1:-1])    # one pass, so \\" reads right
-    return text
-
-
-def _value(key: str, text: str, strings):
-    text = _unquote(text)
-    if key in STRING_KEYS or key in strings:
-        return text
-    if text.isdigit():
-        return int(text)
-    if text in ("true", "false"):
-        return text == "true"
-    if key.startswith("rusage-"):
-        try:
-            return float(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_yaml(text: str, strings=frozenset()):
-    """The one-level mappings and lists beanstalkd sends; keys in `strings` (or
-    STRING_KEYS) are never converted to numbers."""
-    lines = [line for line in text.split("\n") if line and line != "---"]
-    if lines and lines[0].startswith("- "):
-        return [_unquote(line[2:]) for line in lines]
-    return {key: _value(key, value, strings) for key, _, value in
-            (line.partition(": ") for line in lines)}
+EXTENSION_WORDS = frozenset(("config-tube", "fail", "complete", "progress", "job-info",
+                             "peek-result", "stats-ext"))
+# stats-ext's counters that `top` shows, with their labels
+TOP_EXT_FIELDS = (("job-failures", "failures"), ("job-retries", "retries"),
+                  ("job-dead-letters", "dead-letters"),
+                  ("job-completions", "completions"), ("current-retained", "retained"))
 
 
 # -- gathering ----------------------------------------------------------------------
 
-def tube_row(stats: dict) -> dict:
+def tube_row(stats) -> dict:
     return {
         "tube": str(stats["name"]),
         "ready": stats["current-jobs-ready"],
@@ -149,27 +51,61 @@ def tube_row(stats: dict) -> dict:
     }
 
 
-def tube_rows(conn: Connection) -> list:
+def tube_rows(client: Client) -> list:
     rows = []
-    for name in conn.yaml("list-tubes"):
-        words, data = conn.call(f"stats-tube {name}")
-        if words and words[0] == "OK":          # a tube may vanish in between
-            rows.append(tube_row(parse_yaml(data.decode("utf-8", "replace"))))
+    for name in client.list_tubes():
+        try:
+            rows.append(tube_row(client.stats_tube(name)))
+        except NotFound:                        # a tube may vanish in between
+            pass
     return rows
 
 
-def job_view(conn: Connection, words: list, body: bytes) -> dict:
-    job_id = int(words[1])
-    view = {"id": job_id}
+def put_text(view: dict, key: str, data: bytes | None) -> None:
+    """`view[key]` = data as text when it is UTF-8, else `view[key_base64]`."""
+    if data is None:
+        view[key] = None
+        return
     try:
-        view["stats"] = conn.yaml(f"stats-job {job_id}")
-    except Refused:             # deleted between peek and stats-job
-        view["stats"] = {}
-    try:
-        view["body"] = body.decode("utf-8")
+        view[key] = data.decode("utf-8")
     except UnicodeDecodeError:
-        import base64
-        view["body_base64"] = base64.b64encode(body).decode()
+        view[key + "_base64"] = base64.b64encode(data).decode()
+
+
+def shown(view: dict, key: str) -> str:
+    """The text `put_text` stored, for people."""
+    if key + "_base64" in view:
+        return "<%d bytes, not UTF-8>" % len(base64.b64decode(view[key + "_base64"]))
+    return "~" if view.get(key) is None else view[key]
+
+
+def job_view(client: Client, job) -> dict:
+    view = {"id": job.id}
+    try:
+        view["stats"] = dict(client.stats_job(job.id))
+    except NotFound:            # deleted between peek and stats-job
+        view["stats"] = {}
+    put_text(view, "body", job.body)
+    return view
+
+
+def info_view(client: Client, job_id: int) -> dict:
+    """job-info as JSON-ready data: bytes become text (or base64), failures a list,
+    and a completed job's result is included."""
+    info = client.job_info(job_id)
+    view = {key: value for key, value in info.items()
+            if key not in ("progress", "failures")}
+    put_text(view, "progress", info["progress"])
+    view["failures"] = []
+    for failure in info["failures"]:
+        entry = {"time": failure["time"]}
+        put_text(entry, "reason", failure["reason"])
+        view["failures"].append(entry)
+    if info["state"] == "completed":
+        try:
+            put_text(view, "result", client.peek_result(job_id))
+        except NotFound:        # expired in between
+            pass
     return view
 
 
@@ -210,88 +146,119 @@ def write(text: str) -> None:
 
 # -- commands -----------------------------------------------------------------------
 
-def server_stats(conn: Connection) -> dict:
-    return conn.yaml("stats", strings=("id",))
+def key_values(data: dict) -> str:
+    return table([{"key": k, "value": v} for k, v in data.items()], ("key", "value"))
 
 
-def cmd_stats(conn, args) -> int:
-    stats = server_stats(conn)
-    emit(args, stats, table([{"key": k, "value": v} for k, v in stats.items()],
-                            ("key", "value")))
+def cmd_stats(client: Client, args) -> int:
+    stats = client.stats()
+    emit(args, stats, key_values(stats))
     return 0
 
 
-def cmd_tubes(conn, args) -> int:
-    rows = tube_rows(conn)
+def cmd_tubes(client: Client, args) -> int:
+    rows = tube_rows(client)
     human = table([dict(r, paused=r["paused"] or "-") for r in rows], TUBE_COLUMNS)
     emit(args, rows, human)
     return 0
 
 
-def cmd_peek(conn, args) -> int:
+def cmd_peek(client: Client, args) -> int:
     if args.id is not None:
-        command = f"peek {args.id}"
+        job = client.peek(args.id)
     else:
         if args.tube:
-            conn.expect(f"use {args.tube}", "USING")
-        command = f"peek-{args.state}"
-    words, body = conn.call(command)
-    if words[:1] != ["FOUND"]:
-        raise Refused(f"{command}: {' '.join(words)}")
-    view = job_view(conn, words, body)
-    stats = table([{"key": k, "value": v} for k, v in view["stats"].items()],
-                  ("key", "value"))
-    text = view.get("body", "<%d bytes, not UTF-8>" % len(body))
-    emit(args, view, f"{stats}\n\n{text}")
+            client.use(args.tube)
+        job = getattr(client, f"peek_{args.state}")()
+    view = job_view(client, job)
+    emit(args, view, f"{key_values(view['stats'])}\n\n{shown(view, 'body')}")
     return 0
 
 
-def cmd_kick(conn, args) -> int:
-    conn.expect(f"use {args.tube}", "USING")
-    words, _ = conn.expect(f"kick {args.bound}", "KICKED")
-    count = int(words[1])
+def cmd_kick(client: Client, args) -> int:
+    client.use(args.tube)
+    count = client.kick(args.bound)
     emit(args, {"tube": args.tube, "kicked": count}, f"kicked {count} job(s) in {args.tube}")
     return 0
 
 
-def cmd_delete(conn, args) -> int:
-    conn.expect(f"delete {args.id}", "DELETED")
+def cmd_delete(client: Client, args) -> int:
+    client.delete(args.id)
     emit(args, {"deleted": args.id}, f"deleted job {args.id}")
     return 0
 
 
-def cmd_pause(conn, args) -> int:
-    conn.expect(f"pause-tube {args.tube} {args.seconds}", "PAUSED")
+def cmd_pause(client: Client, args) -> int:
+    client.pause_tube(args.tube, args.seconds)
     emit(args, {"tube": args.tube, "paused": args.seconds},
          f"paused {args.tube} for {args.seconds} s")
     return 0
 
 
-def cmd_put(conn, args) -> int:
+def cmd_put(client: Client, args) -> int:
     body = sys.stdin.buffer.read()
-    conn.expect(f"use {args.tube}", "USING")
-    words, _ = conn.expect(f"put {args.pri} {args.delay} {args.ttr} {len(body)}",
-                           "INSERTED", body)
-    job_id = int(words[1])
+    client.use(args.tube)
+    job_id = client.put(body, pri=args.pri, delay=args.delay, ttr=args.ttr)
     emit(args, {"id": job_id, "tube": args.tube}, f"inserted job {job_id} into {args.tube}")
     return 0
 
 
-def cmd_top(conn, args) -> int:
+def cmd_job(client: Client, args) -> int:
+    """job-info: the job's stats, attempts, progress, failures and kept result."""
+    view = info_view(client, args.id)
+    scalars = {k: v for k, v in view.items()
+               if k != "failures" and not k.startswith(("progress", "result"))}
+    scalars["progress"] = shown(view, "progress").replace("\n", "\\n")   # one line
+    lines = [key_values(scalars)]
+    if view["failures"]:
+        lines.append("\nfailures (oldest first):")
+        for failure in view["failures"]:        # a reason may be a whole traceback
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(failure["time"]))
+            lines.append(f"  {when}Z")
+            lines.extend("    " + line for line in shown(failure, "reason").split("\n"))
+    if "result" in view or "result_base64" in view:
+        lines.append(f"\nresult:\n{shown(view, 'result')}")
+    emit(args, view, "\n".join(lines))
+    return 0
+
+
+def cmd_config(client: Client, args) -> int:
+    """config-tube: set one policy value (NAME VALUE), then show the policy."""
+    if args.name is not None:
+        client.config_tube_set(args.tube, args.name, args.value)
+    policy = client.config_tube_get(args.tube)
+    emit(args, policy, key_values(dict(policy)))
+    return 0
+
+
+def cmd_stats_ext(client: Client, args) -> int:
+    stats = client.stats_ext()
+    emit(args, stats, key_values(dict(stats)))
+    return 0
+
+
+def cmd_top(client: Client, args) -> int:
     """Refresh a summary and the tube table every --interval seconds."""
     previous = None
     count = 0
     clear = sys.stdout.isatty() and not args.json
+    extensions = True           # until the server says it has none (beanstalkd)
     while True:
-        stats = server_stats(conn)
-        rows = tube_rows(conn)
+        stats = client.stats()
+        ext = None
+        if extensions:
+            try:
+                ext = dict(client.stats_ext())
+            except (UnknownCommand, BadFormat):     # beanstalkd reads it as `stats`
+                extensions = False
+        rows = tube_rows(client)
         rates = _rates(previous, stats, args.interval)
         previous = stats
         if args.json:
             write(json.dumps({"time": time.time(), "stats": stats, "rates": rates,
-                              "tubes": rows}))
+                              "tubes": rows, "ext": ext}))
         else:
-            write(("\x1b[H\x1b[2J" if clear else "") + _top_screen(stats, rates, rows))
+            write(("\x1b[H\x1b[2J" if clear else "") + _top_screen(stats, rates, rows, ext))
         count += 1
         if args.iterations and count >= args.iterations:
             return 0
@@ -309,7 +276,7 @@ def _rates(previous, stats, interval) -> dict:
             for key in RATE_FIELDS}
 
 
-def _top_screen(stats, rates, rows) -> str:
+def _top_screen(stats, rates, rows, ext=None) -> str:
     head = (f"version {stats.get('version', '?')}  up {stats.get('uptime', 0)} s  "
             f"connections {stats.get('current-connections', 0)}  "
             f"workers {stats.get('current-workers', 0)}  "
@@ -318,6 +285,9 @@ def _top_screen(stats, rates, rows) -> str:
     jobs = "  ".join(f"{s} {stats.get('current-jobs-' + s, 0)}"
                      for s in ("ready", "reserved", "delayed", "buried", "urgent"))
     rate = "  ".join(f"{k} {v}/s" for k, v in rates.items()) or "rates after next refresh"
+    if ext is not None:
+        rate += "\nlifecycle: " + "  ".join(f"{label} {ext.get(key, 0)}"
+                                            for key, label in TOP_EXT_FIELDS)
     human_rows = [dict(r, paused=r["paused"] or "-") for r in rows]
     return f"{head}\njobs: {jobs}\n{rate}\n\n{table(human_rows, TUBE_COLUMNS)}"
 
@@ -383,6 +353,22 @@ def parser() -> argparse.ArgumentParser:
                      help="seconds between refreshes (default 1)")
     top.add_argument("--iterations", type=_nonnegative, default=0,
                      help="stop after this many refreshes (default: run until ^C)")
+    # qserver's extensions (protocol.md, "Extensions"); beanstalkd refuses them (exit 1)
+    job = _subcommand(subs, "job", cmd_job, "a job's record: stats, attempts, progress, "
+                      "failures, result (job-info; qserver only)")
+    job.add_argument("id", type=_nonnegative)
+    config = _subcommand(subs, "config", cmd_config,
+                         "show a tube's policy, or set one value and show it "
+                         "(config-tube; qserver only)")
+    config.epilog = ("names: max-attempts N (0: unlimited), backoff none|fixed:S|"
+                     "exp:BASE:CAP, dead-letter bury|delete|tube:NAME, retain S")
+    config.add_argument("tube")
+    config.add_argument("name", nargs="?", help="max-attempts, backoff, dead-letter "
+                                                "or retain")
+    config.add_argument("value", nargs="?")
+    _subcommand(subs, "stats-ext", cmd_stats_ext,
+                "lifecycle counters: failures, retries, dead letters, completions "
+                "(stats-ext; qserver only)")
     return p
 
 
@@ -393,24 +379,32 @@ def main(argv=None) -> int:
         p.error("peek takes a job id or --state, not both")
     if args.command == "peek" and args.tube and args.state is None:
         p.error("peek --tube goes with --state")
-    where = args.socket or f"{args.host}:{args.port}"
+    if args.command == "config" and (args.name is None) != (args.value is None):
+        p.error("config takes a TUBE alone (show) or TUBE NAME VALUE (set)")
     try:
-        conn = Connection.open(args)
-    except OSError as error:
-        print(f"qctl: cannot connect to {where}: {error}", file=sys.stderr)
+        client = Client(args.host, args.port, unix_path=args.socket,
+                        timeout=args.timeout)
+    except QueueConnectionError as error:
+        print(f"qctl: {error}", file=sys.stderr)
         return EXIT_CONNECTION
     try:
-        return args.func(conn, args)
-    except Refused as error:
-        print(f"qctl: {error}", file=sys.stderr)
+        return args.func(client, args)
+    except ServerError as error:
+        hint = ""
+        # beanstalkd does not know the words (and reads `stats-ext` as a bad `stats`)
+        if error.command in EXTENSION_WORDS and (
+                isinstance(error, UnknownCommand)
+                or isinstance(error, BadFormat) and error.command == "stats-ext"):
+            hint = " (a qserver extension: is this beanstalkd?)"
+        print(f"qctl: {error}{hint}", file=sys.stderr)
         return EXIT_REFUSED
-    except OSError as error:
-        print(f"qctl: connection to {where}: {error}", file=sys.stderr)
+    except OSError as error:        # QueueConnectionError is one
+        print(f"qctl: connection to {client.where}: {error}", file=sys.stderr)
         return EXIT_CONNECTION
     except KeyboardInterrupt:
         return 0
     finally:
-        conn.close()
+        client.close()
 
 
 if __name__ == "__main__":

@@ -151,17 +151,68 @@ def test_errors_have_distinct_exit_status(capsys):
     assert exit_info.value.code == 2
 
 
-def test_yaml_of_both_versions():
-    """1.12 writes strings bare, 1.13 and qserver quote them."""
-    old = qctl.parse_yaml("---\nname: default\nversion: 1.12\ncurrent-jobs-ready: 3\n")
-    new = qctl.parse_yaml('---\nname: "default"\nversion: "1.13"\n'
-                          'current-jobs-ready: 3\nhostname: "a\\"b\\\\"\n')
-    assert old["name"] == new["name"] == "default"
-    assert old["version"] == "1.12" and new["version"] == "1.13"
-    assert old["current-jobs-ready"] == new["current-jobs-ready"] == 3
-    assert new["hostname"] == 'a"b\\'
-    assert qctl.parse_yaml("---\n- default\n- \"x\"\n") == ["default", "x"]
-    assert qctl.parse_yaml("---\nid: 1234\n", strings=("id",)) == {"id": "1234"}
+def test_job_config_and_stats_ext(capsys):
+    s = start_qserver()
+    try:
+        c = s.client()
+        assert c.cmd(b"watch emails").startswith(b"WATCHING")
+        assert c.cmd(b"use emails") == b"USING emails\r\n"
+        assert run_json(capsys, s, "config", "emails", "max-attempts", "2") == {
+            "name": "emails", "configured": True, "max-attempts": 2, "backoff": "none",
+            "dead-letter": "bury", "retain": 0}
+        assert run_json(capsys, s, "config", "emails", "retain", "60")["retain"] == 60
+        rc, out, _ = run(capsys, s, "config", "emails")
+        assert rc == 0 and ["backoff", "none"] in [ln.split() for ln in out.splitlines()]
+        assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED 1\r\n"
+        assert c.cmd(b"reserve-with-timeout 0").startswith(b"RESERVED 1 ")
+        assert c.cmd(b"progress 1 4\r\nhalf") == b"TOUCHED\r\n"
+        assert c.cmd(b"fail 1 12\r\nboom\n  line2") == b"RETRYING 0\r\n"
+        assert c.cmd(b"reserve-with-timeout 0").startswith(b"RESERVED 1 ")
+        assert c.cmd(b"fail 1 1\r\n\xff") == b"BURIED\r\n"
+        job = run_json(capsys, s, "job", "1")
+        assert (job["id"], job["state"], job["attempts"], job["max-attempts"]) == (
+            1, "buried", 2, 2)
+        assert job["progress"] == "half" and job["result-bytes"] == 0
+        assert [f.get("reason", f.get("reason_base64")) for f in job["failures"]] == [
+            "boom\n  line2", "/w=="]
+        assert all(isinstance(f["time"], int) for f in job["failures"])
+        rc, out, _ = run(capsys, s, "job", "1")
+        lines = out.splitlines()
+        assert rc == 0 and ["attempts", "2"] in [line.split() for line in lines]
+        assert "    boom" in lines and "      line2" in lines
+        assert "    <1 bytes, not UTF-8>" in lines
+        assert c.cmd(b"put 0 0 60 1\r\ny") == b"INSERTED 2\r\n"
+        assert c.cmd(b"reserve-with-timeout 0").startswith(b"RESERVED 2 ")
+        assert c.cmd(b"complete 2 4\r\ndone") == b"COMPLETED\r\n"
+        job = run_json(capsys, s, "job", "2")
+        assert (job["state"], job["result"], job["progress"]) == ("completed", "done", None)
+        rc, out, _ = run(capsys, s, "job", "2")
+        assert rc == 0 and out.rstrip().endswith("result:\ndone")
+        rc, _, err = run(capsys, s, "job", "3")
+        assert rc == 1 and "job-info: NOT_FOUND" in err and "beanstalkd" not in err
+        rc, _, err = run(capsys, s, "config", "emails", "colour", "red")
+        assert rc == 1 and "config-tube: BAD_FORMAT" in err and "beanstalkd" not in err
+        ext = run_json(capsys, s, "stats-ext")
+        assert (ext["job-failures"], ext["job-retries"], ext["job-dead-letters"],
+                ext["job-completions"], ext["configured-tubes"]) == (2, 1, 1, 1, 1)
+        frame = run_json(capsys, s, "top", "--iterations", "1", "--interval", "0.05")
+        assert frame["ext"]["job-completions"] == 1
+        rc, out, _ = run(capsys, s, "top", "--iterations", "1", "--interval", "0.05")
+        assert "lifecycle: failures 2  retries 1  dead-letters 1  completions 1" in out
+        c.close()
+    finally:
+        s.stop()
+    with pytest.raises(SystemExit) as exit_info:
+        qctl.main(["config", "emails", "retain"])
+    assert exit_info.value.code == 2
+
+
+def test_extensions_against_beanstalkd(capsys, beanstalkd):
+    for args in (("job", "1"), ("config", "emails"), ("stats-ext",)):
+        rc, _, err = run(capsys, beanstalkd, *args)
+        assert rc == 1 and "is this beanstalkd?" in err, args
+    frame = run_json(capsys, beanstalkd, "top", "--iterations", "1", "--interval", "0.05")
+    assert frame["ext"] is None and frame["tubes"][0]["tube"] == "default"
 
 
 def test_as_a_module_with_stdin():
