@@ -49,6 +49,7 @@ DEFAULT_PORT = 11300
 DEFAULT_PRI = 1 << 31        # the middle of the u32 range
 DEFAULT_TTR = 60
 FAIL_REASON_LIMIT = 4096     # the server keeps at most this much of a reason
+CANCEL_GRACE = 10.0          # seconds an interrupted blocking call gets to clean up
 
 
 # -- errors -------------------------------------------------------------------------
@@ -73,6 +74,9 @@ class ServerError(QueueClientError):
         super().__init__(f"{command}: {reply}")
         self.command = command
         self.reply = reply
+
+    def __reduce__(self) -> tuple[type[ServerError], tuple[str, str]]:
+        return type(self), (self.command, self.reply)
 
 
 class NotFound(ServerError):
@@ -695,7 +699,9 @@ class AsyncClient:
         `fail`ed with the traceback (its last 4 KiB) and the tube's policy decides
         what follows. If the worker is cancelled meanwhile, the job is released.
         A handler may use this client too (e.g. `progress`); commands take turns.
-        `complete` and `fail` are qserver extensions.
+        A plain function as the handler runs on the event loop and stalls the
+        heartbeats while it works: use `Client.work` or `asyncio.to_thread` for
+        blocking code. `complete` and `fail` are qserver extensions.
         """
         names = [tubes] if isinstance(tubes, str) else list(tubes)
         if not names:
@@ -835,11 +841,21 @@ class Client:
         if self._loop.is_closed():
             coroutine.close()
             raise QueueConnectionError("the client is closed")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        finished = threading.Event()
+
+        async def run() -> T:
+            try:
+                return await coroutine
+            finally:
+                finished.set()
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
         try:
             return future.result()
         except BaseException:
+            # Interrupted (^C): cancel the call and let it clean up (a `work` loop
+            # releases its job) before the caller goes on, e.g. to close().
             future.cancel()
+            finished.wait(CANCEL_GRACE)
             raise
 
     def _stop_loop(self) -> None:

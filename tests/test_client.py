@@ -722,3 +722,35 @@ def test_blocking_work_with_a_plain_function(qs):
         assert c.job_info(good)["progress"] == b"working"
         reason = c.job_info(bad)["failures"][0]["reason"]
         assert b"ValueError: invalid literal for int()" in reason
+
+
+def test_interrupted_blocking_work_releases_its_job(qs):
+    """^C while a blocking `work` runs a handler: the job goes back before the call
+    returns, and the connection stays usable."""
+    with Client(port=qs.port, timeout=TIMEOUT) as c:
+        c.use("i")
+        job_id = c.put(b"x", pri=5)
+        started = threading.Event()
+        gate = threading.Event()
+
+        def handler(job):
+            started.set()
+            gate.wait(TIMEOUT)
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        def send_interrupt():
+            if started.wait(TIMEOUT):
+                os.kill(os.getpid(), signal.SIGALRM)
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        threading.Thread(target=send_interrupt, daemon=True).start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                c.work("i", handler)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+            gate.set()
+        stats = c.stats_job(job_id)
+        assert (stats["state"], stats["pri"], stats["releases"]) == ("ready", 5, 1)
