@@ -78,15 +78,31 @@ def test_socket_activation_tcp_ignores_l_and_p_with_one_warning():
         server.stop()
 
 
+def connect_unix(path: str) -> socket.socket:
+    """Connect, retrying (bounded) while nothing listens at `path` yet:
+    systemd-socket-activate sets its sockets up one after the other, so the TCP one
+    may accept before the unix one listens, and a busy host can connect in between."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(5)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def test_socket_activation_tcp_and_unix_together(short_tmp):
     port = free_port()
     path = os.path.join(short_tmp, "q.sock")
     server = ServerProcess(activate([f"127.0.0.1:{port}", path]), port)
     try:
         tcp = server.client()
-        unix = socket.socket(socket.AF_UNIX)
-        unix.settimeout(5)
-        unix.connect(path)
+        unix = connect_unix(path)
         assert tcp.cmd(b"put 0 0 10 3\r\ntcp") == b"INSERTED 1\r\n"
         unix.sendall(b"reserve-with-timeout 0\r\n")
         reply = b""
