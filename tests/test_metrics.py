@@ -15,7 +15,8 @@ import urllib.request
 
 import pytest
 
-from conftest import WAIT, ServerProcess, free_port, qserver_argv, start_qserver
+from conftest import (WAIT, ServerProcess, free_port, qserver_argv, start_qserver,
+                      wait_for_port)
 
 from qserver.metrics import escape_label
 
@@ -108,6 +109,9 @@ def scrape(port: int) -> tuple:
 def served():
     mport = free_port()
     server = start_qserver("--metrics", f"127.0.0.1:{mport}")
+    # start_qserver waits for the queue port; the metrics socket is opened just after
+    # it, and a busy host can run a test in between.
+    wait_for_port(mport, server.proc)
     yield server, mport
     server.stop()
 
@@ -227,6 +231,7 @@ def test_off_by_default_nothing_listens_nothing_imported():
     mport = free_port()
     with_metrics = start_qserver("--metrics", f"127.0.0.1:{mport}")
     try:
+        wait_for_port(mport, with_metrics.proc)     # opened just after the queue port
         assert len(listening_inodes(with_metrics.proc.pid)) == 2
     finally:
         with_metrics.stop()
