@@ -7,18 +7,22 @@ ending, a reserve timing out) sits in one of four heaps; `next_wakeup()` gives t
 earliest moment and `tick(now)` does what is due, so the server needs one timer.
 Parked reserves are answered through `Session.wake`. What goes beyond beanstalkd
 (counted failures, policies, results, retained records) is the `lifecycle` room's;
-the engine calls it only for tubes with a policy, so plain traffic never does.
-Imports: `job`, `tube`, `session`, `swapset`, `errors`, `lifecycle`, stdlib.
+the engine calls it only for tubes with a policy, so plain traffic never does. Keys,
+tags, flush and cancellation are the `steering` room's, consulted only for jobs that
+have options (put-ex).
+Imports: `job`, `tube`, `session`, `swapset`, `errors`, `lifecycle`, `steering`, stdlib.
 """
 
+import contextlib
 import heapq
 import itertools
 import math
 
 from qserver.errors import DeadlineSoon, NotFound, NotIgnored, TimedOut
-from qserver.job import (BURIED, DELAYED, ONE_BURY, ONE_KICK, ONE_RELEASE, ONE_RESERVE,
-                         ONE_TIMEOUT, READY, RESERVED, Job)
+from qserver.job import (BURIED, DELAYED, ID_MASK, ONE_BURY, ONE_KICK, ONE_RELEASE,
+                         ONE_RESERVE, ONE_TIMEOUT, PRI_SHIFT, READY, RESERVED, Job)
 from qserver.lifecycle import CONNECTION_CLOSED, TTR_EXPIRED, Lifecycle
+from qserver.steering import Steering
 from qserver.swapset import SwapSet
 from qserver.tube import Tube
 
@@ -38,6 +42,9 @@ class NoLog:
     def lifecycle(self, job_id, history): pass
     def finished(self, record): pass
     def expired(self, record, history): pass
+    def meta(self, job_id, meta): pass
+    def flush(self, tube_name, jobs): pass
+    def atomic(self): return contextlib.nullcontext()
 
 
 # DEADLINE_SOON is answered this long before a reserved job's TTR runs out.
@@ -73,8 +80,10 @@ class Engine:
         self.timer_dirty = False        # set when `earliest` moved earlier
         self.policies = {}              # tube name -> Policy (config-tube)
         self.histories = {}             # job id -> lifecycle.History, for few jobs
+        self.meta = {}                  # job id -> steering.Meta, for put-ex jobs
         self.lifecycle = Lifecycle(self, **{k: v for k, v in
                                            (("wall", wall), ("rand", rand)) if v})
+        self.steering = Steering(self)
         self.default_tube = self._tube(DEFAULT_TUBE)
 
     # -- tubes ------------------------------------------------------------------
@@ -304,6 +313,10 @@ class Engine:
         job = self.jobs.get(job_id)
         if job is None or (job.state == RESERVED and job.holder is not session):
             raise NotFound
+        self.remove(job)
+
+    def remove(self, job: Job) -> None:
+        """Delete a job whoever holds it (logged first)."""
         self.log.delete(job)
         self._unlist(job)
         self._forget(job)
@@ -318,6 +331,8 @@ class Engine:
         histories = self.histories
         if histories:
             histories.pop(job.id, None)
+        if self.meta:
+            self.steering.forget(job)
         tube = job.tube
         tube.cmd_delete += 1
         self._release_tube(tube)
@@ -372,6 +387,8 @@ class Engine:
 
     def touch(self, session, job_id: int, now: float) -> None:
         job = self.held(session, job_id)
+        if self.meta:
+            self.steering.check_not_cancelled(job_id)
         job.deadline = deadline = now + job.ttr
         session.note_deadline(job)
         self._push(self._ttrs, (deadline, job_id), deadline, self.reserved_total)
@@ -413,6 +430,40 @@ class Engine:
         else:
             # A zero pause un-pauses at once and wakes whoever waits on the tube.
             self._process_queue(now)
+
+    def jobs_of(self, tube: Tube) -> list:
+        """Every ready, delayed and buried job of the tube (from its own lists, so
+        the cost follows the tube's size, not the server's)."""
+        jobs = self.jobs
+        found = {}
+        for key in tube.ready:
+            job = jobs.get(key & ID_MASK)
+            if job is not None and job.state == READY and job.tube is tube \
+                    and job.pri == key >> PRI_SHIFT:
+                found[job.id] = job
+        for due, job_id in tube.delayed:
+            job = jobs.get(job_id)
+            if job is not None and job.state == DELAYED and job.tube is tube \
+                    and job.deadline == due:
+                found[job_id] = job
+        found.update(tube.buried)
+        return list(found.values())
+
+    def drop_listed(self, tube: Tube, victims: list) -> None:
+        """Forget the given ready, delayed and buried jobs of a tube at once (the
+        caller has logged it) and empty those lists; reserved jobs stay."""
+        jobs = self.jobs
+        histories = self.histories
+        steering = self.steering if self.meta else None
+        for job in victims:
+            del jobs[job.id]
+            if histories:
+                histories.pop(job.id, None)
+            if steering is not None:
+                steering.forget(job)
+        self.delayed_total -= tube.delayed_count
+        tube.clear_listed()
+        self._release_tube(tube)
 
     # -- restart ----------------------------------------------------------------
 

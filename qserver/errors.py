@@ -55,3 +55,17 @@ class DeadlineSoon(QueueError):
 
 class TimedOut(QueueError):
     reply = b"TIMED_OUT\r\n"
+
+
+class Cancelled(QueueError):
+    """The job was cancelled (cancel-tag) while reserved: the worker should stop."""
+
+    reply = b"CANCELLED\r\n"
+
+
+class Duplicate(QueueError):
+    """put-ex with a key that a live or retained job already has."""
+
+    def __init__(self, job_id: int):
+        super().__init__(job_id)
+        self.reply = b"DUPLICATE %d\r\n" % job_id

@@ -88,25 +88,31 @@ class Lifecycle:
         job = engine.held(session, job_id)
         self._make_room(job, len(reason))
         engine.unhold(job)
-        return self.failed(job, reason, now)
+        with engine.log.atomic():
+            return self.failed(job, reason, now)
 
     def complete(self, session, job_id: int, result: bytes, now: float) -> None:
         engine = self.engine
         job = engine.held(session, job_id)
+        engine.steering.check_not_cancelled(job_id)
         policy = job.tube.policy
         retain = policy.retain if policy is not None else 0
         if retain:
             self._make_room(job, len(result))
         history = self.histories.get(job_id)
-        engine.delete(session, job_id)
-        self._count(job.tube).completions += 1
-        self.totals.completions += 1
-        if retain:
-            self._retain(job, COMPLETED, history or History(), result, retain, now)
+        meta = engine.meta.get(job_id)
+        with engine.log.atomic():
+            engine.delete(session, job_id)
+            self._count(job.tube).completions += 1
+            self.totals.completions += 1
+            if retain:
+                self._retain(job, COMPLETED, history or History(), result, retain, now,
+                             meta)
 
     def progress(self, session, job_id: int, data: bytes, now: float) -> None:
         engine = self.engine
         job = engine.held(session, job_id)
+        engine.steering.check_not_cancelled(job_id)
         self._make_room(job, len(data))
         history = self._history(job_id)
         history.progress = bytes(data)
@@ -155,9 +161,10 @@ class Lifecycle:
             engine.log.lifecycle(job.id, history)
             return BURY, None
         if kind == DEAD_DELETE:
+            meta = engine.meta.get(job.id)
             engine.drop(job)
             if policy.retain:
-                self._retain(job, DEAD, history, None, policy.retain, now)
+                self._retain(job, DEAD, history, None, policy.retain, now, meta)
             return DELETED, None
         target = policy.dead_letter[1]
         history.attempts = 0                    # a fresh count under the new tube
@@ -169,13 +176,15 @@ class Lifecycle:
         """A TTR ran out or the holder went away (configured tubes only): nobody
         waits for a reply, so a log failure is reported rather than raised."""
         try:
-            self.failed(job, reason, now)
+            with self.engine.log.atomic():
+                self.failed(job, reason, now)
         except QueueError:
             log.error("job %d: the log could not record its failed attempt", job.id)
 
     # -- retained records -------------------------------------------------------
 
-    def _retain(self, job, state: int, history, result, retain: int, now: float) -> None:
+    def _retain(self, job, state: int, history, result, retain: int, now: float,
+                meta) -> None:
         job.state = state
         job.tube = TubeRef(job.tube.name)
         job.body = b""
@@ -183,8 +192,11 @@ class Lifecycle:
         history.result = result
         self.histories[job.id] = history
         self.ledger.keep(job, now + retain)
+        self.engine.steering.retain(job, meta)
         self.engine.log.finished(job)
         self.engine.log.lifecycle(job.id, history)
+        if meta is not None:
+            self.engine.log.meta(job.id, meta)
         self.engine.note_deadline(job.deadline)
 
     def retained(self, job_id: int):
@@ -194,6 +206,7 @@ class Lifecycle:
         for record in self.ledger.expire(now):
             history = self.histories.pop(record.id, None)
             self.engine.log.expired(record, history)
+            self.engine.steering.expired(record)
 
     def restore(self, policies: dict, histories: dict, finished: dict, now: float,
                 wall: float) -> None:

@@ -151,6 +151,10 @@ EXT_HELP = {
     "job-completions": ("counter", "Jobs finished with complete"),
     "current-retained": ("gauge", "Finished jobs' records retained now"),
     "configured-tubes": ("gauge", "Tube names with a policy"),
+    "job-duplicates": ("counter", "put-ex refused as DUPLICATE"),
+    "jobs-flushed": ("counter", "Jobs removed by flush-tube"),
+    "jobs-cancelled": ("counter", "Jobs removed by cancel-tag"),
+    "jobs-cancel-flagged": ("counter", "Reserved jobs flagged by cancel-tag"),
 }
 TUBE_EXT = (("failures", "Counted failed attempts in the tube"),
             ("retries", "Failed attempts in the tube that scheduled another attempt"),
@@ -160,7 +164,7 @@ TUBE_EXT = (("failures", "Counted failed attempts in the tube"),
 
 def _ext_families(lines: list, server) -> None:
     lifecycle = server.engine.lifecycle
-    for key, value in ext_stats(lifecycle, server.info.cmd_counts):
+    for key, value in ext_stats(lifecycle, server.engine.steering, server.info.cmd_counts):
         if key.startswith("cmd-"):
             kind, help_text = "counter", f"{key[4:]} commands received"
         else:

@@ -446,7 +446,8 @@ def _restore(engine, journal, recovery) -> None:
         engine.restore(recovery.jobs.values(), recovery.next_id, now, wall)
         engine.lifecycle.restore(recovery.policies, recovery.histories,
                                  recovery.finished, now, wall)
-        recovery.jobs = recovery.histories = recovery.finished = None
+        engine.steering.restore(recovery.meta)
+        recovery.jobs = recovery.histories = recovery.finished = recovery.meta = None
         journal.start(engine)
     finally:
         gc.freeze()

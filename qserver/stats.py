@@ -138,12 +138,15 @@ def job_stats(job, now: float, wall: float) -> list:
 
 # -- extensions (protocol.md, "Extensions") ----------------------------------------
 
-EXT_COMMANDS = ("config-tube", "fail", "complete", "progress", "job-info",
-                "peek-result", "stats-ext")
+# Each extension topic's commands; stats-ext prints a topic's block after another's.
+LIFECYCLE_COMMANDS = ("config-tube", "fail", "complete", "progress", "job-info",
+                      "peek-result", "stats-ext")
+STEERING_COMMANDS = ("put-ex", "flush-tube", "cancel-tag")
+EXT_COMMANDS = LIFECYCLE_COMMANDS + STEERING_COMMANDS
 
 
-def job_info(job, history, max_attempts: int, now: float, wall: float) -> str:
-    """job-info's YAML: the stats-job fields, then the lifecycle's."""
+def job_info(job, history, meta, max_attempts: int, now: float, wall: float) -> str:
+    """job-info's YAML: the stats-job fields, then the lifecycle's and put-ex's."""
     pairs = job_stats(job, now, wall)
     progress = history.progress if history is not None else None
     result = history.result if history is not None else None
@@ -152,6 +155,10 @@ def job_info(job, history, max_attempts: int, now: float, wall: float) -> str:
         ("max-attempts", max_attempts),
         ("progress", "~" if progress is None else yaml_bytes(progress)),
         ("result-bytes", 0 if result is None else len(result)),
+        ("key", "~" if meta is None or meta.key is None else yaml_bytes(meta.key)),
+        ("tags", "[" + ", ".join(yaml_bytes(t) for t in meta.tags) + "]"
+         if meta is not None else "[]"),
+        ("cancelled", "true" if meta is not None and meta.cancelled else "false"),
     ]
     lines = ["---\n"]
     lines += [f"{key}: {value}\n" for key, value in pairs]
@@ -172,9 +179,9 @@ def policy_info(tube_name: str, policy, configured: bool) -> list:
     return pairs
 
 
-def ext_stats(lifecycle, counts: dict) -> list:
+def ext_stats(lifecycle, steering, counts: dict) -> list:
     totals = lifecycle.totals
-    pairs = [(f"cmd-{name}", counts[name]) for name in EXT_COMMANDS]
+    pairs = [(f"cmd-{name}", counts[name]) for name in LIFECYCLE_COMMANDS]
     pairs += [
         ("job-failures", totals.failures),
         ("job-retries", totals.retries),
@@ -182,5 +189,12 @@ def ext_stats(lifecycle, counts: dict) -> list:
         ("job-completions", totals.completions),
         ("current-retained", len(lifecycle.ledger)),
         ("configured-tubes", len(lifecycle.policies)),
+    ]
+    pairs += [(f"cmd-{name}", counts[name]) for name in STEERING_COMMANDS]
+    pairs += [
+        ("job-duplicates", steering.totals.duplicates),
+        ("jobs-flushed", steering.totals.flushed),
+        ("jobs-cancelled", steering.totals.cancelled_removed),
+        ("jobs-cancel-flagged", steering.totals.cancelled_flagged),
     ]
     return pairs

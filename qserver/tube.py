@@ -51,6 +51,15 @@ class Tube:
     def is_paused(self, now: float) -> bool:
         return self.pause > 0 and now < self.unpause_at
 
+    def clear_listed(self) -> None:
+        """Empty the ready, delayed and buried lists (flush-tube: the engine has
+        forgotten their jobs)."""
+        self.ready = []
+        self.ready_count = self.urgent_count = 0
+        self.delayed = []
+        self.delayed_count = 0
+        self.buried = {}
+
     # -- ready ------------------------------------------------------------------
 
     def push_ready(self, job) -> None:

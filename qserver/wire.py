@@ -12,6 +12,10 @@ from qserver.errors import BadFormat
 
 # A command line may be at most 224 bytes including its CRLF (protocol.md, "Lines").
 LINE_LIMIT = 224
+# Extension commands that may carry long arguments (tags, keys, two tube names) get
+# longer lines (protocol.md, "Extensions"); beanstalkd's commands keep the 224 rule.
+LONG_LINE_LIMIT = 4096
+LONG_LINE_WORDS = (b"put-ex ", b"config-tube ", b"cancel-tag ")
 MAX_TUBE_NAME = 200
 U32_MAX = 0xFFFFFFFF
 U64_MAX = 0xFFFFFFFFFFFFFFFF
@@ -24,6 +28,7 @@ OVERLONG = object()    # an over-long line was skipped: answer BAD_FORMAT
 DISCARDED = object()   # an oversized put body was thrown away: answer JOB_TOO_BIG
 
 _LINE, _SKIP_LINE, _BODY, _DISCARD = range(4)
+_SKIP = object()       # _long_line: the line is over-long after all
 
 
 class Framer:
@@ -98,9 +103,25 @@ class Framer:
             if avail < LINE_LIMIT:
                 self._compact()
                 return None
+            if self.mode == _LINE and buf.startswith(LONG_LINE_WORDS, pos):
+                line = self._long_line(buf, pos, avail)
+                if line is not _SKIP:
+                    return line
             # A full window without a line end: drop it and skip to the next CRLF.
             self.pos = pos + LINE_LIMIT
             self.mode = _SKIP_LINE
+
+    def _long_line(self, buf, pos: int, avail: int):
+        """An extension line longer than 224 bytes: up to its first CRLF within
+        LONG_LINE_LIMIT; None while it may still come; _SKIP when it is over-long."""
+        end = buf.find(b"\r\n", pos, pos + LONG_LINE_LIMIT)
+        if end >= 0:
+            self.pos = end + 2
+            return bytes(buf[pos:end])
+        if avail < LONG_LINE_LIMIT:
+            self._compact()
+            return None
+        return _SKIP
 
     def _next_body(self):
         pos = self.pos
@@ -217,6 +238,36 @@ def _number(digits: bytes) -> int:
         if len(_NUMBERS) < 4096:
             _NUMBERS[digits] = value
     return value
+
+
+_OPTION = re.compile(rb"(key|tag|lock)=([\x21-\x7e]{1,200})")
+
+
+def parse_put_ex(rest: bytes) -> tuple[int, int, int, int, bytes]:
+    """`<pri> <delay> <ttr> <bytes>` of put-ex as put reads them, and the rest of
+    the line (the options, see `parse_options`)."""
+    m = _PUT.match(rest)
+    if m is None:
+        raise BadFormat
+    pri, delay, ttr, size, tail = m.groups()
+    pri, delay, ttr, size = _number(pri), _number(delay), _number(ttr), _number(size)
+    if pri > U32_MAX or delay > U32_MAX or ttr > U32_MAX or size > U32_MAX:
+        raise BadFormat
+    return pri, delay, ttr, size, tail
+
+
+def parse_options(tail: bytes) -> list:
+    """put-ex's ` name=value` words (single spaces) as (name, value) pairs."""
+    options = []
+    if tail:
+        if tail[:1] != b" ":
+            raise BadFormat
+        for word in tail[1:].split(b" "):
+            option = _OPTION.fullmatch(word)
+            if option is None:
+                raise BadFormat
+            options.append((option[1], option[2]))
+    return options
 
 
 def parse_id_size(rest: bytes) -> tuple[int, int]:

@@ -481,11 +481,6 @@ def _complete_then_kill(tmp_path) -> int:
     return job
 
 
-@pytest.mark.xfail(strict=True, reason="a complete with retain is three log records "
-                   "(DELETE, FINISHED, LIFECYCLE), each its own pwritev: a kill between "
-                   "them leaves the job gone without a record, or a completed record "
-                   "without its result, states no complete can produce (protocol.md, "
-                   "'complete': the record has state completed and the result)")
 @pytest.mark.parametrize("cut", [FINISHED, LIFECYCLE],
                          ids=["killed-before-FINISHED", "killed-before-LIFECYCLE"])
 def test_a_command_cut_short_by_the_kill_is_all_or_nothing(tmp_path, cut):

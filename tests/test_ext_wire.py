@@ -43,7 +43,8 @@ STATS_JOB_KEYS = [
     "id", "tube", "state", "pri", "age", "delay", "ttr", "time-left", "file",
     "reserves", "timeouts", "releases", "buries", "kicks",
 ]
-FRESH_EXTRAS = b"attempts: 0\nmax-attempts: 0\nprogress: ~\nresult-bytes: 0\nfailures: []\n"
+FRESH_EXTRAS = (b"attempts: 0\nmax-attempts: 0\nprogress: ~\nresult-bytes: 0\nkey: ~\n"
+                b"tags: []\ncancelled: false\nfailures: []\n")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -120,7 +121,8 @@ def info(c: Client, job_id: int) -> dict:
             out[key.decode()] = value
         i += 1
     assert list(out) == STATS_JOB_KEYS + ["attempts", "max-attempts", "progress",
-                                         "result-bytes", "failures"], body
+                                         "result-bytes", "key", "tags", "cancelled",
+                                         "failures"], body
     return out
 
 
@@ -350,12 +352,17 @@ def test_policy_stays_with_the_name_while_the_tube_is_gone(qserver):
     assert info(c, job)["max-attempts"] == b"2"
 
 
-def test_config_tube_is_one_line_of_at_most_224_bytes(client):
-    name = b"n" * 190     # "config-tube <190> retain 1" is 211 + CRLF: fine
+def test_config_tube_lines_may_be_longer_than_224_bytes(client):
+    """Two 200-byte tube names do not fit beanstalkd's 224-byte line: config-tube
+    lines may be up to 4096 bytes (protocol.md, "Extensions")."""
+    name = b"n" * 200
+    long_line = b"config-tube %s dead-letter tube:%s" % (name, b"m" * 200)
+    assert client.cmd(long_line) == b"CONFIGURED\r\n"
     assert client.cmd(b"config-tube %s retain 1" % name) == b"CONFIGURED\r\n"
-    long_line = b"config-tube %s dead-letter tube:%s" % (name, b"m" * 30)   # > 224 bytes
-    assert client.cmd(long_line) == b"BAD_FORMAT\r\n"
-    assert client.cmd(b"config-tube " + name) == policy_yaml(name, True, retain=b"1")
+    too_long = b"config-tube %s retain %s" % (name, b"1" * 4000)          # > 4096 bytes
+    assert client.cmd(too_long) == b"BAD_FORMAT\r\n"
+    assert client.cmd(b"config-tube " + name) == policy_yaml(
+        name, True, retain=b"1", dead_letter=b"tube:" + b"m" * 200)
 
 
 # --------------------------------------------------------------------------- fail
@@ -1022,7 +1029,8 @@ def test_job_info_allows_spaces_and_zeros_before_the_id(client):
 EXT_KEYS = [b"cmd-config-tube", b"cmd-fail", b"cmd-complete", b"cmd-progress",
             b"cmd-job-info", b"cmd-peek-result", b"cmd-stats-ext", b"job-failures",
             b"job-retries", b"job-dead-letters", b"job-completions", b"current-retained",
-            b"configured-tubes"]
+            b"configured-tubes", b"cmd-put-ex", b"cmd-flush-tube", b"cmd-cancel-tag",
+            b"job-duplicates", b"jobs-flushed", b"jobs-cancelled", b"jobs-cancel-flagged"]
 
 
 def ext_yaml(**values) -> bytes:

@@ -22,14 +22,16 @@ ALLOWED = {
     "policy": {"errors", "wire"},
     "ledger": set(),
     "lifecycle": {"errors", "job", "policy", "ledger"},
-    "engine": {"errors", "job", "tube", "session", "swapset", "lifecycle"},
+    "steering": {"errors", "job"},
+    "engine": {"errors", "job", "tube", "session", "swapset", "lifecycle", "steering"},
     "stats": {"job", "wire"},
-    "commands": {"commands", "wire", "engine", "errors", "stats", "policy"},
-    "journal": {"journal", "job", "errors", "ledger", "lifecycle", "policy"},
+    "commands": {"commands", "wire", "engine", "errors", "stats", "policy", "steering"},
+    "journal": {"journal", "job", "errors", "ledger", "lifecycle", "policy", "steering"},
 }
 # The engine and what it is made of never touch the event loop, sockets or bytes on
 # the wire: they are pure and tested with an injected clock.
-PURE = {"swapset", "job", "tube", "session", "engine", "policy", "ledger", "lifecycle"}
+PURE = {"swapset", "job", "tube", "session", "engine", "policy", "ledger", "lifecycle",
+        "steering"}
 FORBIDDEN_STDLIB = {"asyncio", "socket", "selectors", "uvloop"}
 
 

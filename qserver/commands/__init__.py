@@ -5,7 +5,8 @@ A handler takes the client (the server's per-connection object: `session`, `fram
 `pending_body`, `closing`) and the rest of the line after the command word, and
 returns reply bytes, or None when there is nothing to say yet (a parked reserve, a
 put waiting for its body, quit). This module holds the beanstalkd table; each
-extension topic has a module of its own whose table is merged in (`lifecycle`).
+extension topic has a module of its own whose table is merged in (`lifecycle`,
+`steering`).
 Imports: `wire`, `engine`, `errors`, `stats`, `commands.*`.
 """
 
@@ -14,6 +15,7 @@ import time
 
 from qserver import wire
 from qserver.commands.lifecycle import LifecycleCommands
+from qserver.commands.steering import SteeringCommands
 from qserver.errors import BadFormat, Draining, ExpectedCrlf, InternalError, QueueError
 from qserver.errors import UnknownCommand
 from qserver.stats import job_stats, server_stats, tube_stats
@@ -74,7 +76,8 @@ class Commands:
             (b"quit", self.quit, False), (b"pause-tube", self.pause_tube, False),
         ]
         # Extension words are new words: exact lookups only, never by prefix.
-        for with_args, no_args in (LifecycleCommands(self).table(),):
+        for with_args, no_args in (LifecycleCommands(self).table(),
+                                   SteeringCommands(self).table()):
             self.with_args.update(with_args)
             self.no_args.update(no_args)
 
@@ -150,10 +153,10 @@ class Commands:
         if self.engine.draining:
             raise Draining
         self.engine.put(client.session.use, job_id, pri, delay, ttr, body,
-                        self.clock(), self._creation_time())
+                        self.clock(), self.creation_time())
         return b"INSERTED %d\r\n" % job_id
 
-    def _creation_time(self) -> float:
+    def creation_time(self) -> float:
         """The wall clock for a new job's `age`, as one float object shared by all
         jobs made within the same millisecond (24 bytes a job saved at scale)."""
         now = self.wall()

@@ -79,7 +79,8 @@ class LifecycleCommands:
             raise NotFound
         policy = self.lifecycle.policies.get(job.tube.name)
         max_attempts = policy.max_attempts if policy is not None else 0
-        text = job_info(job, self.engine.histories.get(job_id), max_attempts,
+        text = job_info(job, self.engine.histories.get(job_id),
+                        self.engine.meta.get(job_id), max_attempts,
                         self.commands.clock(), self.commands.wall())
         return wire.yaml_reply(text)
 
@@ -94,4 +95,5 @@ class LifecycleCommands:
 
     def stats_ext(self, client, rest):
         self.counts["stats-ext"] += 1
-        return wire.yaml_mapping(ext_stats(self.lifecycle, self.counts))
+        return wire.yaml_mapping(ext_stats(self.lifecycle, self.engine.steering,
+                                           self.counts))

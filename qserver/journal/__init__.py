@@ -75,6 +75,7 @@ class Journal:
         self.waiters = collections.deque()  # (record count, callback) awaiting fsync
         self.sweep = None
         self.out_of_space = False
+        self.batch = None           # the Batch collecting records, inside atomic()
 
     # -- startup ----------------------------------------------------------------
 
@@ -110,6 +111,9 @@ class Journal:
             history.logged_size = records.framed_size(
                 records.lifecycle_record(job_id, history))
             self.live_bytes += history.logged_size
+        for job_id, meta in engine.meta.items():
+            meta.logged_size = records.framed_size(records.meta_record(job_id, meta))
+            self.live_bytes += meta.logged_size
         self._open_segment(self.current_index + 1, self.segment_size)
 
     @property
@@ -150,13 +154,19 @@ class Journal:
         except OSError as error:
             self._report_failure("delete", error)
             raise InternalError from None
-        self.live_bytes -= records.job_record_size(job)
-        histories = self.engine.histories
-        if histories:
-            history = histories.get(job.id)
-            if history is not None:
-                self.live_bytes -= history.logged_size
-                history.logged_size = 0
+        self.live_bytes -= records.job_record_size(job) + self._sidecar_bytes(job.id)
+
+    def _sidecar_bytes(self, job_id: int) -> int:
+        """Forget the logged size of a going job's LIFECYCLE and META records (they
+        are written again if its record is retained); returns it."""
+        size = 0
+        for table in (self.engine.histories, self.engine.meta):
+            if table:
+                extra = table.get(job_id)
+                if extra is not None:
+                    size += extra.logged_size
+                    extra.logged_size = 0
+        return size
 
     # -- the lifecycle's hooks (protocol.md, "Extensions and the log") ----------
 
@@ -183,6 +193,19 @@ class Journal:
         self.live_bytes += size - history.logged_size
         history.logged_size = size
 
+    def meta(self, job_id: int, meta) -> None:
+        size = self._guarded("meta", self._write_buffers, records.meta_record(job_id, meta))
+        self.live_bytes += size - meta.logged_size
+        meta.logged_size = size
+
+    def flush(self, tube_name: str, jobs: list) -> None:
+        """flush-tube: one record naming every job it removes."""
+        buffers = records.flush_record(tube_name, [job.id for job in jobs])
+        self.reserve(records.framed_size(buffers))
+        self._guarded("flush", self._write_buffers, buffers)
+        for job in jobs:
+            self.live_bytes -= records.job_record_size(job) + self._sidecar_bytes(job.id)
+
     def finished(self, record) -> None:
         size = self._guarded("finished", self._write_finished, record)
         self.live_bytes += size
@@ -192,6 +215,9 @@ class Journal:
         self.live_bytes -= records.framed_size(records.finished_record(record, 0.0))
         if history is not None:
             self.live_bytes -= history.logged_size
+        meta = self.engine.meta.get(record.id)
+        if meta is not None:
+            self.live_bytes -= meta.logged_size
 
     def _guarded(self, what: str, write, item) -> int:
         try:
@@ -212,6 +238,16 @@ class Journal:
         self._write(buffers, size, for_delete=False)
         return size
 
+    def _write_sidecars(self, job_id: int) -> None:
+        """A job's LIFECYCLE and META records again, after its rewritten record."""
+        engine = self.engine
+        history = engine.histories.get(job_id) if engine.histories else None
+        if history is not None:
+            self._write_buffers(records.lifecycle_record(job_id, history))
+        meta = engine.meta.get(job_id) if engine.meta else None
+        if meta is not None:
+            self._write_buffers(records.meta_record(job_id, meta))
+
     def _write_finished(self, record) -> int:
         expires = time.time() + (record.deadline - self.scheduler.clock())
         size = self._write_buffers(records.finished_record(record, expires))
@@ -224,7 +260,20 @@ class Journal:
             return 0.0
         return time.time() + (job.deadline - self.scheduler.clock())
 
+    def atomic(self) -> "Batch":
+        """`with journal.atomic():` collects every record written inside and sends
+        them in one pwritev at the end, so a process killed in the middle of a
+        command that writes several records leaves all of them or none."""
+        return Batch(self)
+
     def _write(self, buffers: list, size: int, for_delete: bool) -> None:
+        batch = self.batch
+        if batch is not None:
+            batch.add(buffers, size, for_delete)
+            return
+        self._write_now(buffers, size, for_delete, 1)
+
+    def _write_now(self, buffers: list, size: int, for_delete: bool, count: int) -> None:
         self._make_room(size, for_delete)
         offset = self.offset
         try:
@@ -236,7 +285,7 @@ class Journal:
             self._scrub(offset, size)
             raise OSError(f"short write to the log ({done} of {size} bytes)")
         self.offset = offset + size
-        self.written += 1
+        self.written += count
         self._schedule_sync()
         self._maybe_compact()
 
@@ -380,7 +429,6 @@ class Journal:
         boundary, ids, pos = self.sweep
         jobs = self.engine.jobs
         retained = self.engine.lifecycle.ledger.records
-        histories = self.engine.histories
         clock = time.perf_counter           # real time spent, whatever the loop's clock
         stop = clock() + SWEEP_SLICE_SECONDS
         try:
@@ -394,9 +442,7 @@ class Journal:
                     else:
                         self._write_job(job)
                     self.migrated += 1
-                    if histories and job_id in histories:
-                        self._write_buffers(
-                            records.lifecycle_record(job_id, histories[job_id]))
+                    self._write_sidecars(job_id)
                 if pos % 256 == 0 and clock() > stop:
                     break
         except OSError as error:
@@ -434,3 +480,54 @@ def _fsync_all(fds, retired) -> None:
         os.fsync(fd)
     for fd in retired:
         os.close(fd)
+
+
+class Batch:
+    """The records of one command, written together (Journal.atomic)."""
+
+    IOV_MAX = 1024                  # buffers one pwritev may take
+
+    def __init__(self, journal):
+        self.journal = journal
+        self.buffers = []
+        self.size = 0
+        self.count = 0
+        self.for_delete = True
+        self.outer = False
+
+    def add(self, buffers: list, size: int, for_delete: bool) -> None:
+        self.buffers += buffers
+        self.size += size
+        self.count += 1
+        self.for_delete = self.for_delete and for_delete
+
+    def __enter__(self):
+        journal = self.journal
+        if journal.batch is None:
+            journal.batch = self
+            self.outer = True
+        return journal.batch
+
+    def __exit__(self, kind, error, trace) -> bool:
+        if not self.outer:
+            return False            # a nested atomic(): the outer one writes
+        journal = self.journal
+        journal.batch = None
+        if not self.count:
+            return False
+        buffers, size, count = self.buffers, self.size, self.count
+        if count > 1:               # replay applies the group whole or not at all
+            group = records.group_record(count)
+            buffers = group + buffers
+            size += records.framed_size(group)
+            count += 1
+        if len(buffers) > self.IOV_MAX:
+            buffers = [b"".join(buffers)]
+        try:
+            journal._write_now(buffers, size, self.for_delete, count)
+        except OSError as failure:
+            journal._report_failure("write", failure)
+            if kind is None:
+                raise InternalError from None
+        return False
+

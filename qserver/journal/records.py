@@ -11,10 +11,13 @@ of the data (segments are preallocated with zeros). Payload types:
 * DELETE: the job is gone.
 * POLICY: a tube's policy (config-tube), as its `name value` text;
 * LIFECYCLE: a job's attempts, last failures, progress and result (full snapshot);
-* FINISHED: a retained record of a completed or dead job (no body).
+* FINISHED: a retained record of a completed or dead job (no body);
+* META: a put-ex job's key, tags and cancelled flag (full snapshot);
+* FLUSH: the ids of the jobs flush-tube removed, in one record;
+* GROUP: the next N records are one command's and apply all together or not at all.
 
 Version 1 logs (types 1-3 only) are read as they are.
-Imports: `job`, `ledger`, `lifecycle`, `policy`, stdlib.
+Imports: `job`, `ledger`, `lifecycle`, `policy`, `steering`, stdlib.
 
 All integers are little-endian. Times in records are wall-clock seconds (float64):
 `created` for age, `due` for a delayed job's absolute due time.
@@ -28,6 +31,7 @@ from qserver.job import (BURIED, COMPLETED, DEAD, DELAYED, READY, RESERVED, Job,
 from qserver.ledger import TubeRef
 from qserver.lifecycle import History
 from qserver.policy import Policy
+from qserver.steering import Meta
 
 MAGIC = b"QSLOG"
 VERSION = 2
@@ -35,8 +39,8 @@ READABLE_VERSIONS = (1, 2)
 SEGMENT_HEADER = struct.Struct("<5sBxxQ")        # magic, version, next id
 RECORD_HEADER = struct.Struct("<II")             # payload length, crc32
 
-JOB, STATE, DELETE, POLICY, LIFECYCLE, FINISHED = 1, 2, 3, 4, 5, 6
-KINDS = (JOB, STATE, DELETE, POLICY, LIFECYCLE, FINISHED)
+JOB, STATE, DELETE, POLICY, LIFECYCLE, FINISHED, META, FLUSH, GROUP = range(1, 10)
+KINDS = (JOB, STATE, DELETE, POLICY, LIFECYCLE, FINISHED, META, FLUSH, GROUP)
 
 # type, id, pri, delay, ttr, state, created, due, reserves, timeouts, releases,
 # buries, kicks, bury order, tube-name length, body length (the body keeps its CRLF)
@@ -54,6 +58,15 @@ NONE = 0xFFFFFFFF
 # type, id, state, expires (wall clock), pri, delay, ttr, created, reserves, timeouts,
 # releases, buries, kicks, tube-name length; then the tube name
 FINISHED_FIXED = struct.Struct("<BQBdIIIdIIIIIH")
+# type, id, cancelled, key length (0xFFFF: none), tag count; then the key, then each
+# tag as (u16 length, tag)
+META_FIXED = struct.Struct("<BQBHB")
+NO_KEY = 0xFFFF
+SHORT = struct.Struct("<H")
+# type, tube-name length, job count; then the name and the ids (u64 each)
+FLUSH_FIXED = struct.Struct("<BHI")
+# type, how many records follow that belong to the group
+GROUP_FIXED = struct.Struct("<BI")
 
 STATE_RECORD_SIZE = RECORD_HEADER.size + STATE_FIXED.size
 DELETE_RECORD_SIZE = RECORD_HEADER.size + DELETE_FIXED.size
@@ -143,6 +156,36 @@ def finished_record(record, expires: float) -> list:
     return _framed(fixed, name)
 
 
+def meta_record(job_id: int, meta) -> list:
+    key = meta.key
+    parts = [META_FIXED.pack(META, job_id, meta.cancelled, NO_KEY if key is None else len(key),
+                             len(meta.tags))]
+    if key:
+        parts.append(key)
+    for tag in meta.tags:
+        parts.append(SHORT.pack(len(tag)))
+        parts.append(tag)
+    return _framed(*parts)
+
+
+def flush_record(tube_name: str, job_ids: list) -> list:
+    name = _encoded_name(tube_name)
+    return _framed(FLUSH_FIXED.pack(FLUSH, len(name), len(job_ids)), name,
+                   struct.pack(f"<{len(job_ids)}Q", *job_ids))
+
+
+def group_record(count: int) -> list:
+    return _framed(GROUP_FIXED.pack(GROUP, count))
+
+
+def group_size(payload) -> int:
+    """The record count of a GROUP payload, or 0 for any other record."""
+    if payload[0] != GROUP:
+        return 0
+    _, count = GROUP_FIXED.unpack(payload)
+    return count
+
+
 def framed_size(buffers: list) -> int:
     return sum(len(part) for part in buffers)
 
@@ -184,6 +227,7 @@ def decode(payload, file_index: int, found) -> int:
         jobs.pop(job_id, None)
         found.histories.pop(job_id, None)
         found.finished.pop(job_id, None)
+        found.meta.pop(job_id, None)
         return job_id
     if kind == LIFECYCLE:
         job_id, history = _decode_lifecycle(payload)
@@ -192,6 +236,21 @@ def decode(payload, file_index: int, found) -> int:
         return job_id
     if kind == FINISHED:
         return _decode_finished(payload, file_index, found.finished)
+    if kind == META:
+        job_id, meta = _decode_meta(payload)
+        if job_id in jobs or job_id in found.finished:
+            found.meta[job_id] = meta
+        return job_id
+    if kind == FLUSH:
+        _, name_len, count = FLUSH_FIXED.unpack_from(payload)
+        start = FLUSH_FIXED.size + name_len
+        if start + 8 * count != len(payload):
+            raise ValueError("FLUSH record lengths do not add up")
+        for job_id in struct.unpack_from(f"<{count}Q", payload, start):
+            jobs.pop(job_id, None)
+            found.histories.pop(job_id, None)
+            found.meta.pop(job_id, None)
+        return 0
     if kind == POLICY:
         _, name_len = POLICY_FIXED.unpack_from(payload)
         start = POLICY_FIXED.size
@@ -220,6 +279,23 @@ def _decode_lifecycle(payload) -> tuple:
     if pos != len(payload):
         raise ValueError("LIFECYCLE record lengths do not add up")
     return job_id, History(attempts, tuple(failures), progress, result)
+
+
+def _decode_meta(payload) -> tuple:
+    _, job_id, cancelled, key_len, count = META_FIXED.unpack_from(payload)
+    pos = META_FIXED.size
+    key = None
+    if key_len != NO_KEY:
+        key, pos = bytes(payload[pos:pos + key_len]), pos + key_len
+    tags = []
+    for _ in range(count):
+        (size,) = SHORT.unpack_from(payload, pos)
+        pos += SHORT.size
+        tags.append(bytes(payload[pos:pos + size]))
+        pos += size
+    if pos != len(payload):
+        raise ValueError("META record lengths do not add up")
+    return job_id, Meta(key, tuple(tags), bool(cancelled))
 
 
 def _decode_finished(payload, file_index: int, finished: dict) -> int:

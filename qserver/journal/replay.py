@@ -12,7 +12,7 @@ import struct
 import zlib
 
 from qserver.journal.records import (KINDS, MAGIC, READABLE_VERSIONS, RECORD_HEADER,
-                                     SEGMENT_HEADER, decode)
+                                     SEGMENT_HEADER, decode, group_size)
 from qserver.journal.segments import segment_path
 
 _HEADER = RECORD_HEADER.size
@@ -31,6 +31,7 @@ class Recovery:
         self.policies = {}      # tube name -> Policy
         self.histories = {}     # job id -> lifecycle.History
         self.finished = {}      # job id -> retained record, deadline = wall expiry
+        self.meta = {}          # job id -> steering.Meta
         self.next_id = 1
         self.sizes = {}         # segment index -> bytes of valid data
         self.records = 0
@@ -60,17 +61,21 @@ def _replay_segment(directory, index, newest, salvage, result) -> None:
     pos = SEGMENT_HEADER.size
     size = len(data)
     while pos < size:
+        search_from = pos + 1
         if pos + _HEADER <= size:
             length, crc = RECORD_HEADER.unpack_from(data, pos)
             if length == 0 and crc == 0 and _all_zero(data, pos):
                 break                   # the preallocated, never written tail
-            if _valid(data, view, pos, length, crc) \
-                    and _apply(view[pos + _HEADER:pos + _HEADER + length], index, result):
-                pos += _HEADER + length
-                continue
+            if _valid(data, view, pos, length, crc):
+                end = _apply_records(data, view, pos, length, index, result)
+                if end > 0:
+                    pos = end
+                    continue
+                search_from = -end     # a torn group: look for data after its records
         elif _all_zero(data, pos):
             break
-        following = _bad_record(path, data, view, pos, newest, salvage, result)
+        following = _bad_record(path, data, view, pos, search_from, newest, salvage,
+                                result)
         if following is None:
             break
         pos = following
@@ -100,6 +105,33 @@ def _valid(data, view, pos, length, crc) -> bool:
         and zlib.crc32(view[pos + _HEADER:end]) == crc
 
 
+def _apply_records(data, view, pos: int, length: int, index: int, result):
+    """Apply the valid record at `pos`, or, when it opens a GROUP, the whole group
+    if every one of its records is valid. Returns the offset after what was
+    applied, or, when nothing was (a torn group, a payload that does not decode),
+    minus the offset where the bad part ends (a torn group's valid records are
+    not data of their own)."""
+    payload = view[pos + _HEADER:pos + _HEADER + length]
+    count = group_size(payload)
+    if not count:
+        return pos + _HEADER + length if _apply(payload, index, result) else -(pos + 1)
+    spans = []
+    end = pos + _HEADER + length
+    for _ in range(count):
+        if end + _HEADER > len(data):
+            return -end
+        size, crc = RECORD_HEADER.unpack_from(data, end)
+        if not _valid(data, view, end, size, crc):
+            return -(end + 1) if end > pos else -(pos + 1)
+        spans.append((end + _HEADER, end + _HEADER + size))
+        end += _HEADER + size
+    for start, stop in spans:
+        if not _apply(view[start:stop], index, result):
+            return -(pos + 1)
+    result.records += 1             # the GROUP record itself
+    return end
+
+
 def _apply(payload, index, result) -> bool:
     try:
         job_id = decode(payload, index, result)
@@ -124,11 +156,11 @@ def _next_valid(data, view, start: int, stop: int):
     return None
 
 
-def _bad_record(path, data, view, pos, newest, salvage, result):
+def _bad_record(path, data, view, pos, search_from, newest, salvage, result):
     """Handle a record that fails verification at `pos`: returns the offset to go on
     from, or None when nothing usable follows in this segment."""
     last = len(data.rstrip(b"\0"))
-    following = _next_valid(data, view, pos + 1, last)
+    following = _next_valid(data, view, search_from, last)
     if following is None and newest:
         result.warnings.append(
             f"{path}: torn record at offset {pos} cut off ({last - pos} bytes)")

@@ -1,0 +1,101 @@
+"""The steering extension commands (protocol.md, "put-ex", "flush-tube",
+"cancel-tag"): puts with a unique key and tags, emptying a tube, cancelling by tag.
+
+Imports: `wire`, `errors`, `steering`.
+"""
+
+from qserver import wire
+from qserver.errors import BadFormat, Draining, ExpectedCrlf
+from qserver.steering import MAX_TAGS
+
+
+class SteeringCommands:
+    def __init__(self, commands):
+        self.commands = commands          # the beanstalkd table: bodies, clocks, counts
+        self.engine = commands.engine
+        self.steering = commands.engine.steering
+        self.counts = commands.counts
+
+    def table(self) -> tuple[dict, dict]:
+        """(commands with arguments, commands without), by command word."""
+        return {
+            b"put-ex": self.put_ex, b"flush-tube": self.flush_tube,
+            b"cancel-tag": self.cancel_tag,
+        }, {}
+
+    def put_ex(self, client, rest):
+        pri, delay, ttr, size, tail = wire.parse_put_ex(rest)
+        self.counts["put-ex"] += 1
+        if size > self.commands.max_job_size:
+            client.framer.discard_body(size)
+            return None
+        # Bad options are answered after the body is read, so the stream stays in
+        # sync (the numbers told us how long the body is).
+        try:
+            key, tags = _key_and_tags(wire.parse_options(tail))
+        except BadFormat:
+            finish, args = _refuse, ()
+        else:
+            finish, args = self._store, (pri, delay, ttr or 1, key, tags)
+        self.engine.mark_producer(client.session)
+        body = client.framer.take_body(size)
+        if body is None:
+            client.pending_body = (finish, args)
+            return None
+        return finish(client, body, *args)
+
+    def _store(self, client, body: bytes, pri, delay, ttr, key, tags) -> bytes:
+        """Make the job once its body is here; the key is checked only now, so a
+        refused put still consumes its body (and takes no id)."""
+        if not body.endswith(wire.CRLF):
+            raise ExpectedCrlf
+        engine = self.engine
+        if engine.draining:
+            raise Draining
+        tube = client.session.use
+        self.steering.check_key(tube.name, key)     # before the id is taken
+        job_id = engine.allocate_id()
+        self.steering.put(tube, job_id, pri, delay, ttr, body, self.commands.clock(),
+                          self.commands.creation_time(), key, tags)
+        return b"INSERTED %d\r\n" % job_id
+
+    def flush_tube(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["flush-tube"] += 1
+        return b"FLUSHED %d\r\n" % self.steering.flush(name)
+
+    def cancel_tag(self, client, rest):
+        tag = _value(rest)
+        self.counts["cancel-tag"] += 1
+        removed, flagged = self.steering.cancel_tag(tag)
+        return b"CANCELLED %d %d\r\n" % (removed, flagged)
+
+
+def _refuse(client, body: bytes):
+    raise BadFormat
+
+
+def _key_and_tags(options: list) -> tuple:
+    """The key (at most one) and the distinct tags (at most MAX_TAGS)."""
+    key = None
+    tags = []
+    for name, value in options:
+        if name == b"key":
+            if key is not None:
+                raise BadFormat
+            key = value
+        elif name == b"tag":
+            if value not in tags:
+                tags.append(value)
+        else:                       # lock=: per-key concurrency is not served yet
+            raise BadFormat
+    if len(tags) > MAX_TAGS:
+        raise BadFormat
+    return key, tuple(tags)
+
+
+def _value(rest: bytes) -> bytes:
+    """A tag as put-ex takes it: 1-200 printable ASCII bytes, no spaces."""
+    if not 0 < len(rest) <= 200 or not all(0x21 <= b <= 0x7E for b in rest):
+        raise BadFormat
+    return bytes(rest)

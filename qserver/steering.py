@@ -1,0 +1,177 @@
+"""Steering jobs (protocol.md, "put-ex", "flush-tube", "cancel-tag"): unique keys,
+tags, flushing a tube and cooperative cancellation.
+
+A job put with `put-ex` options gets a `Meta` (key, tags, cancelled flag) in the
+engine's `meta` table, beside the job rather than in it, as the lifecycle's
+histories are: plain jobs never have one, and the engine looks here only when the
+table is not empty. Unique keys are per tube and stay taken while the job lives or
+its finished record is retained; tags index live jobs for `cancel-tag`.
+Imports: `job`, `errors`, stdlib.
+"""
+
+from qserver.errors import Cancelled, Duplicate, InternalError, OutOfMemory
+from qserver.job import RESERVED
+
+MAX_TAGS = 8
+
+
+class Meta:
+    __slots__ = ("key", "tags", "cancelled", "logged_size")
+
+    def __init__(self, key=None, tags=(), cancelled=False):
+        self.key = key              # bytes or None
+        self.tags = tags            # tuple of bytes
+        self.cancelled = cancelled  # set by cancel-tag while the job was reserved
+        self.logged_size = 0        # size of its latest log record (-b accounting)
+
+
+class SteeringCounters:
+    __slots__ = ("duplicates", "flushed", "cancelled_removed", "cancelled_flagged")
+
+    def __init__(self):
+        self.duplicates = self.flushed = 0
+        self.cancelled_removed = self.cancelled_flagged = 0
+
+
+class Steering:
+    def __init__(self, engine):
+        self.engine = engine
+        self.meta = engine.meta          # job id -> Meta (live and retained jobs)
+        self.keys = {}                   # (tube name, key) -> job id
+        self.tags = {}                   # tag -> {job id: None}, live jobs only
+        self.totals = SteeringCounters()
+
+    # -- put-ex -----------------------------------------------------------------
+
+    def check_key(self, tube_name: str, key) -> None:
+        """DUPLICATE <id> when a live or retained job of the tube has this key."""
+        if key is None:
+            return
+        holder = self.keys.get((tube_name, key))
+        if holder is not None and self._holds_key(holder, tube_name, key):
+            self.totals.duplicates += 1
+            raise Duplicate(holder)
+
+    def _holds_key(self, job_id: int, tube_name: str, key: bytes) -> bool:
+        job = self.engine.jobs.get(job_id) or self.engine.lifecycle.retained(job_id)
+        meta = self.meta.get(job_id)
+        return job is not None and meta is not None and meta.key == key \
+            and job.tube.name == tube_name
+
+    def put(self, tube, job_id: int, pri: int, delay: int, ttr: int, body: bytes,
+            now: float, created: float, key, tags):
+        """put-ex: the job and its options, logged as one write (the caller has
+        checked the key)."""
+        engine = self.engine
+        if key is None and not tags:
+            return engine.put(tube, job_id, pri, delay, ttr, body, now, created)
+        try:                    # room for both records, or OUT_OF_MEMORY as put has
+            engine.log.reserve(len(body) + len(tube.name) + 4096)
+        except InternalError:
+            raise OutOfMemory from None
+        with engine.log.atomic():
+            job = engine.put(tube, job_id, pri, delay, ttr, body, now, created)
+            meta = Meta(key, tags)
+            self._index(job, meta)
+            engine.log.meta(job.id, meta)
+        return job
+
+    def _index(self, job, meta: Meta) -> None:
+        self.meta[job.id] = meta
+        if meta.key is not None:
+            self.keys[(job.tube.name, meta.key)] = job.id
+        for tag in meta.tags:
+            self.tags.setdefault(tag, {})[job.id] = None
+
+    # -- a job going away ---------------------------------------------------------
+
+    def forget(self, job) -> None:
+        """The job is gone (deleted, flushed, cancelled, completed or dead)."""
+        meta = self.meta.pop(job.id, None)
+        if meta is None:
+            return
+        self._unindex(job.id, job.tube.name, meta)
+
+    def _unindex(self, job_id: int, tube_name: str, meta: Meta) -> None:
+        if meta.key is not None and self.keys.get((tube_name, meta.key)) == job_id:
+            del self.keys[(tube_name, meta.key)]
+        for tag in meta.tags:
+            ids = self.tags.get(tag)
+            if ids is not None:
+                ids.pop(job_id, None)
+                if not ids:
+                    del self.tags[tag]
+
+    def retain(self, record, meta) -> None:
+        """A finished job's record is retained: its key stays taken (no tags)."""
+        if meta is None:
+            return
+        self.meta[record.id] = meta
+        if meta.key is not None:
+            self.keys[(record.tube.name, meta.key)] = record.id
+
+    def expired(self, record) -> None:
+        meta = self.meta.pop(record.id, None)
+        if meta is not None:
+            self._unindex(record.id, record.tube.name, meta)
+
+    # -- cancellation ---------------------------------------------------------------
+
+    def check_not_cancelled(self, job_id: int) -> None:
+        meta = self.meta.get(job_id)
+        if meta is not None and meta.cancelled:
+            raise Cancelled
+
+    def cancel_tag(self, tag: bytes) -> tuple:
+        """Remove the tag's jobs that are not reserved, flag the reserved ones;
+        returns (removed, flagged)."""
+        with self.engine.log.atomic():
+            removed, flagged = self._cancel(tag)
+        self.totals.cancelled_removed += removed
+        self.totals.cancelled_flagged += flagged
+        return removed, flagged
+
+    def _cancel(self, tag: bytes) -> tuple:
+        engine = self.engine
+        removed = flagged = 0
+        for job_id in list(self.tags.get(tag, ())):
+            job = engine.jobs[job_id]
+            if job.state == RESERVED:
+                meta = self.meta[job_id]
+                if not meta.cancelled:
+                    meta.cancelled = True
+                    engine.log.meta(job_id, meta)
+                flagged += 1
+            else:
+                engine.remove(job)
+                removed += 1
+        return removed, flagged
+
+    # -- flush ----------------------------------------------------------------------
+
+    def flush(self, tube_name: str) -> int:
+        """Remove every ready, delayed and buried job of the tube at once (one log
+        record); reserved jobs stay. Returns how many went."""
+        engine = self.engine
+        tube = engine.tubes.get(tube_name)
+        if tube is None:
+            return 0
+        victims = [job for job in engine.jobs_of(tube) if job.state != RESERVED]
+        engine.log.flush(tube_name, victims)
+        engine.drop_listed(tube, victims)
+        self.totals.flushed += len(victims)
+        return len(victims)
+
+    # -- restart --------------------------------------------------------------------
+
+    def restore(self, meta: dict) -> None:
+        engine = self.engine
+        for job_id, job_meta in meta.items():
+            job = engine.jobs.get(job_id)
+            if job is not None:
+                self._index(job, job_meta)
+                continue
+            record = engine.lifecycle.retained(job_id)
+            if record is not None:
+                self.retain(record, job_meta)
+
