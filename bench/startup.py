@@ -10,7 +10,8 @@ because a slower or busier host would miss it (tests/test_cli.py only checks tha
 spawned server answers). Each spawn: Popen, then connect with retries every 2 ms (as a
 client that starts early does), send `stats`, time the first bytes of the reply; then
 SIGTERM. Both entry points are measured, interleaved: `python -m qserver` and the
-`qserver` console script. Prints median, min and max in ms and how many spawns answered
+`qserver` console script; so is `python -c pass` (the interpreter starting and exiting,
+site hooks included), the floor under both. Prints median, min and max in ms and how many spawns answered
 within 100 ms, and how busy the machine's CPUs were meanwhile (other processes slow a
 start down a lot: this machine is shared). Before each round it waits up to
 --quiet-wait s for the CPUs to be under 15 % busy, as bench/run.py does. Run it from
@@ -104,6 +105,10 @@ def main() -> None:
     args = parser.parse_args()
     entries = entry_points()
     times = {name: [] for name in entries}
+    # For scale: the bare interpreter, started and exited (site hooks included), is
+    # the floor under both entry points.
+    floor = "python -c pass (floor)"
+    times[floor] = []
     busy = []
     for _ in range(args.spawns):              # interleaved: drifts hit both alike
         wait_quiet(args.quiet_wait)
@@ -113,6 +118,9 @@ def main() -> None:
             times[name].append(first_reply(argv + ["-l", "127.0.0.1", "-p", str(port)],
                                            port))
             busy.append(busy_since(before))
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        times[floor].append(time.monotonic() - start)
     print(f"startup: spawn -> first reply to `stats`, {args.spawns} spawns each, "
           f"{os.cpu_count()} CPUs busy {statistics.median(busy):.0%} (median over the "
           f"spawns, the spawn itself included)")
