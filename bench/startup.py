@@ -10,12 +10,12 @@ because a slower or busier host would miss it (tests/test_cli.py only checks tha
 spawned server answers). Each spawn: Popen, then connect with retries every 2 ms (as a
 client that starts early does), send `stats`, time the first bytes of the reply; then
 SIGTERM. Both entry points are measured, interleaved: `python -m qserver` and the
-`qserver` console script; so is `python -c pass` (the interpreter starting and exiting,
-site hooks included), the floor under both. Prints median, min and max in ms and how many spawns answered
-within 100 ms, and how busy the machine's CPUs were meanwhile (other processes slow a
-start down a lot: this machine is shared). Before each round it waits up to
---quiet-wait s for the CPUs to be under 15 % busy, as bench/run.py does. Run it from
-anywhere; it uses the interpreter it runs under.
+`qserver` console script; so is `python -c pass` (the interpreter starting and
+exiting, site hooks included), the floor under both. Prints median, min and max in ms,
+how many spawns answered within 100 ms, and how busy the machine's CPUs were meanwhile
+(other processes slow a start down a lot: this machine is shared). Before each round
+it waits up to --quiet-wait s for the CPUs to be under 15 % busy, as bench/run.py does.
+Run it from anywhere; it uses the interpreter it runs under.
 """
 from __future__ import annotations
 
