@@ -256,7 +256,10 @@ class Engine:
         job.deadline = deadline = now + job.ttr
         job.counts += ONE_RESERVE
         job.holder = session
-        job.tube.reserved_count += 1
+        tube = job.tube
+        tube.reserved_count += 1
+        if tube.index is not None:
+            tube.index.add(RESERVED, (deadline, job.id))
         self.reserved_total += 1
         session.hold(job)
         self._push(self._ttrs, (deadline, job.id), deadline, self.reserved_total)
@@ -389,6 +392,10 @@ class Engine:
         job = self.held(session, job_id)
         if self.meta:
             self.steering.check_not_cancelled(job_id)
+        index = job.tube.index
+        if index is not None:
+            index.discard(RESERVED, (job.deadline, job_id))
+            index.add(RESERVED, (now + job.ttr, job_id))
         job.deadline = deadline = now + job.ttr
         session.note_deadline(job)
         self._push(self._ttrs, (deadline, job_id), deadline, self.reserved_total)
@@ -447,6 +454,16 @@ class Engine:
                     and job.deadline == due:
                 found[job_id] = job
         found.update(tube.buried)
+        return list(found.values())
+
+    def reserved_in(self, tube: Tube) -> list:
+        """The tube's reserved jobs (from the TTR schedule, which holds them all)."""
+        found = {}
+        for entry in self._ttrs:
+            if self._describes(entry, RESERVED):
+                job = self.jobs[entry[1]]
+                if job.tube is tube:
+                    found[job.id] = job
         return list(found.values())
 
     def drop_listed(self, tube: Tube, victims: list) -> None:
@@ -595,8 +612,11 @@ class Engine:
         """A reserved job stops being reserved (its TTR entry goes stale)."""
         del job.holder.reserved[job.id]
         job.holder = None
-        job.tube.reserved_count -= 1
+        tube = job.tube
+        tube.reserved_count -= 1
         self.reserved_total -= 1
+        if tube.index is not None:
+            tube.index.discard(RESERVED, (job.deadline, job.id))
 
     def _unlist(self, job: Job) -> None:
         """Take a job out of whatever list its state puts it in."""
@@ -608,7 +628,7 @@ class Engine:
             tube.forget_delayed(job)
             self.delayed_total -= 1
         elif state == BURIED:
-            del tube.buried[job.id]
+            tube.forget_buried(job)
         else:
             self.unhold(job)
 

@@ -26,6 +26,7 @@ class Ledger:
     def __init__(self):
         self.records = {}         # id -> retained job record
         self._expiry = []         # heap of (expires, id)
+        self.index = None         # listing.LedgerIndex once finished jobs were listed
 
     def __len__(self) -> int:
         return len(self.records)
@@ -37,6 +38,15 @@ class Ledger:
         record.deadline = expires
         self.records[record.id] = record
         heapq.heappush(self._expiry, (expires, record.id))
+        if self.index is not None:
+            self.index.add(record)
+
+    def listing(self):
+        """The ordered view for list-jobs, made on first use."""
+        if self.index is None:
+            from qserver.listing import LedgerIndex
+            self.index = LedgerIndex(self.records.values())
+        return self.index
 
     def next_expiry(self) -> float:
         heap = self._expiry
@@ -52,4 +62,6 @@ class Ledger:
             if record is not None and record.deadline == expires:
                 del self.records[job_id]
                 gone.append(record)
+                if self.index is not None:
+                    self.index.discard(record)
         return gone

@@ -141,7 +141,7 @@ def job_stats(job, now: float, wall: float) -> list:
 # Each extension topic's commands; stats-ext prints a topic's block after another's.
 LIFECYCLE_COMMANDS = ("config-tube", "fail", "complete", "progress", "job-info",
                       "peek-result", "stats-ext")
-STEERING_COMMANDS = ("put-ex", "flush-tube", "cancel-tag")
+STEERING_COMMANDS = ("put-ex", "flush-tube", "cancel-tag", "list-jobs")
 EXT_COMMANDS = LIFECYCLE_COMMANDS + STEERING_COMMANDS
 
 
@@ -155,9 +155,8 @@ def job_info(job, history, meta, max_attempts: int, now: float, wall: float) -> 
         ("max-attempts", max_attempts),
         ("progress", "~" if progress is None else yaml_bytes(progress)),
         ("result-bytes", 0 if result is None else len(result)),
-        ("key", "~" if meta is None or meta.key is None else yaml_bytes(meta.key)),
-        ("tags", "[" + ", ".join(yaml_bytes(t) for t in meta.tags) + "]"
-         if meta is not None else "[]"),
+        ("key", _key_text(meta)),
+        ("tags", _tags_text(meta)),
         ("cancelled", "true" if meta is not None and meta.cancelled else "false"),
     ]
     lines = ["---\n"]
@@ -198,3 +197,30 @@ def ext_stats(lifecycle, steering, counts: dict) -> list:
         ("jobs-cancel-flagged", steering.totals.cancelled_flagged),
     ]
     return pairs
+
+
+def job_page(jobs: list, next_cursor, histories: dict, meta: dict, now: float,
+             wall: float) -> str:
+    """list-jobs' YAML: the next cursor, then one short mapping per job."""
+    lines = ["---\n", "next: %s\n" % ("~" if next_cursor is None else yaml_quote(next_cursor))]
+    lines.append("jobs:\n" if jobs else "jobs: []\n")
+    timed = (RESERVED, DELAYED, COMPLETED, DEAD)
+    for job in jobs:
+        history = histories.get(job.id)
+        job_meta = meta.get(job.id)
+        lines.append(
+            f"- id: {job.id}\n  state: {STATE_NAMES[job.state]}\n  pri: {job.pri}\n"
+            f"  age: {int(wall - job.created)}\n  delay: {job.delay}\n"
+            f"  time-left: {int(job.deadline - now) if job.state in timed else 0}\n"
+            f"  attempts: {history.attempts if history is not None else 0}\n"
+            f"  key: {_key_text(job_meta)}\n  tags: {_tags_text(job_meta)}\n"
+            f"  size: {max(0, len(job.body) - 2)}\n")
+    return "".join(lines)
+
+
+def _key_text(meta) -> str:
+    return "~" if meta is None or meta.key is None else yaml_bytes(meta.key)
+
+
+def _tags_text(meta) -> str:
+    return "[" + ", ".join(yaml_bytes(t) for t in meta.tags) + "]" if meta else "[]"

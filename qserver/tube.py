@@ -17,7 +17,7 @@ class Tube:
         "name", "jobs", "ready", "ready_count", "urgent_count", "delayed",
         "delayed_count", "buried", "reserved_count", "waiting", "using", "watching",
         "total_jobs", "cmd_delete", "cmd_pause", "pause", "unpause_at", "policy",
-        "counters",
+        "counters", "index",
     )
 
     def __init__(self, name: str, jobs: dict, policy=None):
@@ -40,6 +40,7 @@ class Tube:
         self.unpause_at = 0.0
         self.policy = policy          # policy.Policy once configured (config-tube)
         self.counters = None          # lifecycle.Counters once a job failed or completed
+        self.index = None             # listing.TubeIndex once the tube was listed
 
     # -- lifetime ---------------------------------------------------------------
 
@@ -59,6 +60,10 @@ class Tube:
         self.delayed = []
         self.delayed_count = 0
         self.buried = {}
+        index = self.index
+        if index is not None:
+            for state in (READY, DELAYED, BURIED):
+                index.lists[state].clear()
 
     # -- ready ------------------------------------------------------------------
 
@@ -68,6 +73,8 @@ class Tube:
         self.ready_count += 1
         if job.pri < URGENT_PRI:
             self.urgent_count += 1
+        if self.index is not None:
+            self.index.add(READY, (job.pri, job.id))
 
     def restore_ready(self, jobs) -> None:
         """Add many ready jobs at once (replay): one heapify instead of a push each."""
@@ -77,6 +84,8 @@ class Tube:
             self.ready_count += 1
             if job.pri < URGENT_PRI:
                 self.urgent_count += 1
+            if self.index is not None:
+                self.index.add(READY, (job.pri, job.id))
         heapq.heapify(self.ready)
 
     def peek_ready(self):
@@ -97,6 +106,8 @@ class Tube:
         self.ready_count -= 1
         if job.pri < URGENT_PRI:
             self.urgent_count -= 1
+        if self.index is not None:
+            self.index.discard(READY, (job.pri, job.id))
         if len(self.ready) > 2 * self.ready_count + 64:
             self.ready = self._live_keys(self.ready, job)
             heapq.heapify(self.ready)
@@ -118,6 +129,8 @@ class Tube:
         job.deadline = due
         heapq.heappush(self.delayed, (due, job.id))
         self.delayed_count += 1
+        if self.index is not None:
+            self.index.add(DELAYED, (due, job.id))
 
     def peek_delayed(self):
         """The delayed job due soonest (ties by id), or None."""
@@ -134,6 +147,8 @@ class Tube:
 
     def forget_delayed(self, job) -> None:
         self.delayed_count -= 1
+        if self.index is not None:
+            self.index.discard(DELAYED, (job.deadline, job.id))
         if len(self.delayed) > 2 * self.delayed_count + 64:
             jobs = self.jobs
             self.delayed = list({
@@ -147,6 +162,13 @@ class Tube:
     def push_buried(self, job) -> None:
         job.state = BURIED
         self.buried[job.id] = job
+        if self.index is not None:
+            self.index.add(BURIED, (job.bury_seq, job.id))
+
+    def forget_buried(self, job) -> None:
+        del self.buried[job.id]
+        if self.index is not None:
+            self.index.discard(BURIED, (job.bury_seq, job.id))
 
     def peek_buried(self):
         """The oldest buried job, or None."""

@@ -20,18 +20,20 @@ ALLOWED = {
     "tube": {"job", "swapset"},
     "session": {"job", "swapset"},
     "policy": {"errors", "wire"},
-    "ledger": set(),
+    "ledger": {"listing"},
+    "listing": {"errors", "job"},
     "lifecycle": {"errors", "job", "policy", "ledger"},
     "steering": {"errors", "job"},
     "engine": {"errors", "job", "tube", "session", "swapset", "lifecycle", "steering"},
     "stats": {"job", "wire"},
-    "commands": {"commands", "wire", "engine", "errors", "stats", "policy", "steering"},
+    "commands": {"commands", "wire", "engine", "errors", "stats", "policy", "steering",
+                 "listing"},
     "journal": {"journal", "job", "errors", "ledger", "lifecycle", "policy", "steering"},
 }
 # The engine and what it is made of never touch the event loop, sockets or bytes on
 # the wire: they are pure and tested with an injected clock.
 PURE = {"swapset", "job", "tube", "session", "engine", "policy", "ledger", "lifecycle",
-        "steering"}
+        "steering", "listing"}
 FORBIDDEN_STDLIB = {"asyncio", "socket", "selectors", "uvloop"}
 
 

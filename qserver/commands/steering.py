@@ -1,11 +1,14 @@
 """The steering extension commands (protocol.md, "put-ex", "flush-tube",
-"cancel-tag"): puts with a unique key and tags, emptying a tube, cancelling by tag.
+"cancel-tag", "list-jobs"): puts with a unique key and tags, emptying a tube,
+cancelling by tag, paging through a tube's jobs.
 
-Imports: `wire`, `errors`, `steering`.
+Imports: `wire`, `errors`, `steering`, `stats`, `listing`.
 """
 
 from qserver import wire
 from qserver.errors import BadFormat, Draining, ExpectedCrlf
+from qserver.listing import list_jobs
+from qserver.stats import job_page
 from qserver.steering import MAX_TAGS
 
 
@@ -20,7 +23,7 @@ class SteeringCommands:
         """(commands with arguments, commands without), by command word."""
         return {
             b"put-ex": self.put_ex, b"flush-tube": self.flush_tube,
-            b"cancel-tag": self.cancel_tag,
+            b"cancel-tag": self.cancel_tag, b"list-jobs": self.list_jobs,
         }, {}
 
     def put_ex(self, client, rest):
@@ -69,6 +72,22 @@ class SteeringCommands:
         self.counts["cancel-tag"] += 1
         removed, flagged = self.steering.cancel_tag(tag)
         return b"CANCELLED %d %d\r\n" % (removed, flagged)
+
+
+    def list_jobs(self, client, rest):
+        parts = rest.split(b" ")
+        if len(parts) != 4 or not parts[3].isdigit() or len(parts[3]) > 4:
+            raise BadFormat
+        tube = wire.parse_tube(parts[0]).decode()
+        self.counts["list-jobs"] += 1
+        try:
+            state, cursor = parts[1].decode("ascii"), parts[2].decode("ascii")
+        except UnicodeDecodeError:
+            raise BadFormat from None
+        engine = self.engine
+        jobs, next_cursor = list_jobs(engine, tube, state, cursor, int(parts[3]))
+        return wire.yaml_reply(job_page(jobs, next_cursor, engine.histories, engine.meta,
+                                        self.commands.clock(), self.commands.wall()))
 
 
 def _refuse(client, body: bytes):
