@@ -11,7 +11,9 @@ the connection broke, a reply did not come in time or could not be read) and
 `ServerError`, with one subclass per error reply (`NotFound`, `BadFormat`, ...).
 A command cancelled or timed out while its reply is outstanding leaves the
 request/reply pipe out of step, so the connection is closed and later calls raise
-`QueueConnectionError`.
+`QueueConnectionError`. So does an extension with a body (`put-ex`, `fail`,
+`complete`, `progress`) answered `UNKNOWN_COMMAND`: beanstalkd does not know it and
+reads the body as command lines of its own.
 
 YAML replies are read by a small parser for the flat shapes the servers send
 (protocol.md, "YAML replies", "job-info"); PyYAML is not needed.
@@ -28,17 +30,21 @@ import logging
 import re
 import threading
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import (AsyncIterator, Awaitable, Callable, Coroutine, Iterable,
+                             Iterator, Sequence)
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar, Union, cast
+from typing import (Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, Union,
+                    cast, get_args)
 
 __all__ = [
-    "AsyncClient", "Client", "Job", "FailAction", "FailResult",
+    "AsyncClient", "Client", "Job", "FailAction", "FailResult", "CancelResult",
+    "JobPage", "JobRow", "JobState", "LIST_STATES",
     "JobStats", "TubeStats", "JobInfo", "Failure", "TubePolicy", "ExtStats",
     "ServerStats", "parse_yaml",
     "QueueClientError", "QueueConnectionError", "ServerError", "NotFound", "BadFormat",
     "JobTooBig", "Draining", "DeadlineSoon", "TimedOut", "Buried", "ExpectedCrlf",
-    "OutOfMemory", "InternalError", "UnknownCommand", "NotIgnored", "UnexpectedReply",
+    "OutOfMemory", "InternalError", "UnknownCommand", "NotIgnored", "Duplicate",
+    "Cancelled", "UnexpectedReply",
     "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_PRI", "DEFAULT_TTR",
 ]
 
@@ -50,6 +56,7 @@ DEFAULT_PRI = 1 << 31        # the middle of the u32 range
 DEFAULT_TTR = 60
 FAIL_REASON_LIMIT = 4096     # the server keeps at most this much of a reason
 CANCEL_GRACE = 10.0          # seconds an interrupted blocking call gets to clean up
+LIST_LIMIT = 1000            # list-jobs' largest page
 
 
 # -- errors -------------------------------------------------------------------------
@@ -140,6 +147,26 @@ class NotIgnored(ServerError):
     word = "NOT_IGNORED"
 
 
+class Duplicate(ServerError):
+    """`put_ex` with a key that a live (or retained) job of the tube already has.
+    `job_id` is that job's id."""
+
+    word = "DUPLICATE"
+
+    @property
+    def job_id(self) -> int:
+        words = self.reply.split()
+        return int(words[1]) if len(words) == 2 and words[1].isdigit() else 0
+
+
+class Cancelled(ServerError):
+    """`touch`, `progress` or `complete` of a job that `cancel_tag` flagged while it
+    was reserved: the worker should stop. `delete`, `release`, `bury` and `fail`
+    still work for the job."""
+
+    word = "CANCELLED"
+
+
 class UnexpectedReply(ServerError):
     """A well-framed reply that this command never gets."""
 
@@ -147,7 +174,8 @@ class UnexpectedReply(ServerError):
 _ERRORS: dict[str, type[ServerError]] = {
     cls.word: cls for cls in (NotFound, BadFormat, JobTooBig, Draining, DeadlineSoon,
                               TimedOut, Buried, ExpectedCrlf, OutOfMemory,
-                              InternalError, UnknownCommand, NotIgnored)}
+                              InternalError, UnknownCommand, NotIgnored, Duplicate,
+                              Cancelled)}
 
 
 # -- values -------------------------------------------------------------------------
@@ -178,6 +206,19 @@ class FailResult:
     delay: int | None = None
     tube: str | None = None
 
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """The reply to `cancel_tag`: jobs removed (not reserved) and reserved jobs
+    flagged as cancelled."""
+
+    removed: int
+    flagged: int
+
+
+JobState = Literal["ready", "delayed", "reserved", "buried", "completed", "dead", "all"]
+LIST_STATES: tuple[str, ...] = get_args(JobState)
+"""The states `list_jobs` takes, `all` last."""
 
 Scalar = Union[int, float, bool, str, None]
 Result = Union[bytes, str, None]
@@ -210,7 +251,22 @@ JobInfo = TypedDict("JobInfo", {
     "ttr": int, "time-left": int, "file": int, "reserves": int, "timeouts": int,
     "releases": int, "buries": int, "kicks": int,
     "attempts": int, "max-attempts": int, "progress": bytes | None,
-    "result-bytes": int, "failures": list[Failure]})
+    "result-bytes": int, "key": str | None, "tags": list[str], "cancelled": bool,
+    "failures": list[Failure]})
+
+JobRow = TypedDict("JobRow", {
+    "id": int, "state": str, "pri": int, "age": int, "delay": int, "time-left": int,
+    "attempts": int, "key": str | None, "tags": list[str], "size": int})
+"""One job of a `list_jobs` page (protocol.md, "list-jobs")."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """A `list_jobs` page: its jobs in the state's order, and the cursor of the next
+    page (None on the last one)."""
+
+    jobs: list[JobRow]
+    next: str | None
 
 TubePolicy = TypedDict("TubePolicy", {
     "name": str, "configured": bool, "max-attempts": int, "backoff": str,
@@ -220,7 +276,10 @@ ExtStats = TypedDict("ExtStats", {
     "cmd-config-tube": int, "cmd-fail": int, "cmd-complete": int, "cmd-progress": int,
     "cmd-job-info": int, "cmd-peek-result": int, "cmd-stats-ext": int,
     "job-failures": int, "job-retries": int, "job-dead-letters": int,
-    "job-completions": int, "current-retained": int, "configured-tubes": int})
+    "job-completions": int, "current-retained": int, "configured-tubes": int,
+    "cmd-put-ex": int, "cmd-flush-tube": int, "cmd-cancel-tag": int,
+    "cmd-list-jobs": int, "job-duplicates": int, "jobs-flushed": int,
+    "jobs-cancelled": int, "jobs-cancel-flagged": int})
 
 
 # -- YAML replies -------------------------------------------------------------------
@@ -236,6 +295,8 @@ _POLICY_STRINGS = frozenset(("name", "backoff", "dead-letter"))
 _ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)")
 _SIMPLE_ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 _INT = re.compile(r"[0-9]+")
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_FLOW_LIST = re.compile(r"\[\s*(?:%s(?:\s*,\s*%s)*)?\s*\]" % (_QUOTED, _QUOTED))
 _FLOAT = re.compile(r"[0-9]+\.[0-9]+")
 
 
@@ -264,6 +325,8 @@ def _scalar(key: str, text: str, strings: frozenset[str]) -> Any:
         return value == "true"
     if value == "[]":
         return []
+    if value[:1] == "[" and _FLOW_LIST.fullmatch(value):    # ["a", "b"]: tags
+        return [_unquote(item)[0] for item in re.findall(_QUOTED, value)]
     if _INT.fullmatch(value):
         return int(value)
     if _FLOAT.fullmatch(value):
@@ -275,8 +338,10 @@ def parse_yaml(text: str | bytes, strings: Iterable[str] = ()) -> Any:
     """Read the YAML the servers send: a document that is either a list of names
     (`- name`) or flat `key: value` lines, where a key with an empty value holds a
     list of `- key: value` mappings continued by `  key: value` lines (job-info's
-    `failures`). Quoted values are strings; bare ones become int, float, bool, None
-    (`~`) or [] (`[]`) unless their key is in `strings`. List entries are strings."""
+    `failures`, list-jobs' `jobs`). Quoted values are strings; a flow list of quoted
+    strings (`["a", "b"]`) is a list of them; bare values become int, float, bool,
+    None (`~`) or [] (`[]`) unless their key is in `strings`. List entries are
+    strings."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     keep = frozenset(strings)
@@ -335,7 +400,21 @@ def _job_info(data: bytes) -> JobInfo:
         if isinstance(failure, dict) and isinstance(failure.get("reason"), str):
             failure["reason"] = _latin1(failure["reason"])
     info["failures"] = failures
+    # servers before the steering extensions send no key, tags or cancelled
+    info.setdefault("key", None)
+    info.setdefault("tags", [])
+    info.setdefault("cancelled", False)
     return cast(JobInfo, info)
+
+
+def _job_page(data: bytes) -> JobPage:
+    page = parse_yaml(data, _JOB_STRINGS)
+    jobs = page.get("jobs")
+    following = page.get("next")
+    if not isinstance(jobs, list) or not all(isinstance(job, dict) for job in jobs) \
+            or following is not None and not isinstance(following, str):
+        raise UnexpectedReply("list-jobs", f"not a list-jobs page: {data[:200]!r}")
+    return JobPage(cast(list[JobRow], jobs), following)
 
 
 def _body(data: bytes | str | None) -> bytes:
@@ -362,6 +441,16 @@ def _name(tube: str) -> str:
     return tube
 
 
+def _word(value: str, what: str) -> str:
+    """A key, tag, state or cursor: one word of printable ASCII (no space, so it
+    cannot smuggle in another option or argument). The server checks the rest
+    (length, how many tags)."""
+    if not isinstance(value, str) or not value or \
+            not all("!" <= c <= "~" for c in value):
+        raise ValueError(f"not a {what}: {value!r}")
+    return value
+
+
 # -- the async client ---------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +462,7 @@ class _Reply:
 
 _BODY_REPLIES = {"OK": 2, "FOUND": 3, "RESERVED": 3}   # word -> words with the size last
 _FROM_SETTING = object()
+_EXTENSIONS_WITH_BODY = frozenset(("put-ex", "fail", "complete", "progress"))
 
 
 class AsyncClient:
@@ -447,11 +537,13 @@ class AsyncClient:
     # one command -------------------------------------------------------------------
 
     async def _call(self, line: str, body: bytes | None = None,
-                    timeout: Any = _FROM_SETTING) -> _Reply:
-        """Send one command and read its whole reply, holding the lock."""
+                    timeout: Any = _FROM_SETTING, tail: str = "") -> _Reply:
+        """Send one command and read its whole reply, holding the lock. `tail`
+        follows the body's size on the line (put-ex's options)."""
         data = line.encode("utf-8")
         # A body goes after its size, as put's does (protocol.md, "Job bodies").
-        data += b"\r\n" if body is None else b" %d\r\n%s\r\n" % (len(body), body)
+        data += b"\r\n" if body is None else b" %d%s\r\n%s\r\n" % (
+            len(body), tail.encode("ascii"), body)
         wait = self.timeout if timeout is _FROM_SETTING else timeout
         async with self._lock:
             reader, writer = self._reader, self._writer
@@ -461,7 +553,13 @@ class AsyncClient:
                 async with asyncio.timeout(wait):
                     writer.write(data)
                     await writer.drain()
-                    return await self._read_reply(reader)
+                    reply = await self._read_reply(reader)
+                if reply.words[0] == "UNKNOWN_COMMAND" and \
+                        line.split(" ", 1)[0] in _EXTENSIONS_WITH_BODY:
+                    # beanstalkd: the body's lines were read as commands, and their
+                    # replies are still to come
+                    self._abort()
+                return reply
             except BaseException as error:
                 # Cancelled, timed out or broken with the reply outstanding: whatever
                 # comes next on this connection would be read as the wrong reply.
@@ -497,10 +595,11 @@ class AsyncClient:
         return _Reply(line, words, None)
 
     async def _expect(self, line: str, word: str, numbers: int | None = 0,
-                      body: bytes | None = None, timeout: Any = _FROM_SETTING) -> _Reply:
+                      body: bytes | None = None, timeout: Any = _FROM_SETTING,
+                      tail: str = "") -> _Reply:
         """`_call`, raising the reply's ServerError unless it is `word` followed by
         `numbers` numbers (None: anything, as the tube name after USING)."""
-        reply = await self._call(line, body, timeout)
+        reply = await self._call(line, body, timeout, tail)
         words = reply.words
         if words[0] != word or numbers is not None and (
                 len(words) != 1 + numbers or not all(map(_INT.fullmatch, words[1:]))):
@@ -683,6 +782,62 @@ class AsyncClient:
     async def stats_ext(self) -> ExtStats:
         return cast(ExtStats, await self._yaml("stats-ext"))
 
+    async def put_ex(self, body: bytes | str, *, pri: int = DEFAULT_PRI, delay: int = 0,
+                     ttr: int = DEFAULT_TTR, key: str | None = None,
+                     tags: Iterable[str] = ()) -> int:
+        """`put` with a unique key and tags (protocol.md, "put-ex"); returns the id.
+        Raises Duplicate, carrying the existing job's `job_id`, while a job of the
+        used tube with this key is live or its record retained. Keys and tags are
+        printable ASCII words (ValueError otherwise); at most 8 distinct tags.
+        qserver only: beanstalkd does not know put-ex and reads the body as
+        commands (the connection is closed after its UNKNOWN_COMMAND)."""
+        if isinstance(tags, str):
+            raise TypeError("tags must be a collection of str, not one str")
+        options = [] if key is None else [f"key={_word(key, 'key')}"]
+        options += [f"tag={_word(tag, 'tag')}" for tag in tags]
+        reply = await self._expect(f"put-ex {_number(pri)} {_number(delay)} {_number(ttr)}",
+                                   "INSERTED", 1, _body(body),
+                                   tail="".join(" " + option for option in options))
+        return int(reply.words[1])
+
+    async def flush_tube(self, tube: str) -> int:
+        """Remove every ready, delayed and buried job of `tube` (reserved ones stay);
+        returns how many went. A tube that does not exist gives 0."""
+        return int((await self._expect(f"flush-tube {_name(tube)}", "FLUSHED", 1)).words[1])
+
+    async def cancel_tag(self, tag: str) -> CancelResult:
+        """Remove the jobs with `tag` that are not reserved, and flag the reserved
+        ones: their `touch`, `progress` and `complete` raise Cancelled from then on."""
+        reply = await self._expect(f"cancel-tag {_word(tag, 'tag')}", "CANCELLED", 2)
+        return CancelResult(int(reply.words[1]), int(reply.words[2]))
+
+    async def list_jobs(self, tube: str, state: JobState, cursor: str = "0",
+                        limit: int = 100) -> JobPage:
+        """One page of `tube`'s jobs in `state` (or `all`), in that state's order:
+        start with cursor "0" and pass each page's `next` to get the following one
+        (None: that was the last). `limit` is 1 to 1000. See `iter_jobs`."""
+        reply = await self._expect(
+            f"list-jobs {_name(tube)} {_word(state, 'state')} {_word(cursor, 'cursor')} "
+            f"{_number(limit)}", "OK", 1)
+        assert reply.body is not None
+        return _job_page(reply.body)
+
+    async def iter_jobs(self, tube: str, state: JobState, *,
+                        page_size: int = 100) -> AsyncIterator[JobRow]:
+        """Every job of `tube` in `state`, page by page (`list_jobs`), in the state's
+        order. Jobs that move while it walks may be seen twice or not at all;
+        the others exactly once."""
+        cursor = "0"
+        while True:
+            page = await self.list_jobs(tube, state, cursor, page_size)
+            for row in page.jobs:
+                yield row
+            if page.next is None:
+                return
+            if page.next == cursor:         # would walk the same page forever
+                raise UnexpectedReply("list-jobs", f"cursor {cursor!r} did not advance")
+            cursor = page.next
+
     # the worker loop -----------------------------------------------------------------
 
     async def work(self, tubes: str | Sequence[str],
@@ -701,7 +856,17 @@ class AsyncClient:
         A handler may use this client too (e.g. `progress`); commands take turns.
         A plain function as the handler runs on the event loop and stalls the
         heartbeats while it works: use `Client.work` or `asyncio.to_thread` for
-        blocking code. `complete` and `fail` are qserver extensions.
+        blocking code. `complete`, `fail` and `job_info` are qserver extensions.
+
+        A job cancelled with `cancel_tag` (the server answers CANCELLED) is
+        *deleted*, at once, and neither completed nor failed: when the heartbeat
+        learns it, the heartbeats stop and the job is deleted while the handler
+        still runs (so its TTR cannot run out and hand it to another worker); the
+        handler is not interrupted and what it returns or raises is dropped. A
+        handler that wants to stop early learns it from its own `touch` or
+        `progress` (Cancelled, or NotFound once the job is deleted). A job that
+        was flagged before this worker reserved it (released since) is deleted
+        without running the handler. Cancelled jobs count as handled.
         """
         names = [tubes] if isinstance(tubes, str) else list(tubes)
         if not names:
@@ -730,13 +895,17 @@ class AsyncClient:
     async def _handle(self, job: Job, handler: Callable[[Job], Any],
                       heartbeat: float | None) -> None:
         try:
-            stats = await self.stats_job(job.id)
+            info = await self.job_info(job.id)
         except NotFound:                # its TTR ran out already
             log.warning("job %d was lost before its handler ran", job.id)
             return
-        interval = heartbeat if heartbeat is not None else stats["ttr"] / 2
+        if info["cancelled"]:
+            await self._delete_cancelled(job.id)
+            return
+        interval = heartbeat if heartbeat is not None else info["ttr"] / 2
         stop = asyncio.Event()
-        beat = asyncio.create_task(self._heartbeat(job.id, interval, stop))
+        cancelled = asyncio.Event()     # set once the job is deleted as cancelled
+        beat = asyncio.create_task(self._heartbeat(job.id, interval, stop, cancelled))
         try:
             try:
                 result = handler(job)
@@ -746,23 +915,42 @@ class AsyncClient:
             finally:
                 stop.set()
                 await asyncio.shield(beat)   # never cancel it mid-command
+        except Cancelled:               # the handler's own touch or progress
+            if not cancelled.is_set():
+                await self._delete_cancelled(job.id)
+            return
         except Exception:
+            if cancelled.is_set():      # deleted already; nothing to fail
+                return
             reason = traceback.format_exc().encode("utf-8", "replace")
             await self._fail_quietly(job.id, reason[-FAIL_REASON_LIMIT:])
             return
         except BaseException:           # cancelled: give the job back untouched
-            if not self.closed:
+            if not self.closed and not cancelled.is_set():
                 try:
-                    await self.release(job.id, pri=stats["pri"])
+                    await self.release(job.id, pri=info["pri"])
                 except QueueClientError:
                     pass
             raise
+        if cancelled.is_set():
+            return
         try:
             await self.complete(job.id, body)
+        except Cancelled:               # cancel-tag came after the last heartbeat
+            await self._delete_cancelled(job.id)
         except NotFound:
             log.warning("job %d was lost before it could be completed", job.id)
         except (JobTooBig, BadFormat) as error:
             await self._fail_quietly(job.id, f"complete: {error.reply}".encode())
+
+    async def _delete_cancelled(self, job_id: int) -> None:
+        """Delete a job that cancel-tag flagged (delete works for it)."""
+        try:
+            await self.delete(job_id)
+        except NotFound:
+            log.warning("job %d was cancelled and is gone already", job_id)
+            return
+        log.info("job %d was cancelled (cancel-tag): deleted", job_id)
 
     async def _fail_quietly(self, job_id: int, reason: bytes) -> None:
         try:
@@ -772,8 +960,10 @@ class AsyncClient:
             return
         log.info("job %d failed: %s", job_id, outcome.action.value)
 
-    async def _heartbeat(self, job_id: int, interval: float, stop: asyncio.Event) -> None:
-        """Touch the job every `interval` seconds until `stop` is set."""
+    async def _heartbeat(self, job_id: int, interval: float, stop: asyncio.Event,
+                         cancelled: asyncio.Event) -> None:
+        """Touch the job every `interval` seconds until `stop` is set; if the job
+        was cancelled, delete it, set `cancelled` and stop."""
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), interval)
@@ -782,6 +972,13 @@ class AsyncClient:
                 pass
             try:
                 await self.touch(job_id)
+            except Cancelled:
+                try:
+                    await self._delete_cancelled(job_id)
+                except QueueClientError:
+                    pass
+                cancelled.set()         # tried: the job is not ours to finish
+                return
             except NotFound:
                 log.warning("job %d: heartbeat found it gone (TTR ran out)", job_id)
                 return
@@ -936,3 +1133,20 @@ class Client:
     job_info = _blocking(AsyncClient.job_info)
     peek_result = _blocking(AsyncClient.peek_result)
     stats_ext = _blocking(AsyncClient.stats_ext)
+    put_ex = _blocking(AsyncClient.put_ex)
+    flush_tube = _blocking(AsyncClient.flush_tube)
+    cancel_tag = _blocking(AsyncClient.cancel_tag)
+    list_jobs = _blocking(AsyncClient.list_jobs)
+
+    def iter_jobs(self, tube: str, state: JobState, *,
+                  page_size: int = 100) -> Iterator[JobRow]:
+        """`AsyncClient.iter_jobs`, one `list_jobs` call per page as it is read."""
+        cursor = "0"
+        while True:
+            page = self.list_jobs(tube, state, cursor, page_size)
+            yield from page.jobs
+            if page.next is None:
+                return
+            if page.next == cursor:
+                raise UnexpectedReply("list-jobs", f"cursor {cursor!r} did not advance")
+            cursor = page.next
