@@ -3,11 +3,13 @@
     qctl [--host H] [--port P | --socket PATH] COMMAND [--json] ...
 
 Commands: stats, tubes, peek, kick, delete, pause, put, top, and for qserver's
-extensions job, config and stats-ext. Tables for people by default, `--json` for
-scripts. It needs nothing from the server but the protocol, so the beanstalkd
-commands work against beanstalkd too: 1.12 prints YAML strings bare, 1.13 and qserver
-quote them, and both are read. Exit status: 0 done, 1 the server said no
-(NOT_FOUND, ...), 2 bad usage, 3 cannot connect or the connection broke.
+extensions job, config, stats-ext, jobs (list-jobs), flush (flush-tube), cancel
+(cancel-tag) and put's --key and --tag (put-ex). Tables for people by default,
+`--json` for scripts. It needs nothing from the server but the protocol, so the
+beanstalkd commands work against beanstalkd too: 1.12 prints YAML strings bare, 1.13
+and qserver quote them, and both are read. Exit status: 0 done, 1 the server said no
+(NOT_FOUND, DUPLICATE, ...) or a flush was not confirmed, 2 bad usage, 3 cannot
+connect or the connection broke.
 Imports: stdlib and `qserver.client` (the wire talk), not the server's modules: qctl
 may run on another host.
 """
@@ -19,8 +21,9 @@ import os
 import sys
 import time
 
-from qserver.client import (DEFAULT_PRI, DEFAULT_TTR, BadFormat, Client, NotFound,
-                            QueueConnectionError, ServerError, UnknownCommand)
+from qserver.client import (DEFAULT_PRI, DEFAULT_TTR, LIST_LIMIT, BadFormat, Client,
+                            Duplicate, NotFound, QueueConnectionError, ServerError,
+                            UnknownCommand)
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -29,7 +32,10 @@ EXIT_CONNECTION = 3
 TUBE_COLUMNS = ("tube", "ready", "reserved", "delayed", "buried", "urgent", "waiting",
                 "paused")
 EXTENSION_WORDS = frozenset(("config-tube", "fail", "complete", "progress", "job-info",
-                             "peek-result", "stats-ext"))
+                             "peek-result", "stats-ext", "put-ex", "flush-tube",
+                             "cancel-tag", "list-jobs"))
+JOB_COLUMNS = ("id", "state", "pri", "age", "delay", "time-left", "attempts", "key",
+               "tags", "size")
 # stats-ext's counters that `top` shows, with their labels
 TOP_EXT_FIELDS = (("job-failures", "failures"), ("job-retries", "retries"),
                   ("job-dead-letters", "dead-letters"),
@@ -196,9 +202,22 @@ def cmd_pause(client: Client, args) -> int:
 
 
 def cmd_put(client: Client, args) -> int:
+    """put, or put-ex with --key and --tag."""
     body = sys.stdin.buffer.read()
+    steering = args.key is not None or bool(args.tag)
+    if steering:
+        # beanstalkd would read the body as commands of its own: ask first with a
+        # harmless extension (job-info 0 is NOT_FOUND on qserver)
+        try:
+            client.job_info(0)
+        except NotFound:
+            pass
     client.use(args.tube)
-    job_id = client.put(body, pri=args.pri, delay=args.delay, ttr=args.ttr)
+    if steering:
+        job_id = client.put_ex(body, pri=args.pri, delay=args.delay, ttr=args.ttr,
+                               key=args.key, tags=args.tag)
+    else:
+        job_id = client.put(body, pri=args.pri, delay=args.delay, ttr=args.ttr)
     emit(args, {"id": job_id, "tube": args.tube}, f"inserted job {job_id} into {args.tube}")
     return 0
 
@@ -234,6 +253,55 @@ def cmd_config(client: Client, args) -> int:
 def cmd_stats_ext(client: Client, args) -> int:
     stats = client.stats_ext()
     emit(args, stats, key_values(dict(stats)))
+    return 0
+
+
+def cmd_jobs(client: Client, args) -> int:
+    """list-jobs: one page from --cursor, or every page with --all-pages."""
+    if args.all_pages:
+        jobs, following = list(client.iter_jobs(args.tube, args.state,
+                                                page_size=args.limit)), None
+    else:
+        page = client.list_jobs(args.tube, args.state, args.cursor, args.limit)
+        jobs, following = page.jobs, page.next
+    data = {"tube": args.tube, "state": args.state, "jobs": jobs, "next": following}
+    rows = [dict(job, key="-" if job["key"] is None else job["key"],
+                 tags=",".join(job["tags"]) or "-") for job in jobs]
+    human = table(rows, JOB_COLUMNS)
+    if following is not None:
+        human += (f"\nmore: qctl jobs {args.tube} --state {args.state} "
+                  f"--limit {args.limit} --cursor {following}   (or --all-pages)")
+    emit(args, data, human)
+    return 0
+
+
+def cmd_flush(client: Client, args) -> int:
+    """flush-tube, after a yes on a terminal (unless --yes)."""
+    if not args.yes and sys.stdin.isatty():
+        try:
+            tube = client.stats_tube(args.tube)
+            counts = (f"{tube['current-jobs-ready']} ready, "
+                      f"{tube['current-jobs-delayed']} delayed and "
+                      f"{tube['current-jobs-buried']} buried job(s)")
+        except NotFound:
+            counts = "no jobs (no such tube)"
+        print(f"flush {args.tube}: remove {counts} for good? [y/N] ", end="",
+              file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("qctl: not flushed", file=sys.stderr)
+            return EXIT_REFUSED
+    count = client.flush_tube(args.tube)
+    emit(args, {"tube": args.tube, "flushed": count},
+         f"flushed {count} job(s) from {args.tube}")
+    return 0
+
+
+def cmd_cancel(client: Client, args) -> int:
+    """cancel-tag: remove the tag's jobs, flag the reserved ones."""
+    result = client.cancel_tag(args.tag)
+    emit(args, {"tag": args.tag, "removed": result.removed, "flagged": result.flagged},
+         f"cancelled tag {args.tag}: removed {result.removed} job(s), flagged "
+         f"{result.flagged} reserved job(s)")
     return 0
 
 
@@ -300,6 +368,13 @@ def _nonnegative(text: str) -> int:
     return int(text)
 
 
+def _page_size(text: str) -> int:
+    value = _nonnegative(text)
+    if not 1 <= value <= LIST_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be 1 to {LIST_LIMIT}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -318,8 +393,9 @@ def _subcommand(subs, name, func, help_text):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qctl", description=__doc__.split("\n\n")[0],
-                                epilog="Exit status: 0 done, 1 refused by the server, "
-                                       "2 usage, 3 connection failed.")
+                                epilog="Exit status: 0 done, 1 refused by the server "
+                                       "(or a flush not confirmed), 2 usage, 3 "
+                                       "connection failed.")
     p.add_argument("--host", default=os.environ.get("QCTL_HOST", "127.0.0.1"))
     p.add_argument("--port", type=_nonnegative,
                    default=int(os.environ.get("QCTL_PORT", "11300")))
@@ -348,6 +424,11 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("--pri", type=_nonnegative, default=DEFAULT_PRI)
     put.add_argument("--delay", type=_nonnegative, default=0)
     put.add_argument("--ttr", type=_nonnegative, default=DEFAULT_TTR)
+    put.add_argument("--key", help="a unique key in the tube: refused (DUPLICATE) while "
+                                   "a job with it is live (put-ex; qserver only)")
+    put.add_argument("--tag", action="append", default=[],
+                     help="a tag for `qctl cancel`; repeat for more, up to 8 "
+                          "(put-ex; qserver only)")
     top = _subcommand(subs, "top", cmd_top, "a live view of the server and its tubes")
     top.add_argument("--interval", type=_seconds, default=1.0,
                      help="seconds between refreshes (default 1)")
@@ -367,8 +448,28 @@ def parser() -> argparse.ArgumentParser:
                                                 "or retain")
     config.add_argument("value", nargs="?")
     _subcommand(subs, "stats-ext", cmd_stats_ext,
-                "lifecycle counters: failures, retries, dead letters, completions "
-                "(stats-ext; qserver only)")
+                "lifecycle and steering counters: failures, retries, dead letters, "
+                "completions, duplicates, flushed, cancelled (stats-ext; qserver only)")
+    jobs = _subcommand(subs, "jobs", cmd_jobs, "list a tube's jobs in one state, in "
+                       "that state's order (list-jobs; qserver only)")
+    jobs.add_argument("tube")
+    jobs.add_argument("--state", default="all",
+                      help="ready, delayed, reserved, buried, completed, dead or all "
+                           "(default all)")
+    jobs.add_argument("--limit", type=_page_size, default=100,
+                      help=f"jobs per page, 1 to {LIST_LIMIT} (default 100)")
+    jobs.add_argument("--cursor", default="0",
+                      help="start after this cursor: the `next` of the page before")
+    jobs.add_argument("--all-pages", action="store_true",
+                      help="walk every page (--limit jobs per request)")
+    flush = _subcommand(subs, "flush", cmd_flush, "remove a tube's ready, delayed and "
+                        "buried jobs, asking first on a terminal (flush-tube; qserver "
+                        "only)")
+    flush.add_argument("tube")
+    flush.add_argument("--yes", action="store_true", help="do not ask")
+    cancel = _subcommand(subs, "cancel", cmd_cancel, "remove the jobs with a tag, and "
+                         "flag its reserved jobs as cancelled (cancel-tag; qserver only)")
+    cancel.add_argument("tag")
     return p
 
 
@@ -381,6 +482,8 @@ def main(argv=None) -> int:
         p.error("peek --tube goes with --state")
     if args.command == "config" and (args.name is None) != (args.value is None):
         p.error("config takes a TUBE alone (show) or TUBE NAME VALUE (set)")
+    if args.command == "jobs" and args.all_pages and args.cursor != "0":
+        p.error("jobs takes --cursor or --all-pages, not both")
     try:
         client = Client(args.host, args.port, unix_path=args.socket,
                         timeout=args.timeout)
@@ -396,11 +499,16 @@ def main(argv=None) -> int:
                 isinstance(error, UnknownCommand)
                 or isinstance(error, BadFormat) and error.command == "stats-ext"):
             hint = " (a qserver extension: is this beanstalkd?)"
+        elif isinstance(error, Duplicate):
+            hint = f" (job {error.job_id} has this key)"
         print(f"qctl: {error}{hint}", file=sys.stderr)
         return EXIT_REFUSED
     except OSError as error:        # QueueConnectionError is one
         print(f"qctl: connection to {client.where}: {error}", file=sys.stderr)
         return EXIT_CONNECTION
+    except ValueError as error:     # the client's argument checks (a key with a space)
+        print(f"qctl: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 0
     finally:
