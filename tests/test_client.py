@@ -3,7 +3,8 @@
 * The beanstalkd commands run against qserver and against the reference beanstalkd
   (parametrized), with the async client and with the blocking one.
 * The extensions (config-tube, fail, complete, progress, job-info, peek-result,
-  stats-ext) and the worker loop run against qserver.
+  stats-ext; put-ex, flush-tube, cancel-tag, list-jobs) and the worker loop run
+  against qserver.
 * Replies no real server sends on demand (BURIED to a put, a garbled body, a reply
   that never comes) come from a scripted fake server.
 
@@ -13,6 +14,7 @@ reserves use timeouts, and polling loops have a fixed number of turns.
 
 import asyncio
 import os
+import pickle
 import shutil
 import signal
 import tempfile
@@ -23,12 +25,12 @@ import pytest
 from conftest import (ServerProcess, free_port, qserver_argv, start_beanstalkd,
                       start_qserver)
 
-from qserver.client import (AsyncClient, BadFormat, Buried, Client, DeadlineSoon,
-                            Draining, ExpectedCrlf, FailAction, FailResult,
-                            InternalError, Job, JobTooBig, NotFound, NotIgnored,
-                            OutOfMemory, QueueClientError, QueueConnectionError,
-                            ServerError, TimedOut, UnexpectedReply, UnknownCommand,
-                            parse_yaml)
+from qserver.client import (AsyncClient, BadFormat, Buried, CancelResult, Cancelled,
+                            Client, DeadlineSoon, Draining, Duplicate, ExpectedCrlf,
+                            FailAction, FailResult, InternalError, Job, JobPage,
+                            JobTooBig, NotFound, NotIgnored, OutOfMemory,
+                            QueueClientError, QueueConnectionError, ServerError,
+                            TimedOut, UnexpectedReply, UnknownCommand, parse_yaml)
 
 TIMEOUT = 10.0          # every reply, generously
 POLL_TURNS = 300        # polling loops: at most this many turns of POLL_PAUSE
@@ -105,6 +107,25 @@ def test_parse_quoted_escapes_and_empty_failures():
     assert parsed["failures"] == [] and parsed["result-bytes"] == 7
 
 
+def test_parse_steering_fields_and_a_list_jobs_page():
+    info = parse_yaml(JOB_INFO.replace(
+        b"result-bytes: 0\n", b'result-bytes: 0\nkey: "k\\"1"\ntags: ["a", "q\\"u,o]te"]\n'
+                              b"cancelled: true\n"), ("tube", "state"))
+    assert (info["key"], info["tags"], info["cancelled"]) == ('k"1', ["a", 'q"u,o]te'], True)
+    assert list(info)[-4:] == ["key", "tags", "cancelled", "failures"]
+    empty = parse_yaml(b"---\nkey: ~\ntags: []\ncancelled: false\n")
+    assert empty == {"key": None, "tags": [], "cancelled": False}
+    # protocol.md's example page, and the last (empty) one
+    page = parse_yaml(b'---\nnext: "r:2:4"\njobs:\n- id: 5\n  state: ready\n  pri: 1\n'
+                      b'  age: 0\n  delay: 0\n  time-left: 0\n  attempts: 0\n'
+                      b'  key: "k4"\n  tags: ["a"]\n  size: 1\n', ("state",))
+    assert page == {"next": "r:2:4", "jobs": [{
+        "id": 5, "state": "ready", "pri": 1, "age": 0, "delay": 0, "time-left": 0,
+        "attempts": 0, "key": "k4", "tags": ["a"], "size": 1}]}
+    assert parse_yaml(b"---\nnext: ~\njobs: []\n") == {"next": None, "jobs": []}
+    assert parse_yaml(b"---\nx: [a]\n") == {"x": "[a]"}   # not a list of quoted strings
+
+
 def test_parse_both_beanstalkd_versions_and_lists():
     old = parse_yaml(b"---\nname: 123\nversion: 1.12\nrusage-utime: 0.004000\n"
                      b"draining: false\nid: 0123456789012345\n",
@@ -124,11 +145,14 @@ def test_error_classes_are_distinct():
     assert not issubclass(ServerError, ConnectionError)
     classes = [NotFound, BadFormat, JobTooBig, Draining, DeadlineSoon, TimedOut, Buried,
                ExpectedCrlf, OutOfMemory, InternalError, UnknownCommand, NotIgnored,
-               UnexpectedReply]
+               Duplicate, Cancelled, UnexpectedReply]
     assert all(issubclass(c, ServerError) for c in classes)
     assert len({c.word for c in classes}) == len(classes)
     error = NotFound("delete", "NOT_FOUND")
     assert str(error) == "delete: NOT_FOUND" and error.command == "delete"
+    duplicate = pickle.loads(pickle.dumps(Duplicate("put-ex", "DUPLICATE 42")))
+    assert type(duplicate) is Duplicate and duplicate.job_id == 42
+    assert (Duplicate.word, Cancelled.word) == ("DUPLICATE", "CANCELLED")
 
 
 def test_arguments_cannot_smuggle_a_command():
@@ -140,6 +164,18 @@ def test_arguments_cannot_smuggle_a_command():
         asyncio.run(client.delete(-1))
     with pytest.raises(TypeError):
         asyncio.run(client.put(12))
+    for key in ("a b", "a\r\nput 0 0 1 1", "", "é", "k\tx"):
+        with pytest.raises(ValueError):
+            asyncio.run(client.put_ex(b"x", key=key))
+        with pytest.raises(ValueError):
+            asyncio.run(client.put_ex(b"x", tags=["ok", key]))
+        with pytest.raises(ValueError):
+            asyncio.run(client.cancel_tag(key))
+    with pytest.raises(TypeError):              # one str is not a list of tags
+        asyncio.run(client.put_ex(b"x", tags="abc"))
+    for state, cursor in (("ready now", "0"), ("ready", "r:1:2 5"), ("", "0")):
+        with pytest.raises(ValueError):
+            asyncio.run(client.list_jobs("t", state, cursor))
 
 
 # -- a scripted server ------------------------------------------------------------------
@@ -221,6 +257,22 @@ async def test_fail_replies_become_typed_results():
             with pytest.raises(NotFound):
                 await q.fail(1)
     assert fake.lines[0] == b"fail 1 3" and fake.lines[1] == b"fail 1 0"
+
+
+async def test_a_cursor_that_does_not_advance_stops_iter_jobs():
+    page = b'---\nnext: "r:1:1"\njobs:\n- id: 1\n  state: ready\n'
+    reply = b"OK %d\r\n%s\r\n" % (len(page), page)
+    async with FakeServer([reply, reply, b"OK 4\r\n---\n\r\n"]) as fake:
+        async with AsyncClient(port=fake.port, timeout=TIMEOUT) as q:
+            seen = []
+            with pytest.raises(UnexpectedReply, match="did not advance"):
+                async for row in q.iter_jobs("t", "ready", page_size=5):
+                    seen.append(row["id"])
+            assert seen == [1, 1]
+            with pytest.raises(UnexpectedReply, match="not a list-jobs page"):
+                await q.list_jobs("t", "all")
+    assert fake.lines == [b"list-jobs t ready 0 5", b"list-jobs t ready r:1:1 5",
+                          b"list-jobs t all 0 100"]
 
 
 @pytest.mark.parametrize("reply", [b"FOUND 1 5\r\nhelloXY", b"FOUND 1 x\r\n"])
@@ -621,6 +673,236 @@ def test_blocking_extensions(qs):
         assert c.stats_ext()["job-completions"] == 1
 
 
+# -- the steering extensions, on qserver --------------------------------------------------
+
+def row(job_id, state, pri, *, delay=0, attempts=0, key=None, tags=(), size=1) -> dict:
+    """A list-jobs row with the clock fields left out (see `timeless`)."""
+    return {"id": job_id, "state": state, "pri": pri, "delay": delay,
+            "attempts": attempts, "key": key, "tags": list(tags), "size": size}
+
+
+def timeless(rows) -> list:
+    """Rows without `age` and `time-left`, after checking every row has exactly the
+    documented keys in order and sane clock fields."""
+    keys = ["id", "state", "pri", "age", "delay", "time-left", "attempts", "key", "tags",
+            "size"]
+    out = []
+    for r in rows:
+        assert list(r) == keys
+        assert isinstance(r["age"], int) and isinstance(r["time-left"], int)
+        out.append({k: v for k, v in r.items() if k not in ("age", "time-left")})
+    return out
+
+
+async def test_put_ex_keys_tags_and_duplicates(qs):
+    async with aclient(qs) as q:
+        await q.use("u")
+        first = await q.put_ex(b"one", pri=5, ttr=30, key="order-1", tags=["a", "b", "a"])
+        assert first == 1
+        with pytest.raises(Duplicate) as info:
+            await q.put_ex("again", key="order-1", tags=["c"])
+        assert info.value.job_id == first and info.value.reply == "DUPLICATE 1"
+        assert info.value.command == "put-ex"
+        assert await q.put_ex(b"no options") == 2       # a plain put; no id used up
+        await q.use("other")                            # keys are per tube
+        assert await q.put_ex(b"x", key="order-1") == 3
+        await q.use("u")
+        stats = await q.stats_job(first)
+        assert (stats["pri"], stats["ttr"], stats["tube"]) == (5, 30, "u")
+        info1 = await q.job_info(first)
+        assert (info1["key"], info1["tags"], info1["cancelled"]) == ("order-1", ["a", "b"],
+                                                                     False)
+        info2 = await q.job_info(2)
+        assert (info2["key"], info2["tags"], info2["cancelled"]) == (None, [], False)
+        assert (await q.peek(first)).body == b"one"
+        with pytest.raises(BadFormat):                  # nine distinct tags
+            await q.put_ex(b"x", tags=[f"t{i}" for i in range(9)])
+        with pytest.raises(BadFormat):                  # over 200 bytes
+            await q.put_ex(b"x", key="k" * 201)
+        assert await q.put_ex(b"x", key="k" * 200, tags=[f"t{i}" for i in range(8)]) == 4
+        await q.delete(first)                           # the key is free again
+        assert await q.put_ex(b"back", key="order-1") == 5
+        ext = await q.stats_ext()
+        assert (ext["cmd-put-ex"], ext["job-duplicates"]) == (8, 1)
+
+
+async def test_flush_tube(qs):
+    async with aclient(qs) as q, aclient(qs) as worker:
+        await q.use("f")
+        for pri in (1, 2, 3):
+            await q.put(b"x", pri=pri)
+        await q.put(b"later", delay=600)
+        await q.put_ex(b"keyed", key="k")
+        await worker.watch("f")
+        held = await worker.reserve_job(1)
+        await worker.reserve_job(2)
+        await worker.bury(2, pri=0)
+        assert await q.flush_tube("f") == 4             # ready, delayed, buried
+        assert (await q.stats_job(held.id))["state"] == "reserved"
+        tube = await q.stats_tube("f")
+        assert (tube["current-jobs-ready"], tube["current-jobs-delayed"],
+                tube["current-jobs-buried"], tube["current-jobs-reserved"]) == (0, 0, 0, 1)
+        assert await q.put_ex(b"keyed", key="k") == 6   # its key went with it
+        assert await q.flush_tube("f") == 1
+        assert await q.flush_tube("no-such-tube") == 0
+        await worker.delete(held.id)
+        ext = await q.stats_ext()
+        assert (ext["cmd-flush-tube"], ext["jobs-flushed"]) == (3, 5)
+
+
+async def test_cancel_tag_removes_and_flags(qs):
+    async with aclient(qs) as q, aclient(qs) as worker:
+        await q.config_tube_set("c", "retain", 600)
+        await q.use("c")
+        running = await q.put_ex(b"run", tags=["batch-7"])
+        waiting = await q.put_ex(b"wait", tags=["batch-7", "x"])
+        other = await q.put_ex(b"keep", tags=["batch-8"])
+        await worker.watch("c")
+        await worker.reserve_job(running)
+        assert await q.cancel_tag("batch-7") == CancelResult(removed=1, flagged=1)
+        with pytest.raises(NotFound):
+            await q.peek(waiting)
+        info = await q.job_info(running)
+        assert (info["state"], info["cancelled"], info["tags"]) == ("reserved", True,
+                                                                   ["batch-7"])
+        for call in (worker.touch(running), worker.progress(running, b"50%"),
+                     worker.complete(running, b"result")):
+            with pytest.raises(Cancelled) as error:
+                await call
+            assert error.value.reply == "CANCELLED"
+        assert (await q.job_info(other))["cancelled"] is False
+        # every reserved job with the tag counts as flagged, again
+        assert await q.cancel_tag("batch-7") == CancelResult(0, 1)
+        assert await q.cancel_tag("nobody") == CancelResult(0, 0)
+        await worker.delete(running)                    # delete still works
+        with pytest.raises(NotFound):
+            await q.job_info(running)                   # no record: not completed
+        ext = await q.stats_ext()
+        assert (ext["cmd-cancel-tag"], ext["jobs-cancelled"], ext["jobs-cancel-flagged"],
+                ext["job-completions"]) == (3, 1, 2, 0)
+
+
+async def test_cancelled_job_can_be_released_buried_or_failed(qs):
+    async with aclient(qs) as q:
+        await q.use("r")
+        await q.watch("r")
+        job_id = await q.put_ex(b"x", tags=["t"])
+        await q.reserve_job(job_id)
+        assert await q.cancel_tag("t") == CancelResult(0, 1)
+        await q.release(job_id, pri=3)
+        assert (await q.job_info(job_id))["cancelled"] is True     # the flag stays
+        await q.reserve_job(job_id)
+        await q.bury(job_id)
+        await q.kick_job(job_id)
+        await q.reserve_job(job_id)
+        assert await q.fail(job_id, "stop") == FailResult(FailAction.BURIED)
+        info = await q.job_info(job_id)
+        assert (info["state"], info["cancelled"]) == ("buried", True)
+
+
+async def test_list_jobs_pages_in_each_states_order(qs):
+    async with aclient(qs) as q, aclient(qs) as worker:
+        await q.config_tube_set("l", "retain", 600)
+        await q.use("l")
+        await q.put_ex(b"a", pri=7, key="k1", tags=["x", "y"])      # 1
+        await q.put(b"bb", pri=3)                                  # 2
+        await q.put(b"c", pri=7)                                   # 3
+        await q.put(b"d", pri=9, delay=600)                        # 4
+        await q.put(b"e", pri=9, delay=300)                        # 5
+        for _ in range(3):
+            await q.put(b"f", pri=1)                               # 6, 7, 8
+        await worker.watch("l")
+        await worker.ignore("default")
+        for job_id in (6, 7, 8):
+            await worker.reserve_job(job_id)
+        await worker.bury(7, pri=4)
+        await worker.bury(6, pri=4)
+        await worker.complete(8, b"done")
+        page = await q.list_jobs("l", "ready")
+        assert isinstance(page, JobPage) and page.next is None
+        assert timeless(page.jobs) == [
+            row(2, "ready", 3, size=2), row(1, "ready", 7, key="k1", tags=["x", "y"]),
+            row(3, "ready", 7)]
+        delayed = (await q.list_jobs("l", "delayed")).jobs
+        assert timeless(delayed) == [row(5, "delayed", 9, delay=300),
+                                     row(4, "delayed", 9, delay=600)]
+        assert 0 < delayed[0]["time-left"] <= 300 < delayed[1]["time-left"] <= 600
+        assert timeless((await q.list_jobs("l", "buried")).jobs) == [
+            row(7, "buried", 4), row(6, "buried", 4)]               # oldest buried first
+        done = (await q.list_jobs("l", "completed")).jobs
+        assert timeless(done) == [row(8, "completed", 1, size=0)]
+        assert (await q.list_jobs("l", "reserved")).jobs == []
+        assert (await q.list_jobs("l", "dead")) == JobPage([], None)
+        # pages of two through every state
+        first = await q.list_jobs("l", "all", "0", 2)
+        assert [r["id"] for r in first.jobs] == [2, 1] and first.next is not None
+        second = await q.list_jobs("l", "all", first.next, 2)
+        assert [r["id"] for r in second.jobs] == [3, 5]
+        ids = [r["id"] async for r in q.iter_jobs("l", "all", page_size=2)]
+        assert ids == [2, 1, 3, 5, 4, 7, 6, 8]
+        assert [r["id"] async for r in q.iter_jobs("l", "ready", page_size=1000)] == [2, 1, 3]
+        assert [r async for r in q.iter_jobs("nothing", "all")] == []
+        for state, cursor, limit in (("bogus", "0", 1), ("all", "0", 0),
+                                     ("all", "0", 1001), ("ready", "nonsense", 1)):
+            with pytest.raises(BadFormat):
+                await q.list_jobs("l", state, cursor, limit)
+
+
+async def test_iter_jobs_while_jobs_come_and_go(qs):
+    """Jobs that stay where they are are each seen exactly once, however the pages
+    fall, while others are deleted and put between pages."""
+    async with aclient(qs) as q, aclient(qs) as other:
+        await q.use("g")
+        await other.use("g")
+        stay = [await q.put(b"s", pri=10) for _ in range(30)]
+        churn = [await q.put(b"c", pri=10) for _ in range(30)]
+        seen = []
+        turns = 0
+        async for r in q.iter_jobs("g", "ready", page_size=4):
+            seen.append(r["id"])
+            turns += 1
+            assert turns <= 200
+            if churn:
+                await other.delete(churn.pop())
+                await other.put(b"new", pri=0)          # before the cursor: not seen
+        assert [i for i in seen if i in stay] == stay
+        assert len(seen) == len(set(seen))
+
+
+def test_blocking_steering(qs):
+    with Client(port=qs.port, timeout=TIMEOUT) as c:
+        c.use("b")
+        job_id = c.put_ex(b"x", pri=2, key="k", tags=["t"])
+        with pytest.raises(Duplicate) as info:
+            c.put_ex(b"y", key="k")
+        assert info.value.job_id == job_id
+        for _ in range(4):
+            c.put(b"z", pri=9)
+        page = c.list_jobs("b", "ready", "0", 3)
+        assert [r["id"] for r in page.jobs] == [1, 2, 3] and page.next is not None
+        assert [r["id"] for r in c.iter_jobs("b", "all", page_size=2)] == [1, 2, 3, 4, 5]
+        assert c.cancel_tag("t") == CancelResult(1, 0)
+        assert c.flush_tube("b") == 4
+        assert c.list_jobs("b", "all") == JobPage([], None)
+        assert c.stats_ext()["jobs-flushed"] == 4
+
+
+async def test_steering_against_beanstalkd(beanstalkd):
+    async with aclient(beanstalkd) as q:
+        for call in (q.flush_tube("default"), q.cancel_tag("t"),
+                     q.list_jobs("default", "all")):
+            with pytest.raises(UnknownCommand):
+                await call
+        assert await q.list_tube_used() == "default"    # no body: still in step
+        # beanstalkd reads put-ex's body as a command line of its own: the pipe is
+        # out of step, so the connection is closed
+        with pytest.raises(UnknownCommand):
+            await q.put_ex(b"stats", key="k")
+        assert q.closed
+        with pytest.raises(QueueConnectionError):
+            await q.stats()
+
+
 # -- the worker loop ----------------------------------------------------------------------
 
 async def test_work_completes_and_fails(qs):
@@ -714,6 +996,124 @@ async def test_cancelled_worker_releases_its_job(qs):
         stats = await observer.stats_job(job_id)
         assert (stats["state"], stats["pri"], stats["releases"]) == ("ready", 77, 1)
         assert await q.list_tube_used() == "c"  # the connection is still good
+
+
+async def test_work_deletes_a_job_cancelled_while_its_handler_runs(qs):
+    """The heartbeat learns CANCELLED: the job is deleted at once (its TTR cannot
+    run out and hand it to another worker), and what the handler returns is
+    dropped: no complete, no fail."""
+    async with aclient(qs) as q, aclient(qs) as observer:
+        await q.config_tube_set("w", "retain", 600)     # a completion would be kept
+        await q.use("w")
+        job_id = await q.put_ex(b"x", tags=["batch"])
+        started = asyncio.Event()
+
+        async def handler(job):
+            started.set()
+
+            async def deleted():
+                try:
+                    await observer.peek(job.id)
+                except NotFound:
+                    return True
+                return False
+            await until(deleted, "the worker deletes the cancelled job")
+            return "a result nobody keeps"
+
+        task = asyncio.create_task(q.work("w", handler, max_jobs=1, heartbeat=0.05))
+        await asyncio.wait_for(started.wait(), TIMEOUT)
+        assert await observer.cancel_tag("batch") == CancelResult(0, 1)
+        assert await asyncio.wait_for(task, TIMEOUT) == 1
+        with pytest.raises(NotFound):
+            await observer.job_info(job_id)             # deleted: no record kept
+        ext = await observer.stats_ext()
+        assert (ext["cmd-complete"], ext["cmd-fail"], ext["job-completions"]) == (0, 0, 0)
+        assert (await observer.stats())["cmd-delete"] == 1
+
+
+async def test_work_deletes_when_complete_answers_cancelled(qs):
+    async with aclient(qs) as q, aclient(qs) as observer:
+        await q.config_tube_set("w", "retain", 600)
+        await q.use("w")
+        job_id = await q.put_ex(b"x", tags=["batch"])
+
+        async def handler(job):
+            # cancelled after the last heartbeat (none comes within the hour)
+            assert await observer.cancel_tag("batch") == CancelResult(0, 1)
+            return "done"
+
+        assert await q.work("w", handler, max_jobs=1, heartbeat=3600) == 1
+        with pytest.raises(NotFound):
+            await observer.job_info(job_id)
+        ext = await observer.stats_ext()
+        assert (ext["cmd-complete"], ext["job-completions"], ext["cmd-fail"]) == (1, 0, 0)
+        assert (await observer.stats())["cmd-delete"] == 1
+
+
+async def test_work_deletes_when_the_handler_learns_it(qs):
+    """A handler whose own progress raises Cancelled stops; the job is deleted,
+    not failed (no attempt is counted, no retry)."""
+    async with aclient(qs) as q, aclient(qs) as observer:
+        await q.config_tube_set("w", "max-attempts", 3)
+        await q.use("w")
+        job_id = await q.put_ex(b"x", tags=["batch"])
+        after = []
+
+        async def handler(job):
+            assert await observer.cancel_tag("batch") == CancelResult(0, 1)
+            await q.progress(job.id, b"still going?")     # raises Cancelled
+            after.append(job.id)
+
+        assert await q.work("w", handler, max_jobs=1, heartbeat=3600) == 1
+        assert after == []
+        with pytest.raises(NotFound):
+            await observer.peek(job_id)
+        ext = await observer.stats_ext()
+        assert (ext["cmd-fail"], ext["job-failures"], ext["cmd-complete"]) == (0, 0, 0)
+
+
+async def test_work_deletes_a_flagged_job_without_running_the_handler(qs):
+    """A job flagged while another connection held it, then released, is deleted
+    by the next worker that reserves it."""
+    async with aclient(qs) as q, aclient(qs) as holder:
+        await q.use("w")
+        job_id = await q.put_ex(b"x", tags=["batch"])
+        other = await q.put(b"y")
+        await holder.watch("w")
+        await holder.reserve_job(job_id)
+        assert await q.cancel_tag("batch") == CancelResult(0, 1)
+        await holder.release(job_id, pri=0)
+        handled = []
+
+        async def handler(job):
+            handled.append(job.id)
+
+        assert await q.work("w", handler, idle_timeout=0, max_jobs=10) == 2
+        assert handled == [other]
+        with pytest.raises(NotFound):
+            await q.peek(job_id)
+
+
+def test_blocking_work_deletes_a_cancelled_job(qs):
+    with Client(port=qs.port, timeout=TIMEOUT) as c, \
+            Client(port=qs.port, timeout=TIMEOUT) as observer:
+        c.use("bw")
+        job_id = c.put_ex(b"x", tags=["batch"])
+        caught = []
+
+        def handler(job):
+            assert observer.cancel_tag("batch") == CancelResult(0, 1)
+            try:
+                c.touch(job.id)
+            except Cancelled as error:
+                caught.append(error.command)
+            return "ignored"
+
+        assert c.work("bw", handler, max_jobs=1, heartbeat=3600) == 1
+        assert caught == ["touch"]
+        with pytest.raises(NotFound):
+            c.peek(job_id)
+        assert observer.stats_ext()["job-completions"] == 0
 
 
 def test_blocking_work_with_a_plain_function(qs):
