@@ -1,5 +1,7 @@
 """qctl against live servers: every subcommand against qserver, and the read-only
-ones (plus put and peek) against beanstalkd too, since qctl must work with both.
+ones (plus put and peek) against beanstalkd too, since qctl must work with both;
+the extension commands (job, config, stats-ext, jobs, flush, cancel, put --key/--tag)
+are qserver's, and against beanstalkd only their refusal is checked.
 Most calls run qctl's main() in-process (fast); one runs it as `python -m`.
 """
 
@@ -29,12 +31,19 @@ def any_server(request):
     server.stop()
 
 
-def run(capsys, server, *args, stdin: bytes = b"") -> tuple:
+class Terminal(io.TextIOWrapper):
+    """stdin as a terminal would be: isatty() is true."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def run(capsys, server, *args, stdin: bytes = b"", tty: bool = False) -> tuple:
     """(exit status, stdout, stderr) of `qctl --port P ARGS`."""
     where = (["--socket", server.unix_path] if server.unix_path
              else ["--port", str(server.port)])
     old = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+    sys.stdin = (Terminal if tty else io.TextIOWrapper)(io.BytesIO(stdin))
     try:
         rc = qctl.main([*where, *args])
     finally:
@@ -210,12 +219,172 @@ def test_job_config_and_stats_ext(capsys):
     assert exit_info.value.code == 2
 
 
+JOB_KEYS = ["id", "state", "pri", "age", "delay", "time-left", "attempts", "key", "tags",
+            "size"]
+
+
+def test_put_with_key_and_tags(capsys, qserver):
+    s = qserver
+    assert run_json(capsys, s, "put", "--tube", "mail", "--key", "order-1", "--tag", "a",
+                    "--tag", "b", "--pri", "3", stdin=b"x") == {"id": 1, "tube": "mail"}
+    rc, out, err = run(capsys, s, "put", "--tube", "mail", "--key", "order-1", stdin=b"y")
+    assert (rc, out) == (1, "")
+    assert err == "qctl: put-ex: DUPLICATE 1 (job 1 has this key)\n"
+    rc, out, _ = run(capsys, s, "put", "--tube", "mail", "--tag", "c", stdin=b"z")
+    assert (rc, out) == (0, "inserted job 2 into mail\n")
+    job = run_json(capsys, s, "job", "1")
+    assert (job["key"], job["tags"], job["cancelled"], job["pri"]) == (
+        "order-1", ["a", "b"], False, 3)
+    rc, _, err = run(capsys, s, "put", "--key", "two words", stdin=b"x")
+    assert rc == 2 and err == "qctl: not a key: 'two words'\n"
+    rc, _, err = run(capsys, s, "put", *[f"--tag=t{i}" for i in range(9)], stdin=b"x")
+    assert rc == 1 and err == "qctl: put-ex: BAD_FORMAT\n"
+    ext = run_json(capsys, s, "stats-ext")
+    assert (ext["cmd-put-ex"], ext["job-duplicates"]) == (4, 1)   # 'two words' not sent
+
+
+def test_jobs_pages_and_tables(capsys, qserver):
+    s = qserver
+    c = s.client()
+    try:
+        assert c.cmd(b"use mail") == b"USING mail\r\n"
+        assert c.cmd(b"put-ex 7 0 60 1 key=k1 tag=x tag=y\r\na") == b"INSERTED 1\r\n"
+        assert c.cmd(b"put 3 0 60 2\r\nbb") == b"INSERTED 2\r\n"
+        assert c.cmd(b"put 7 0 60 1\r\nc") == b"INSERTED 3\r\n"
+        assert c.cmd(b"put 9 600 60 1\r\nd") == b"INSERTED 4\r\n"
+        assert c.cmd(b"put 1 0 60 1\r\ne") == b"INSERTED 5\r\n"
+        assert c.cmd(b"watch mail") == b"WATCHING 2\r\n"
+        assert c.cmd(b"reserve-job 5").startswith(b"RESERVED 5 1")
+        assert c.cmd(b"bury 5 4") == b"BURIED\r\n"
+
+        data = run_json(capsys, s, "jobs", "mail")
+        assert list(data) == ["tube", "state", "jobs", "next"]
+        assert (data["tube"], data["state"], data["next"]) == ("mail", "all", None)
+        assert [list(job) for job in data["jobs"]] == [JOB_KEYS] * 5
+        assert [(j["id"], j["state"], j["pri"], j["key"], j["tags"], j["size"])
+                for j in data["jobs"]] == [
+            (2, "ready", 3, None, [], 2), (1, "ready", 7, "k1", ["x", "y"], 1),
+            (3, "ready", 7, None, [], 1), (4, "delayed", 9, None, [], 1),
+            (5, "buried", 4, None, [], 1)]
+        assert data["jobs"][3]["delay"] == 600 and 0 < data["jobs"][3]["time-left"] <= 600
+
+        page = run_json(capsys, s, "jobs", "mail", "--state", "ready", "--limit", "2")
+        assert [j["id"] for j in page["jobs"]] == [2, 1] and page["next"] is not None
+        rest = run_json(capsys, s, "jobs", "mail", "--state", "ready", "--limit", "2",
+                        "--cursor", page["next"])
+        assert [j["id"] for j in rest["jobs"]] == [3] and rest["next"] is None
+        walked = run_json(capsys, s, "jobs", "mail", "--limit", "1", "--all-pages")
+        assert [j["id"] for j in walked["jobs"]] == [2, 1, 3, 4, 5]
+        assert walked["next"] is None
+        assert run_json(capsys, s, "jobs", "nothing") == {
+            "tube": "nothing", "state": "all", "jobs": [], "next": None}
+
+        rc, out, _ = run(capsys, s, "jobs", "mail", "--state", "ready", "--limit", "2")
+        lines = out.splitlines()
+        assert rc == 0 and lines[0].split() == [k.upper() for k in JOB_KEYS]
+        assert lines[2].split()[:3] == ["1", "ready", "7"]
+        assert lines[2].split()[-3:] == ["k1", "x,y", "1"]
+        assert lines[1].split()[-3:] == ["-", "-", "2"]
+        assert len(lines) == 4 and lines[3] == (
+            f"more: qctl jobs mail --state ready --limit 2 --cursor {page['next']}"
+            "   (or --all-pages)")
+        rc, out, _ = run(capsys, s, "jobs", "mail", "--state", "buried")
+        assert rc == 0 and len(out.splitlines()) == 2 and "more:" not in out
+
+        rc, _, err = run(capsys, s, "jobs", "mail", "--state", "bogus")
+        assert rc == 1 and err == "qctl: list-jobs: BAD_FORMAT\n"
+        for bad in (["--limit", "0"], ["--limit", "1001"],
+                    ["--all-pages", "--cursor", "r:1:1"]):
+            with pytest.raises(SystemExit) as exit_info:
+                qctl.main(["--port", str(s.port), "jobs", "mail", *bad])
+            assert exit_info.value.code == 2, bad
+    finally:
+        c.close()
+
+
+def test_flush_asks_on_a_terminal(capsys, qserver):
+    s = qserver
+    c = s.client()
+    try:
+        assert c.cmd(b"use mail") == b"USING mail\r\n"
+        for i in range(3):
+            assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED %d\r\n" % (i + 1)
+        assert c.cmd(b"put 0 600 60 1\r\nx") == b"INSERTED 4\r\n"
+        assert c.cmd(b"watch mail") == b"WATCHING 2\r\n"
+        assert c.cmd(b"reserve-job 1").startswith(b"RESERVED 1 ")
+        rc, out, err = run(capsys, s, "flush", "mail", stdin=b"n\n", tty=True)
+        assert (rc, out) == (1, "")
+        assert err == ("flush mail: remove 2 ready, 1 delayed and 0 buried job(s) for "
+                       "good? [y/N] qctl: not flushed\n")
+        rc, _, _ = run(capsys, s, "flush", "mail", stdin=b"", tty=True)   # end of input
+        assert rc == 1
+        assert run_json(capsys, s, "tubes")[1]["ready"] == 2
+        rc, out, err = run(capsys, s, "flush", "mail", stdin=b"y\n", tty=True)
+        assert (rc, out) == (0, "flushed 3 job(s) from mail\n") and "[y/N]" in err
+        assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED 5\r\n"
+        rc, out, err = run(capsys, s, "flush", "mail", "--yes", tty=True)
+        assert (rc, out, err) == (0, "flushed 1 job(s) from mail\n", "")
+        assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED 6\r\n"
+        # not a terminal (a script): no question
+        assert run_json(capsys, s, "flush", "mail") == {"tube": "mail", "flushed": 1}
+        assert run_json(capsys, s, "flush", "nothing") == {"tube": "nothing", "flushed": 0}
+        rc, _, err = run(capsys, s, "flush", "nothing", stdin=b"y\n", tty=True)
+        assert rc == 0 and "remove no jobs (no such tube)" in err
+        stats = c.yaml(b"stats-job 1")
+        assert stats["state"] == "reserved"             # reserved jobs stay
+        assert run_json(capsys, s, "stats-ext")["jobs-flushed"] == 5
+    finally:
+        c.close()
+
+
+def test_cancel(capsys, qserver):
+    s = qserver
+    c = s.client()
+    try:
+        assert c.cmd(b"use mail") == b"USING mail\r\n"
+        assert c.cmd(b"put-ex 0 0 60 1 tag=batch-7\r\na") == b"INSERTED 1\r\n"
+        assert c.cmd(b"put-ex 0 0 60 1 tag=batch-7\r\nb") == b"INSERTED 2\r\n"
+        assert c.cmd(b"put-ex 0 0 60 1 tag=batch-8\r\nc") == b"INSERTED 3\r\n"
+        assert c.cmd(b"watch mail") == b"WATCHING 2\r\n"
+        assert c.cmd(b"reserve-job 1").startswith(b"RESERVED 1 ")
+        assert run_json(capsys, s, "cancel", "batch-7") == {
+            "tag": "batch-7", "removed": 1, "flagged": 1}
+        assert c.cmd(b"touch 1") == b"CANCELLED\r\n"
+        assert run_json(capsys, s, "job", "1")["cancelled"] is True
+        rc, out, _ = run(capsys, s, "cancel", "batch-8")
+        assert (rc, out) == (0, "cancelled tag batch-8: removed 1 job(s), flagged 0 "
+                                "reserved job(s)\n")
+        rc, _, err = run(capsys, s, "cancel", "two words")
+        assert rc == 2 and err == "qctl: not a tag: 'two words'\n"
+    finally:
+        c.close()
+
+
 def test_extensions_against_beanstalkd(capsys, beanstalkd):
-    for args in (("job", "1"), ("config", "emails"), ("stats-ext",)):
+    for args in (("job", "1"), ("config", "emails"), ("stats-ext",), ("jobs", "default"),
+                 ("flush", "default", "--yes"), ("cancel", "t")):
         rc, _, err = run(capsys, beanstalkd, *args)
         assert rc == 1 and "is this beanstalkd?" in err, args
+    # put with a key or tags asks first, so beanstalkd never reads the body as commands
+    rc, _, err = run(capsys, beanstalkd, "put", "--key", "k", stdin=b"put 0 0 1 1\r\nx")
+    assert rc == 1 and err == ("qctl: job-info: UNKNOWN_COMMAND (a qserver extension: "
+                               "is this beanstalkd?)\n")
+    assert run_json(capsys, beanstalkd, "stats")["total-jobs"] == 0
     frame = run_json(capsys, beanstalkd, "top", "--iterations", "1", "--interval", "0.05")
     assert frame["ext"] is None and frame["tubes"][0]["tube"] == "default"
+
+
+def test_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "qserver.qctl", "--help"],
+                            capture_output=True, timeout=10)
+    assert result.returncode == 0
+    commands = {line.split()[0] for line in result.stdout.decode().splitlines()
+                if line.startswith("    ") and not line.startswith("     ")}
+    assert commands == {"stats", "tubes", "peek", "kick", "delete", "pause", "put", "top",
+                        "job", "config", "stats-ext", "jobs", "flush", "cancel"}
+    put_help = subprocess.run([sys.executable, "-m", "qserver.qctl", "put", "--help"],
+                              capture_output=True, timeout=10).stdout.decode()
+    assert "--key KEY" in put_help and "--tag TAG" in put_help
 
 
 def test_as_a_module_with_stdin():
