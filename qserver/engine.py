@@ -19,8 +19,9 @@ import itertools
 import math
 
 from qserver.errors import DeadlineSoon, NotFound, NotIgnored, TimedOut
-from qserver.job import (BURIED, DELAYED, ID_MASK, ONE_BURY, ONE_KICK, ONE_RELEASE,
-                         ONE_RESERVE, ONE_TIMEOUT, PRI_SHIFT, READY, RESERVED, Job)
+from qserver.job import (BURIED, DELAYED, HELD, ID_MASK, ONE_BURY, ONE_KICK,
+                         ONE_RELEASE, ONE_RESERVE, ONE_TIMEOUT, PRI_SHIFT, READY, RESERVED,
+                         Job)
 from qserver.lifecycle import CONNECTION_CLOSED, TTR_EXPIRED, Lifecycle
 from qserver.steering import Steering
 from qserver.swapset import SwapSet
@@ -81,6 +82,8 @@ class Engine:
         self.policies = {}              # tube name -> Policy (config-tube)
         self.histories = {}             # job id -> lifecycle.History, for few jobs
         self.meta = {}                  # job id -> steering.Meta, for put-ex jobs
+        self.lock_jobs = {}             # job id -> lock key, for put-ex jobs with lock=
+        self._promoted = False          # a held job became ready: hand it out at tick
         self.lifecycle = Lifecycle(self, **{k: v for k, v in
                                            (("wall", wall), ("rand", rand)) if v})
         self.steering = Steering(self)
@@ -214,6 +217,8 @@ class Engine:
                 and not any(t.ready_count for t in session.watch):
             raise DeadlineSoon
         job = self._best_ready(session.watch, now)
+        if job is not None and self.lock_jobs and job.id in self.lock_jobs:
+            job = self._unlocked_ready(session.watch, job, now)
         if job is not None:
             job.tube.forget_ready(job)
             self._reserve(session, job, now)
@@ -226,7 +231,9 @@ class Engine:
     def reserve_job(self, session, job_id: int, now: float) -> Job:
         """Reserve one job by id, in any tube and any state but reserved."""
         job = self.jobs.get(job_id)
-        if job is None or job.state == RESERVED:
+        if job is None or job.state == RESERVED or job.state == HELD \
+                or (self.lock_jobs and job_id in self.lock_jobs
+                    and not self.steering.may_reserve(job)):
             raise NotFound
         # Taking a job out of buried or delayed is logged (it comes back ready).
         logged = job.state != READY
@@ -236,6 +243,17 @@ class Engine:
         self._reserve(session, job, now)
         if logged:
             self.log.update(job)
+        return job
+
+    def _unlocked_ready(self, tubes, job, now: float):
+        """The best ready job that may be reserved: jobs whose lock is taken are
+        held on the way (per-key concurrency)."""
+        steering = self.steering
+        lock_jobs = self.lock_jobs
+        while job is not None and job.id in lock_jobs and not steering.may_reserve(job):
+            job.tube.forget_ready(job)
+            steering.hold(job)
+            job = self._best_ready(tubes, now)
         return job
 
     def _best_ready(self, tubes, now: float):
@@ -260,6 +278,8 @@ class Engine:
         tube.reserved_count += 1
         if tube.index is not None:
             tube.index.add(RESERVED, (deadline, job.id))
+        if self.lock_jobs and job.id in self.lock_jobs:
+            self.steering.reserved(job)
         self.reserved_total += 1
         session.hold(job)
         self._push(self._ttrs, (deadline, job.id), deadline, self.reserved_total)
@@ -302,6 +322,8 @@ class Engine:
         waiting_tubes = self._tubes_with_waiters
         while waiting_tubes:
             job = self._best_ready(waiting_tubes, now)
+            if job is not None and self.lock_jobs and job.id in self.lock_jobs:
+                job = self._unlocked_ready(waiting_tubes, job, now)
             if job is None:
                 return
             session = job.tube.waiting.take()
@@ -386,6 +408,8 @@ class Engine:
         tube.total_jobs += 1
         tube.push_ready(job)
         self.log.moved(job, old.name)
+        if self.meta:
+            self.steering.moved(job, old.name)
         self._release_tube(old)
 
     def touch(self, session, job_id: int, now: float) -> None:
@@ -529,6 +553,9 @@ class Engine:
 
     def tick(self, now: float) -> None:
         """Do everything due at or before `now`, in beanstalkd's order."""
+        if self._promoted:
+            self._promoted = False
+            self._process_queue(now)
         self._mature_delays(now)
         self._end_pauses(now)
         # A waiting client hears DEADLINE_SOON before its job can time out.
@@ -617,6 +644,12 @@ class Engine:
         self.reserved_total -= 1
         if tube.index is not None:
             tube.index.discard(RESERVED, (job.deadline, job.id))
+        if self.lock_jobs and job.id in self.lock_jobs \
+                and self.steering.holder_ended(job):
+            # A held job is ready again: waiting reserves get it at the next tick,
+            # which comes at once (this runs inside many different transitions).
+            self._promoted = True
+            self.note_deadline(-math.inf)
 
     def _unlist(self, job: Job) -> None:
         """Take a job out of whatever list its state puts it in."""
@@ -629,6 +662,8 @@ class Engine:
             self.delayed_total -= 1
         elif state == BURIED:
             tube.forget_buried(job)
+        elif state == HELD:
+            self.steering.left_held(job)
         else:
             self.unhold(job)
 

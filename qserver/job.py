@@ -8,8 +8,10 @@ the `deadline` slot reused for the bury order while the job is buried.
 READY, RESERVED, DELAYED, BURIED = 1, 2, 3, 4
 # A finished job whose record is retained (protocol.md, "job-info"); never in a tube.
 COMPLETED, DEAD = 5, 6
+# A put-ex job waiting for its lock key (protocol.md, "Per-key concurrency").
+HELD = 7
 STATE_NAMES = {READY: "ready", RESERVED: "reserved", DELAYED: "delayed", BURIED: "buried",
-               COMPLETED: "completed", DEAD: "dead"}
+               COMPLETED: "completed", DEAD: "dead", HELD: "held"}
 
 URGENT_PRI = 1024            # ready jobs below this priority count as urgent
 PRI_SHIFT = 64               # ready-heap keys are (pri << 64) | id

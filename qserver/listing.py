@@ -11,19 +11,21 @@ Imports: `job`, `errors`, stdlib (`sortedcontainers` when first used).
 """
 
 from qserver.errors import BadFormat
-from qserver.job import BURIED, COMPLETED, DEAD, DELAYED, READY, RESERVED
+from qserver.job import BURIED, COMPLETED, DEAD, DELAYED, HELD, READY, RESERVED
 
 MAX_LIMIT = 1000
 # list-jobs states in the order `all` walks them, with their cursor letters.
 STATES = (("ready", READY, "r"), ("delayed", DELAYED, "d"), ("reserved", RESERVED, "s"),
-          ("buried", BURIED, "b"), ("completed", COMPLETED, "c"), ("dead", DEAD, "x"))
+          ("buried", BURIED, "b"), ("held", HELD, "h"), ("completed", COMPLETED, "c"),
+          ("dead", DEAD, "x"))
 _BY_NAME = {name: (state, letter) for name, state, letter in STATES}
 _BY_LETTER = {letter: state for _, state, letter in STATES}
 
 
 class TubeIndex:
     """A tube's live jobs by state, each list in the state's own order: ready by
-    (pri, id), delayed by due time, reserved by TTR deadline, buried by bury order.
+    (pri, id), delayed by due time, reserved by TTR deadline, buried by bury order,
+    held by id.
     Entries are the sort keys; the job id is the last element of each."""
 
     __slots__ = ("lists",)
@@ -39,8 +41,10 @@ class TubeIndex:
             else:
                 buried.append((job.bury_seq, job.id))
         reserved = [(job.deadline, job.id) for job in engine.reserved_in(tube)]
+        held = [(job.id, job.id) for job in engine.steering.held_in(tube)]
         self.lists = {READY: SortedList(ready), DELAYED: SortedList(delayed),
-                      RESERVED: SortedList(reserved), BURIED: SortedList(buried)}
+                      RESERVED: SortedList(reserved), BURIED: SortedList(buried),
+                      HELD: SortedList(held)}
 
     def add(self, state: int, key) -> None:
         self.lists[state].add(key)

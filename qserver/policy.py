@@ -16,7 +16,7 @@ U32_MAX = 0xFFFFFFFF
 BACKOFF_NONE, BACKOFF_FIXED, BACKOFF_EXP = "none", "fixed", "exp"
 DEAD_BURY, DEAD_DELETE, DEAD_TUBE = "bury", "delete", "tube"
 
-NAMES = ("max-attempts", "backoff", "dead-letter", "retain")
+NAMES = ("max-attempts", "backoff", "dead-letter", "retain", "lock-limit")
 
 
 class PolicyError(ValueError):
@@ -24,14 +24,15 @@ class PolicyError(ValueError):
 
 
 class Policy:
-    __slots__ = ("max_attempts", "backoff", "dead_letter", "retain")
+    __slots__ = ("max_attempts", "backoff", "dead_letter", "retain", "lock_limit")
 
     def __init__(self, max_attempts=0, backoff=(BACKOFF_NONE,), dead_letter=(DEAD_BURY,),
-                 retain=0):
+                 retain=0, lock_limit=1):
         self.max_attempts = max_attempts
         self.backoff = backoff            # ("none",), ("fixed", S) or ("exp", BASE, CAP)
         self.dead_letter = dead_letter    # ("bury",), ("delete",) or ("tube", NAME)
         self.retain = retain              # seconds a finished job's record is kept
+        self.lock_limit = lock_limit      # jobs with one lock key reserved at once
 
     def __eq__(self, other):
         return isinstance(other, Policy) and self.pairs() == other.pairs()
@@ -47,6 +48,10 @@ class Policy:
             fields["dead_letter"] = _dead_letter(value, tube)
         elif name == "retain":
             fields["retain"] = _count(value)
+        elif name == "lock-limit":
+            fields["lock_limit"] = _count(value)
+            if not fields["lock_limit"]:
+                raise PolicyError("lock-limit must be at least 1")
         else:
             raise PolicyError(f"unknown policy name {name!r}")
         return Policy(**fields)
@@ -58,6 +63,7 @@ class Policy:
             ("backoff", ":".join(str(part) for part in self.backoff)),
             ("dead-letter", ":".join(self.dead_letter)),
             ("retain", str(self.retain)),
+            ("lock-limit", str(self.lock_limit)),
         ]
 
     def to_text(self) -> str:

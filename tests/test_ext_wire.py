@@ -182,11 +182,11 @@ def wait_for_state(c: Client, job_id: int, state: bytes, bound: float = EVENT_BO
 
 
 def policy_yaml(tube: bytes, configured: bool, max_attempts=b"0", backoff=b"none",
-                dead_letter=b"bury", retain=b"0") -> bytes:
+                dead_letter=b"bury", retain=b"0", lock_limit=b"1") -> bytes:
     body = (b'---\nname: "%s"\nconfigured: %s\nmax-attempts: %s\nbackoff: %s\n'
-            b'dead-letter: "%s"\nretain: %s\n'
+            b'dead-letter: "%s"\nretain: %s\nlock-limit: %s\n'
             % (tube, b"true" if configured else b"false", max_attempts, backoff,
-               dead_letter, retain))
+               dead_letter, retain, lock_limit))
     return b"OK %d\r\n%s\r\n" % (len(body), body)
 
 
@@ -208,7 +208,7 @@ def test_config_tube_spec_example_reads_back_exactly(client):
     configure(client, b"emails", (b"max-attempts", b"3"), (b"backoff", b"exp:5:300"),
               (b"dead-letter", b"tube:emails-dead"), (b"retain", b"3600"))
     body = (b'---\nname: "emails"\nconfigured: true\nmax-attempts: 3\nbackoff: exp:5:300\n'
-            b'dead-letter: "tube:emails-dead"\nretain: 3600\n')
+            b'dead-letter: "tube:emails-dead"\nretain: 3600\nlock-limit: 1\n')
     assert client.cmd(b"config-tube emails") == b"OK %d\r\n%s\r\n" % (len(body), body)
 
 

@@ -35,11 +35,11 @@ class SteeringCommands:
         # Bad options are answered after the body is read, so the stream stays in
         # sync (the numbers told us how long the body is).
         try:
-            key, tags = _key_and_tags(wire.parse_options(tail))
+            key, tags, lock = _options(wire.parse_options(tail))
         except BadFormat:
             finish, args = _refuse, ()
         else:
-            finish, args = self._store, (pri, delay, ttr or 1, key, tags)
+            finish, args = self._store, (pri, delay, ttr or 1, key, tags, lock)
         self.engine.mark_producer(client.session)
         body = client.framer.take_body(size)
         if body is None:
@@ -47,7 +47,7 @@ class SteeringCommands:
             return None
         return finish(client, body, *args)
 
-    def _store(self, client, body: bytes, pri, delay, ttr, key, tags) -> bytes:
+    def _store(self, client, body: bytes, pri, delay, ttr, key, tags, lock) -> bytes:
         """Make the job once its body is here; the key is checked only now, so a
         refused put still consumes its body (and takes no id)."""
         if not body.endswith(wire.CRLF):
@@ -59,7 +59,7 @@ class SteeringCommands:
         self.steering.check_key(tube.name, key)     # before the id is taken
         job_id = engine.allocate_id()
         self.steering.put(tube, job_id, pri, delay, ttr, body, self.commands.clock(),
-                          self.commands.creation_time(), key, tags)
+                          self.commands.creation_time(), key, tags, lock)
         return b"INSERTED %d\r\n" % job_id
 
     def flush_tube(self, client, rest):
@@ -94,23 +94,22 @@ def _refuse(client, body: bytes):
     raise BadFormat
 
 
-def _key_and_tags(options: list) -> tuple:
-    """The key (at most one) and the distinct tags (at most MAX_TAGS)."""
-    key = None
+def _options(options: list) -> tuple:
+    """The key and the lock (at most one each) and the distinct tags (at most
+    MAX_TAGS)."""
+    single = {b"key": None, b"lock": None}
     tags = []
     for name, value in options:
-        if name == b"key":
-            if key is not None:
-                raise BadFormat
-            key = value
-        elif name == b"tag":
+        if name == b"tag":
             if value not in tags:
                 tags.append(value)
-        else:                       # lock=: per-key concurrency is not served yet
+        elif single[name] is not None:
             raise BadFormat
+        else:
+            single[name] = value
     if len(tags) > MAX_TAGS:
         raise BadFormat
-    return key, tuple(tags)
+    return single[b"key"], tuple(tags), single[b"lock"]
 
 
 def _value(rest: bytes) -> bytes:

@@ -58,9 +58,9 @@ NONE = 0xFFFFFFFF
 # type, id, state, expires (wall clock), pri, delay, ttr, created, reserves, timeouts,
 # releases, buries, kicks, tube-name length; then the tube name
 FINISHED_FIXED = struct.Struct("<BQBdIIIdIIIIIH")
-# type, id, cancelled, key length (0xFFFF: none), tag count; then the key, then each
-# tag as (u16 length, tag)
-META_FIXED = struct.Struct("<BQBHB")
+# type, id, cancelled, key length and lock length (0xFFFF: none), tag count; then the
+# key, the lock, then each tag as (u16 length, tag)
+META_FIXED = struct.Struct("<BQBHHB")
 NO_KEY = 0xFFFF
 SHORT = struct.Struct("<H")
 # type, tube-name length, job count; then the name and the ids (u64 each)
@@ -157,11 +157,13 @@ def finished_record(record, expires: float) -> list:
 
 
 def meta_record(job_id: int, meta) -> list:
-    key = meta.key
+    key, lock = meta.key, meta.lock
     parts = [META_FIXED.pack(META, job_id, meta.cancelled, NO_KEY if key is None else len(key),
-                             len(meta.tags))]
+                             NO_KEY if lock is None else len(lock), len(meta.tags))]
     if key:
         parts.append(key)
+    if lock:
+        parts.append(lock)
     for tag in meta.tags:
         parts.append(SHORT.pack(len(tag)))
         parts.append(tag)
@@ -282,11 +284,13 @@ def _decode_lifecycle(payload) -> tuple:
 
 
 def _decode_meta(payload) -> tuple:
-    _, job_id, cancelled, key_len, count = META_FIXED.unpack_from(payload)
+    _, job_id, cancelled, key_len, lock_len, count = META_FIXED.unpack_from(payload)
     pos = META_FIXED.size
-    key = None
+    key = lock = None
     if key_len != NO_KEY:
         key, pos = bytes(payload[pos:pos + key_len]), pos + key_len
+    if lock_len != NO_KEY:
+        lock, pos = bytes(payload[pos:pos + lock_len]), pos + lock_len
     tags = []
     for _ in range(count):
         (size,) = SHORT.unpack_from(payload, pos)
@@ -295,7 +299,7 @@ def _decode_meta(payload) -> tuple:
         pos += size
     if pos != len(payload):
         raise ValueError("META record lengths do not add up")
-    return job_id, Meta(key, tuple(tags), bool(cancelled))
+    return job_id, Meta(key, tuple(tags), bool(cancelled), lock)
 
 
 def _decode_finished(payload, file_index: int, finished: dict) -> int:
