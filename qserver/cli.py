@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--unix-mode", metavar="MODE", type=_mode, default=DEFAULT_UNIX_MODE,
                    help=f"permissions of a unix:PATH socket, in octal "
                         f"(default {DEFAULT_UNIX_MODE:o}: owner and group)")
+    p.add_argument("--event-window", metavar="N", type=_size, default=100_000,
+                   help="events kept for subscribers to resume from; older ones are "
+                        "reported as a GAP (default 100000)")
     p.add_argument("--salvage-log", action="store_true",
                    help="start even if the log is corrupt in the middle, skipping "
                         "and reporting the damaged records")
@@ -168,7 +171,7 @@ def _parse(argv) -> tuple:
                     verbosity=args.verbose, salvage_log=args.salvage_log,
                     metrics=args.metrics,
                     max_connections=args.max_connections or None,
-                    unix_mode=args.unix_mode)
+                    unix_mode=args.unix_mode, event_window=max(1, args.event_window))
     return config, listen_given
 
 

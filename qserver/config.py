@@ -28,6 +28,7 @@ _DEFAULTS = {
     "metrics": None,                     # (host, port) of --metrics, None: off
     "max_connections": None,             # None: unlimited
     "unix_mode": DEFAULT_UNIX_MODE,
+    "event_window": 100_000,             # events kept for subscribe (resume, GAP)
 }
 # New settings go into _DEFAULTS above (Config is a plain class, not a dataclass).
 

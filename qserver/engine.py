@@ -84,6 +84,7 @@ class Engine:
         self.meta = {}                  # job id -> steering.Meta, for put-ex jobs
         self.lock_jobs = {}             # job id -> lock key, for put-ex jobs with lock=
         self._promoted = False          # a held job became ready: hand it out at tick
+        self.events = None              # events.EventLog from the first subscribe on
         self.lifecycle = Lifecycle(self, **{k: v for k, v in
                                            (("wall", wall), ("rand", rand)) if v})
         self.steering = Steering(self)
@@ -197,6 +198,8 @@ class Engine:
         self.jobs[job_id] = job
         tube.total_jobs += 1
         self.total_jobs += 1
+        if self.events is not None:
+            self.event("put", job)
         if delay:
             self._delay(job, job.deadline)
         else:
@@ -280,6 +283,8 @@ class Engine:
             tube.index.add(RESERVED, (deadline, job.id))
         if self.lock_jobs and job.id in self.lock_jobs:
             self.steering.reserved(job)
+        if self.events is not None:
+            self.event("reserve", job)
         self.reserved_total += 1
         session.hold(job)
         self._push(self._ttrs, (deadline, job.id), deadline, self.reserved_total)
@@ -338,6 +343,8 @@ class Engine:
         job = self.jobs.get(job_id)
         if job is None or (job.state == RESERVED and job.holder is not session):
             raise NotFound
+        if self.events is not None:         # before the job's history goes with it
+            self.event("delete", job)
         self.remove(job)
 
     def remove(self, job: Job) -> None:
@@ -374,6 +381,8 @@ class Engine:
         else:
             job.tube.push_ready(job)
         self.log.update(job)
+        if self.events is not None:
+            self.event("release", job)
         if not delay:
             self._process_queue(now)
 
@@ -391,6 +400,8 @@ class Engine:
         self.next_bury_seq += 1
         job.tube.push_buried(job)
         self.log.update(job)
+        if self.events is not None:
+            self.event("bury", job)
 
     def requeue(self, job: Job, delay: int, now: float) -> None:
         """Put a job that is in no list back, delayed or ready (logged): a retry."""
@@ -449,6 +460,8 @@ class Engine:
         job.counts += ONE_KICK
         job.tube.push_ready(job)
         self.log.update(job)
+        if self.events is not None:
+            self.event("kick", job)
         self._process_queue(now)
 
     def pause_tube(self, name: str, seconds: int, now: float) -> None:
@@ -605,6 +618,8 @@ class Engine:
             self.unhold(job)
             job.counts += ONE_TIMEOUT
             self.job_timeouts += 1
+            if self.events is not None:
+                self.event("timeout", job)
             if job.tube.policy is None:
                 job.tube.push_ready(job)
             else:       # counted as a failed attempt (protocol.md, "Job lifecycle")
@@ -666,6 +681,13 @@ class Engine:
             self.steering.left_held(job)
         else:
             self.unhold(job)
+
+    def event(self, name: str, job) -> None:
+        """Record an event for subscribers, if anyone ever subscribed."""
+        events = self.events
+        if events is not None:
+            history = self.histories.get(job.id) if self.histories else None
+            events.add(name, job.id, job.tube.name, history.attempts if history else 0)
 
     def note_deadline(self, when: float) -> None:
         """Something outside the four heaps (a retained record's expiry) is due at

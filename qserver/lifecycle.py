@@ -101,8 +101,9 @@ class Lifecycle:
             self._make_room(job, len(result))
         history = self.histories.get(job_id)
         meta = engine.meta.get(job_id)
+        engine.event("complete", job)
         with engine.log.atomic():
-            engine.delete(session, job_id)
+            engine.remove(job)
             self._count(job.tube).completions += 1
             self.totals.completions += 1
             if retain:
@@ -118,6 +119,7 @@ class Lifecycle:
         history.progress = bytes(data)
         engine.log.lifecycle(job_id, history)
         engine.touch(session, job_id, now)
+        engine.event("progress", job)
 
     # -- a counted failure ------------------------------------------------------
 
@@ -138,6 +140,7 @@ class Lifecycle:
         engine = self.engine
         history = self._history(job.id)
         history.count_failure(self.wall(), reason)
+        engine.event("fail", job)
         tube_counts = self._count(job.tube)
         tube_counts.failures += 1
         self.totals.failures += 1
@@ -150,11 +153,13 @@ class Lifecycle:
             delay = policy.retry_delay(history.attempts, self.rand)
             tube_counts.retries += 1
             self.totals.retries += 1
+            engine.event("retry", job)
             engine.requeue(job, delay, now)
             engine.log.lifecycle(job.id, history)
             return RETRYING, delay
         tube_counts.dead_letters += 1
         self.totals.dead_letters += 1
+        engine.event("dead", job)
         kind = policy.dead_letter[0]
         if kind == DEAD_BURY:
             engine.bury_job(job)

@@ -21,7 +21,7 @@ from qserver.engine import Engine
 from qserver.errors import BadFormat, JobTooBig, TimedOut
 from qserver.session import Session
 from qserver.stats import ServerInfo
-from qserver.wire import DISCARDED, OVERLONG, Framer, job_reply
+from qserver.wire import DISCARDED, OVERLONG, Framer, event_frame, job_reply
 
 log = logging.getLogger("qserver")
 
@@ -37,6 +37,7 @@ class Connection(asyncio.Protocol):
         "server", "commands", "engine", "framer", "session", "transport",
         "pending_body", "closing", "half_closed", "write_paused", "read_paused",
         "resume_scheduled", "held", "close_when_sent", "output_wait", "refused",
+        "subscription",
     )
 
     def __init__(self, server):
@@ -56,6 +57,7 @@ class Connection(asyncio.Protocol):
         self.close_when_sent = False
         self.output_wait = False    # stopped running commands until held replies go
         self.refused = False        # over --max-connections: closed at once
+        self.subscription = None    # [tube name or None, next seq] once subscribed
 
     # -- asyncio callbacks ------------------------------------------------------
 
@@ -110,6 +112,13 @@ class Connection(asyncio.Protocol):
     def _run(self):
         """Run every complete command that can run now; send the replies in one write."""
         if self.closing:
+            return
+        if self.subscription is not None:
+            # A subscribed connection only streams (protocol.md, "subscribe"): what
+            # it sends is read and thrown away.
+            self.framer.buf.clear()
+            self.framer.pos = 0
+            self.pump()
             return
         framer = self.framer
         session = self.session
@@ -173,6 +182,8 @@ class Connection(asyncio.Protocol):
         data = self.held.popleft()
         if not self.transport.is_closing():
             self.transport.write(data)
+        if self.subscription is not None and not self.held:
+            self.pump()
         if self.close_when_sent and not self.held:
             self.transport.close()
         elif self.output_wait and not self.held:
@@ -180,6 +191,51 @@ class Connection(asyncio.Protocol):
             if not self.resume_scheduled:
                 self.resume_scheduled = True
                 asyncio.get_running_loop().call_soon(self._resume)
+
+    # -- the event stream -------------------------------------------------------
+
+    def subscribe(self, tube, start) -> bytes:
+        """Start streaming events of `tube` (None: every tube) from sequence number
+        `start` (None: from now on); returns the first reply line."""
+        events = self.server.events_for(self)
+        if start is None:
+            start = events.next_seq
+        reply = b"SUBSCRIBED %d\r\n" % start
+        # Older than the window, or from before a restart (numbers start again at 1
+        # with each process): the subscriber missed events it cannot have.
+        if start < events.oldest or start > events.next_seq:
+            start = events.oldest
+            reply = b"GAP %d\r\n" % start
+        self.subscription = [tube, start]
+        return reply
+
+    def pump(self) -> None:
+        """Send the events this subscriber has not seen, until the transport's
+        buffer is full (resume_writing comes back here) or none are left. One that
+        fell behind the window hears `GAP <oldest>` and goes on from there."""
+        subscription = self.subscription
+        events = self.engine.events
+        if self.held or self.transport.is_closing():
+            return
+        tube = subscription[0]
+        for _ in range(64):                 # at most 64 * 256 events per turn
+            if self.write_paused:
+                return
+            out = []
+            if subscription[1] < events.oldest:
+                subscription[1] = events.oldest
+                out.append(b"GAP %d\r\n" % subscription[1])
+            batch = events.read(subscription[1], 256)
+            if not batch and not out:
+                return
+            for event in batch:
+                if tube is None or event[3] == tube:
+                    out.append(event_frame(event))
+            if batch:
+                subscription[1] = batch[-1][0] + 1
+            if out:
+                self.transport.write(b"".join(out))
+        self.server.events_arrived()        # more to send: go on next turn
 
     def _close(self) -> None:
         if self.held:
@@ -225,6 +281,7 @@ class Server:
                                time.monotonic())
         self.commands = Commands(self.engine, self.info, config.max_job_size)
         self.connections = set()
+        self.subscribers = set()        # connections streaming events (subscribe)
         self.refusals_logged_at = -math.inf
         self.listeners = []
         self.timer = None
@@ -264,9 +321,32 @@ class Server:
 
     def connection_closed(self, conn) -> None:
         self.connections.discard(conn)
+        self.subscribers.discard(conn)
         self.info.current_connections -= 1
         if self.shutting_down and not self.connections and not self.all_closed.done():
             self.all_closed.set_result(None)
+
+    # -- the event stream -------------------------------------------------------
+
+    def events_for(self, conn):
+        """The engine's event window (made by the first subscribe), with `conn` as
+        one of its subscribers."""
+        engine = self.engine
+        if engine.events is None:
+            from qserver.events import EventLog
+            engine.events = EventLog(self.config.event_window)
+            engine.events.notify = self.events_arrived
+        self.subscribers.add(conn)
+        self.events_arrived()               # the reply goes first, then the events
+        return engine.events
+
+    def events_arrived(self) -> None:
+        self.loop.call_soon(self._pump_subscribers)
+
+    def _pump_subscribers(self) -> None:
+        self.engine.events.notified = False
+        for conn in list(self.subscribers):
+            conn.pump()
 
     # -- the timer --------------------------------------------------------------
 

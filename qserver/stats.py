@@ -141,7 +141,7 @@ def job_stats(job, now: float, wall: float) -> list:
 # Each extension topic's commands; stats-ext prints a topic's block after another's.
 LIFECYCLE_COMMANDS = ("config-tube", "fail", "complete", "progress", "job-info",
                       "peek-result", "stats-ext")
-STEERING_COMMANDS = ("put-ex", "flush-tube", "cancel-tag", "list-jobs")
+STEERING_COMMANDS = ("put-ex", "flush-tube", "cancel-tag", "list-jobs", "subscribe")
 EXT_COMMANDS = LIFECYCLE_COMMANDS + STEERING_COMMANDS
 
 

@@ -185,6 +185,7 @@ class Steering:
         ends (the caller has taken it off the heap)."""
         job.state = HELD
         self._lock(job).held[job.id] = job
+        self.engine.event("held", job)
         if job.tube.index is not None:
             job.tube.index.add(HELD, (job.id, job.id))
 
@@ -248,6 +249,7 @@ class Steering:
             else:
                 engine.remove(job)
                 removed += 1
+            engine.event("cancel", job)
         return removed, flagged
 
     # -- flush ----------------------------------------------------------------------
@@ -263,6 +265,8 @@ class Steering:
         victims += self.held_in(tube)
         engine.log.flush(tube_name, victims)
         engine.drop_listed(tube, victims)
+        if engine.events is not None:       # one event for the lot (id 0)
+            engine.events.add("flush", 0, tube_name, 0)
         self.totals.flushed += len(victims)
         return len(victims)
 

@@ -363,6 +363,14 @@ def yaml_bytes(data: bytes) -> str:
     return '"' + "".join(_YAML_BYTE[b] for b in data) + '"'
 
 
+def event_frame(event: tuple) -> bytes:
+    """`EVENT <bytes>\\r\\n<YAML>\\r\\n` for one event (protocol.md, "subscribe")."""
+    seq, when, job_id, tube, name, attempt = event
+    body = (f"---\nseq: {seq}\ntime: {when:.3f}\nid: {job_id}\ntube: {yaml_quote(tube)}\n"
+            f"event: {name}\nattempt: {attempt}\n").encode()
+    return b"EVENT %d\r\n%s\r\n" % (len(body), body)
+
+
 def yaml_mapping(pairs) -> bytes:
     """A stats reply from (key, already-formatted value) pairs, in order."""
     return yaml_reply("---\n" + "".join(f"{k}: {v}\n" for k, v in pairs))

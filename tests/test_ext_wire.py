@@ -1030,7 +1030,7 @@ EXT_KEYS = [b"cmd-config-tube", b"cmd-fail", b"cmd-complete", b"cmd-progress",
             b"cmd-job-info", b"cmd-peek-result", b"cmd-stats-ext", b"job-failures",
             b"job-retries", b"job-dead-letters", b"job-completions", b"current-retained",
             b"configured-tubes", b"cmd-put-ex", b"cmd-flush-tube", b"cmd-cancel-tag",
-            b"cmd-list-jobs",
+            b"cmd-list-jobs", b"cmd-subscribe",
             b"job-duplicates", b"jobs-flushed", b"jobs-cancelled", b"jobs-cancel-flagged"]
 
 

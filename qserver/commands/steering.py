@@ -6,7 +6,7 @@ Imports: `wire`, `errors`, `steering`, `stats`, `listing`.
 """
 
 from qserver import wire
-from qserver.errors import BadFormat, Draining, ExpectedCrlf
+from qserver.errors import BadFormat, Draining, ExpectedCrlf, UnknownCommand
 from qserver.listing import list_jobs
 from qserver.stats import job_page
 from qserver.steering import MAX_TAGS
@@ -24,6 +24,7 @@ class SteeringCommands:
         return {
             b"put-ex": self.put_ex, b"flush-tube": self.flush_tube,
             b"cancel-tag": self.cancel_tag, b"list-jobs": self.list_jobs,
+            b"subscribe": self.subscribe,
         }, {}
 
     def put_ex(self, client, rest):
@@ -88,6 +89,24 @@ class SteeringCommands:
         jobs, next_cursor = list_jobs(engine, tube, state, cursor, int(parts[3]))
         return wire.yaml_reply(job_page(jobs, next_cursor, engine.histories, engine.meta,
                                         self.commands.clock(), self.commands.wall()))
+
+
+    def subscribe(self, client, rest):
+        parts = rest.split(b" ")
+        if len(parts) != 2 or not parts[1]:
+            raise BadFormat
+        tube = None if parts[0] == b"*" else wire.parse_tube(parts[0]).decode()
+        if parts[1] == b"now":
+            start = None
+        elif parts[1].isdigit() and len(parts[1]) <= 20:
+            start = max(1, int(parts[1]))
+        else:
+            raise BadFormat
+        self.counts["subscribe"] += 1
+        subscribe = getattr(client, "subscribe", None)
+        if subscribe is None:           # an in-process harness without a server
+            raise UnknownCommand
+        return subscribe(tube, start)
 
 
 def _refuse(client, body: bytes):
