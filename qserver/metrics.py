@@ -179,6 +179,28 @@ def _ext_families(lines: list, server) -> None:
         samples = [('{tube="%s"}' % escape_label(tube.name), str(getattr(counts, field)))
                    for tube, counts in tubes]
         _family(lines, f"qserver_tube_{field}_total", "counter", help_text, samples)
+    held, cancelled = _steering_by_tube(server.engine)
+    for name, values, help_text in (
+            ("qserver_tube_held", held, "Jobs held by per-key concurrency in the tube"),
+            ("qserver_tube_cancelled", cancelled,
+             "Reserved jobs of the tube flagged by cancel-tag")):
+        _family(lines, name, "gauge", help_text,
+                [('{tube="%s"}' % escape_label(tube), str(count))
+                 for tube, count in sorted(values.items())])
+
+
+def _steering_by_tube(engine) -> tuple:
+    """Held and cancel-flagged jobs per tube name (only tubes that have some)."""
+    held = {}
+    for (tube, _), lock in engine.steering.locks.items():
+        if lock.held:
+            held[tube] = held.get(tube, 0) + len(lock.held)
+    cancelled = {}
+    for job_id, meta in engine.meta.items():
+        job = engine.jobs.get(job_id)
+        if meta.cancelled and job is not None:
+            cancelled[job.tube.name] = cancelled.get(job.tube.name, 0) + 1
+    return held, cancelled
 
 
 def render(server) -> str:

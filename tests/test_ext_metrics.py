@@ -39,3 +39,22 @@ def test_lifecycle_counters_after_commands(served):
     per_tube = {"failures": 2, "retries": 1, "dead_letters": 1, "completions": 1}
     for field, value in per_tube.items():
         assert samples[(f"qserver_tube_{field}_total", (("tube", "jobs"),))] == value
+
+
+def test_held_and_cancelled_jobs_per_tube(served):
+    server, mport = served
+    c = server.client()
+    assert c.cmd(b"use locks") == b"USING locks\r\n"
+    assert c.cmd(b"watch locks") == b"WATCHING 2\r\n"
+    for _ in range(3):
+        assert c.cmd(b"put-ex 0 0 60 1 lock=k tag=t\r\nx").startswith(b"INSERTED")
+    assert c.cmd(b"reserve-with-timeout 0") == b"RESERVED 1 1\r\nx\r\n"
+    assert c.cmd(b"reserve-with-timeout 0") == b"TIMED_OUT\r\n"      # 2 and 3 held
+    status, _, body = get(mport, "/metrics")
+    samples, types = parse_metrics(body)
+    assert samples[("qserver_tube_held", (("tube", "locks"),))] == 2
+    assert types["qserver_tube_held"] == "gauge"
+    assert c.cmd(b"cancel-tag t") == b"CANCELLED 2 1\r\n"
+    samples, _ = parse_metrics(get(mport, "/metrics")[2])
+    assert ("qserver_tube_held", (("tube", "locks"),)) not in samples
+    assert samples[("qserver_tube_cancelled", (("tube", "locks"),))] == 1
