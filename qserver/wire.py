@@ -206,10 +206,11 @@ def parse_id_pri_delay(rest: bytes) -> tuple[int, int, int]:
     return _u64(m[1]), _u32(m[2]), _u32(m[3])
 
 
-def parse_put(rest: bytes) -> tuple[int, int, int, int, bool]:
-    """`<pri> <delay> <ttr> <bytes>`; the flag says whether the line ends cleanly.
+def parse_put(rest: bytes) -> tuple[int, int, int, int, bytes]:
+    """`<pri> <delay> <ttr> <bytes>`, and whatever follows on the line (empty for a
+    clean put; put-ex's options, see `parse_options`).
 
-    Trailing garbage is reported rather than raised because beanstalkd checks the
+    Trailing garbage is returned rather than raised because beanstalkd checks the
     size limit first (protocol.md, "put").
     """
     m = _PUT.match(rest)
@@ -219,7 +220,7 @@ def parse_put(rest: bytes) -> tuple[int, int, int, int, bool]:
     pri, delay, ttr, size = _number(pri), _number(delay), _number(ttr), _number(size)
     if pri > U32_MAX or delay > U32_MAX or ttr > U32_MAX or size > U32_MAX:
         raise BadFormat
-    return pri, delay, ttr, size, not tail
+    return pri, delay, ttr, size, tail
 
 
 _NUMBERS = {}
@@ -241,19 +242,6 @@ def _number(digits: bytes) -> int:
 
 
 _OPTION = re.compile(rb"(key|tag|lock)=([\x21-\x7e]{1,200})")
-
-
-def parse_put_ex(rest: bytes) -> tuple[int, int, int, int, bytes]:
-    """`<pri> <delay> <ttr> <bytes>` of put-ex as put reads them, and the rest of
-    the line (the options, see `parse_options`)."""
-    m = _PUT.match(rest)
-    if m is None:
-        raise BadFormat
-    pri, delay, ttr, size, tail = m.groups()
-    pri, delay, ttr, size = _number(pri), _number(delay), _number(ttr), _number(size)
-    if pri > U32_MAX or delay > U32_MAX or ttr > U32_MAX or size > U32_MAX:
-        raise BadFormat
-    return pri, delay, ttr, size, tail
 
 
 def parse_options(tail: bytes) -> list:

@@ -168,12 +168,12 @@ class Commands:
     # -- producer commands ------------------------------------------------------
 
     def put(self, client, rest):
-        pri, delay, ttr, size, clean = wire.parse_put(rest)
+        pri, delay, ttr, size, tail = wire.parse_put(rest)
         self.counts["put"] += 1
         if size > self.max_job_size:
             client.framer.discard_body(size)
             return None
-        if not clean:
+        if tail:
             raise BadFormat
         engine = self.engine
         engine.mark_producer(client.session)

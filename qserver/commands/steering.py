@@ -28,7 +28,7 @@ class SteeringCommands:
         }, {}
 
     def put_ex(self, client, rest):
-        pri, delay, ttr, size, tail = wire.parse_put_ex(rest)
+        pri, delay, ttr, size, tail = wire.parse_put(rest)
         self.counts["put-ex"] += 1
         if size > self.commands.max_job_size:
             client.framer.discard_body(size)
