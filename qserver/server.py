@@ -160,6 +160,10 @@ class Connection(asyncio.Protocol):
                         break
             if self.closing:
                 break
+            if self.subscription is not None:   # subscribe: the rest is ignored
+                framer.buf.clear()
+                framer.pos = 0
+                break
         if out:
             self._send(out[0] if len(out) == 1 else b"".join(out),
                        log.written != records_before)

@@ -166,3 +166,12 @@ def test_a_subscribed_connection_ignores_what_it_is_sent(server):
     c = server.client()
     assert c.cmd(b"put 0 0 60 1\r\ny") == b"INSERTED 1\r\n"
     assert read_event(sub)["id"] == "1"     # no reply to what it sent, just events
+
+
+def test_commands_pipelined_after_subscribe_are_ignored(server):
+    sub = server.client()
+    sub.send(b"subscribe * now\r\nput 0 0 60 1\r\nx\r\nstats\r\n")
+    assert sub.read_line() == b"SUBSCRIBED 1\r\n"
+    c = server.client()
+    assert c.cmd(b"put 0 0 60 1\r\ny") == b"INSERTED 1\r\n"    # id 1: no put came before
+    assert read_event(sub)["id"] == "1"
