@@ -15,6 +15,10 @@ request/reply pipe out of step, so the connection is closed and later calls rais
 `complete`, `progress`) answered `UNKNOWN_COMMAND`: beanstalkd does not know it and
 reads the body as command lines of its own.
 
+The event stream (`subscribe`, `events`) runs on a connection of its own: a
+subscribed connection only streams (protocol.md, "subscribe"), so the client's own
+connection stays free for commands.
+
 YAML replies are read by a small parser for the flat shapes the servers send
 (protocol.md, "YAML replies", "job-info"); PyYAML is not needed.
 
@@ -30,6 +34,7 @@ import logging
 import re
 import threading
 import traceback
+import weakref
 from collections.abc import (AsyncIterator, Awaitable, Callable, Coroutine, Iterable,
                              Iterator, Sequence)
 from dataclasses import dataclass
@@ -38,7 +43,8 @@ from typing import (Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, Un
 
 __all__ = [
     "AsyncClient", "Client", "Job", "FailAction", "FailResult", "CancelResult",
-    "JobPage", "JobRow", "JobState", "LIST_STATES",
+    "JobPage", "JobRow", "JobState", "LIST_STATES", "Event", "EventName",
+    "EVENT_NAMES", "Gap", "EventStream",
     "JobStats", "TubeStats", "JobInfo", "Failure", "TubePolicy", "ExtStats",
     "ServerStats", "parse_yaml",
     "QueueClientError", "QueueConnectionError", "ServerError", "NotFound", "BadFormat",
@@ -216,9 +222,45 @@ class CancelResult:
     flagged: int
 
 
-JobState = Literal["ready", "delayed", "reserved", "buried", "completed", "dead", "all"]
+JobState = Literal["ready", "delayed", "reserved", "buried", "held", "completed", "dead",
+                   "all"]
 LIST_STATES: tuple[str, ...] = get_args(JobState)
-"""The states `list_jobs` takes, `all` last."""
+"""The states `list_jobs` takes, `all` last. `held`: jobs of a full lock key
+(protocol.md, "Per-key concurrency")."""
+
+EventName = Literal["put", "reserve", "release", "bury", "kick", "delete", "timeout",
+                    "fail", "retry", "dead", "complete", "progress", "cancel", "held",
+                    "flush"]
+EVENT_NAMES: tuple[str, ...] = get_args(EventName)
+"""The events of protocol.md, "subscribe"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of the stream (protocol.md, "subscribe"): its sequence number, the
+    wall-clock Unix time, the job id (0 for a whole `flush`), the tube, the event
+    name and the job's attempts (counted failures) at that moment."""
+
+    seq: int
+    time: float
+    id: int
+    tube: str
+    event: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """An item of an event stream, not an error: events the stream should have
+    carried are no longer kept by the server (older than its `--event-window`, or
+    numbered by an earlier server process). The stream goes on at once with event
+    `oldest`, the oldest kept. `expected` is the sequence number the stream was
+    waiting for (None when it started `now`): when `oldest > expected`, the events
+    `expected` to `oldest - 1` (of every tube) were missed; when `oldest <= expected`
+    the server was restarted and numbers from 1 again."""
+
+    oldest: int
+    expected: int | None = None
 
 Scalar = Union[int, float, bool, str, None]
 Result = Union[bytes, str, None]
@@ -270,7 +312,7 @@ class JobPage:
 
 TubePolicy = TypedDict("TubePolicy", {
     "name": str, "configured": bool, "max-attempts": int, "backoff": str,
-    "dead-letter": str, "retain": int})
+    "dead-letter": str, "retain": int, "lock-limit": int})
 
 ExtStats = TypedDict("ExtStats", {
     "cmd-config-tube": int, "cmd-fail": int, "cmd-complete": int, "cmd-progress": int,
@@ -278,8 +320,8 @@ ExtStats = TypedDict("ExtStats", {
     "job-failures": int, "job-retries": int, "job-dead-letters": int,
     "job-completions": int, "current-retained": int, "configured-tubes": int,
     "cmd-put-ex": int, "cmd-flush-tube": int, "cmd-cancel-tag": int,
-    "cmd-list-jobs": int, "job-duplicates": int, "jobs-flushed": int,
-    "jobs-cancelled": int, "jobs-cancel-flagged": int})
+    "cmd-list-jobs": int, "cmd-subscribe": int, "job-duplicates": int,
+    "jobs-flushed": int, "jobs-cancelled": int, "jobs-cancel-flagged": int})
 
 
 # -- YAML replies -------------------------------------------------------------------
@@ -291,6 +333,7 @@ _STATS_STRINGS = frozenset(("version", "hostname", "os", "platform", "id"))
 _TUBE_STRINGS = frozenset(("name",))
 _JOB_STRINGS = frozenset(("tube", "state"))
 _POLICY_STRINGS = frozenset(("name", "backoff", "dead-letter"))
+_EVENT_STRINGS = frozenset(("tube", "event"))
 
 _ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)")
 _SIMPLE_ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r", "0": "\0"}
@@ -417,6 +460,21 @@ def _job_page(data: bytes) -> JobPage:
     return JobPage(cast(list[JobRow], jobs), following)
 
 
+def _event(data: bytes) -> Event:
+    """An EVENT frame's YAML (protocol.md, "subscribe")."""
+    fields = parse_yaml(data, _EVENT_STRINGS)
+    try:
+        seq, when, job_id = fields["seq"], fields["time"], fields["id"]
+        tube, name, attempt = fields["tube"], fields["event"], fields["attempt"]
+    except (KeyError, TypeError):
+        raise UnexpectedReply("subscribe", f"not an event: {data[:200]!r}") from None
+    if not (type(seq) is int and type(job_id) is int and type(attempt) is int
+            and type(when) in (int, float) and isinstance(tube, str)
+            and isinstance(name, str)):
+        raise UnexpectedReply("subscribe", f"not an event: {data[:200]!r}")
+    return Event(seq, float(when), job_id, tube, name, attempt)
+
+
 def _body(data: bytes | str | None) -> bytes:
     if data is None:
         return b""
@@ -486,6 +544,7 @@ class AsyncClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
+        self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
 
     # connection ------------------------------------------------------------------
 
@@ -514,6 +573,9 @@ class AsyncClient:
         return self
 
     async def close(self) -> None:
+        """Close the connection, and the event streams opened through this client."""
+        for stream in list(self._streams):
+            await stream.aclose()
         writer, self._reader, self._writer = self._writer, None, None
         if writer is not None:
             writer.close()
@@ -735,8 +797,8 @@ class AsyncClient:
     # extensions (qserver only; beanstalkd answers UNKNOWN_COMMAND) -------------------
 
     async def config_tube_set(self, tube: str, name: str, value: int | str) -> None:
-        """Set one policy value of a tube: `max-attempts`, `backoff`, `dead-letter`
-        or `retain` (protocol.md, "config-tube")."""
+        """Set one policy value of a tube: `max-attempts`, `backoff`, `dead-letter`,
+        `retain` or `lock-limit` (protocol.md, "config-tube")."""
         if not isinstance(value, int) or isinstance(value, bool):
             value = _name(str(value))
         await self._expect(f"config-tube {_name(tube)} {_name(name)} {value}", "CONFIGURED")
@@ -784,25 +846,30 @@ class AsyncClient:
 
     async def put_ex(self, body: bytes | str, *, pri: int = DEFAULT_PRI, delay: int = 0,
                      ttr: int = DEFAULT_TTR, key: str | None = None,
-                     tags: Iterable[str] = ()) -> int:
-        """`put` with a unique key and tags (protocol.md, "put-ex"); returns the id.
-        Raises Duplicate, carrying the existing job's `job_id`, while a job of the
-        used tube with this key is live or its record retained. Keys and tags are
-        printable ASCII words (ValueError otherwise); at most 8 distinct tags.
-        qserver only: beanstalkd does not know put-ex and reads the body as
-        commands (the connection is closed after its UNKNOWN_COMMAND)."""
+                     tags: Iterable[str] = (), lock: str | None = None) -> int:
+        """`put` with a unique key, tags and a lock key (protocol.md, "put-ex");
+        returns the id. Raises Duplicate, carrying the existing job's `job_id`,
+        while a job of the used tube with this key is live or its record retained.
+        With `lock`, at most the tube's `lock-limit` jobs (default 1) with that lock
+        are reserved at once; the others wait in state `held` ("Per-key
+        concurrency"). Keys, tags and locks are printable ASCII words (ValueError
+        otherwise); at most 8 distinct tags. qserver only: beanstalkd does not know
+        put-ex and reads the body as commands (the connection is closed after its
+        UNKNOWN_COMMAND)."""
         if isinstance(tags, str):
             raise TypeError("tags must be a collection of str, not one str")
         options = [] if key is None else [f"key={_word(key, 'key')}"]
         options += [f"tag={_word(tag, 'tag')}" for tag in tags]
+        if lock is not None:
+            options.append(f"lock={_word(lock, 'lock')}")
         reply = await self._expect(f"put-ex {_number(pri)} {_number(delay)} {_number(ttr)}",
                                    "INSERTED", 1, _body(body),
                                    tail="".join(" " + option for option in options))
         return int(reply.words[1])
 
     async def flush_tube(self, tube: str) -> int:
-        """Remove every ready, delayed and buried job of `tube` (reserved ones stay);
-        returns how many went. A tube that does not exist gives 0."""
+        """Remove every ready, delayed, buried and held job of `tube` (reserved ones
+        stay); returns how many went. A tube that does not exist gives 0."""
         return int((await self._expect(f"flush-tube {_name(tube)}", "FLUSHED", 1)).words[1])
 
     async def cancel_tag(self, tag: str) -> CancelResult:
@@ -837,6 +904,54 @@ class AsyncClient:
             if page.next == cursor:         # would walk the same page forever
                 raise UnexpectedReply("list-jobs", f"cursor {cursor!r} did not advance")
             cursor = page.next
+
+    def subscribe(self, tube: str = "*", start: int | Literal["now"] = "now"
+                  ) -> EventStream:
+        """The job events of `tube` (`*`: every tube), from the next one (`now`) or
+        from sequence number `start` (the last one seen plus 1), as an async
+        iterator of `Event`, with a `Gap` item where the server no longer had the
+        events asked for (see `Gap`):
+
+            async with queue.subscribe("emails") as stream:
+                async for item in stream:
+                    if isinstance(item, Gap):
+                        ...                 # events were missed; goes on at item.oldest
+                    else:
+                        print(item.seq, item.event, item.id)
+
+        The stream connects on its own connection (a subscribed connection only
+        streams) when it is entered or first read; `stream.next_seq` is where it
+        would resume. When that connection breaks it raises QueueConnectionError
+        and ends: `events` reconnects instead. Raises UnknownCommand from
+        beanstalkd, BadFormat for a bad tube name. Close it (`aclose`, or leave
+        the `async with`) when done; closing the client closes it too."""
+        if start != "now":
+            _number(cast(int, start))
+        stream = EventStream(self, tube, None if start == "now" else cast(int, start),
+                             retries=None, retry_delay=0.0, reconnect=False)
+        self._streams.add(stream)
+        return stream
+
+    def events(self, tube: str = "*", resume_from: int | None = None, *,
+               retries: int | None = 10, retry_delay: float = 1.0) -> EventStream:
+        """`subscribe` that survives lost connections: when the stream's connection
+        breaks, or the server restarts, it connects again and resumes from the
+        event after the last one it yielded (`next_seq`), so no event is missed or
+        seen twice unless the server answers with a `Gap`. `resume_from` is the
+        first sequence number wanted (a saved `event.seq + 1`), None for `now`.
+        Between attempts it waits `retry_delay` seconds; after `retries`
+        consecutive attempts that yield nothing (None: no limit) it raises
+        QueueConnectionError."""
+        if resume_from is not None:
+            _number(resume_from)
+        if retries is not None:
+            _number(retries)
+        if retry_delay < 0:
+            raise ValueError(f"retry_delay must not be negative: {retry_delay!r}")
+        stream = EventStream(self, tube, resume_from, retries=retries,
+                             retry_delay=retry_delay, reconnect=True)
+        self._streams.add(stream)
+        return stream
 
     # the worker loop -----------------------------------------------------------------
 
@@ -984,6 +1099,173 @@ class AsyncClient:
                 return
             except QueueConnectionError:
                 return
+
+
+# -- the event stream ---------------------------------------------------------------
+
+class EventStream:
+    """The job events of a tube, or of all, as an async iterator of `Event` and
+    `Gap` items (`AsyncClient.subscribe`, `AsyncClient.events`), read on a
+    connection of its own. `next_seq` is the sequence number it would resume from:
+    the last event's plus 1 (before any, the first one the server announced, or
+    None until it connected when started `now`). Use it with `async with` (which
+    connects at once) or just `async for` (which connects on the first read); close
+    it with `aclose`.
+
+    A read cancelled while waiting for the next frame leaves the stream usable
+    (e.g. `asyncio.timeout` around `anext(stream)`); one cancelled half-way
+    through a frame drops the connection (`events` then reconnects on the next
+    read and resumes at `next_seq`).
+    """
+
+    def __init__(self, client: AsyncClient, tube: str, start: int | None, *,
+                 retries: int | None, retry_delay: float, reconnect: bool) -> None:
+        self.tube = _name(tube)
+        self.next_seq: int | None = start
+        self._client = client
+        self._reconnect = reconnect
+        self._retries = retries
+        self._retry_delay = retry_delay
+        self._failures = 0              # attempts in a row that yielded nothing
+        self._conn: AsyncClient | None = None
+        self._pending: Gap | None = None    # a GAP answered to the subscribe line
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __aenter__(self) -> EventStream:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def open(self) -> EventStream:
+        """Connect and subscribe now (else the first read does). With `events`,
+        retried as reads are."""
+        while self._conn is None:
+            if self._closed:
+                raise QueueConnectionError("the event stream is closed")
+            try:
+                await self._subscribe()
+            except QueueConnectionError as error:
+                await self._failed(error)
+        return self
+
+    async def __anext__(self) -> Event | Gap:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            await self.open()
+            if self._pending is not None:
+                item: Event | Gap = self._pending
+                self._pending = None
+            else:
+                try:
+                    item = await self._read()
+                except QueueConnectionError as error:
+                    await self._failed(error)
+                    continue
+            self._failures = 0
+            return item
+
+    async def _failed(self, error: QueueConnectionError) -> None:
+        """The connection broke or could not be made: raise `error`, or get ready
+        to try again."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn._abort()
+        self._failures += 1
+        if not self._reconnect or (self._retries is not None
+                                   and self._failures > self._retries):
+            self._closed = True
+            raise error
+        if self._failures > 1:          # the first time, at once: a dropped connection
+            await asyncio.sleep(self._retry_delay)
+
+    async def _subscribe(self) -> None:
+        client = self._client
+        conn = AsyncClient(client.host, client.port, unix_path=client.unix_path,
+                           timeout=client.timeout)
+        await conn.connect()
+        line = f"subscribe {self.tube} {'now' if self.next_seq is None else self.next_seq}"
+        try:
+            reply = await conn._call(line)
+        except BaseException:
+            await conn.close()
+            raise
+        words = reply.words
+        if words[0] in ("SUBSCRIBED", "GAP") and len(words) == 2 \
+                and _INT.fullmatch(words[1]):
+            first = int(words[1])
+            if words[0] == "GAP":
+                self._pending = Gap(first, self.next_seq)
+            self.next_seq = first
+            self._conn = conn
+            return
+        await conn.close()
+        self._closed = True
+        raise AsyncClient._error(line, reply)
+
+    async def _read(self) -> Event | Gap:
+        """The next frame: an EVENT, or a GAP where the stream skipped ahead."""
+        conn = self._conn
+        assert conn is not None
+        reader = conn._reader
+        if reader is None:
+            raise QueueConnectionError(f"not connected to {conn.where}")
+        try:
+            raw = await reader.readuntil(b"\r\n")  # cancelling here keeps the stream
+        except asyncio.IncompleteReadError:
+            raise QueueConnectionError(
+                f"connection to {conn.where}: the server closed the connection") from None
+        except asyncio.LimitOverrunError:
+            raise QueueConnectionError(
+                f"connection to {conn.where}: event frame line too long") from None
+        except OSError as error:
+            raise QueueConnectionError(f"connection to {conn.where}: {error}") from error
+        line = raw[:-2].decode("latin-1")
+        words = line.split(" ")
+        if len(words) == 2 and _INT.fullmatch(words[1]):
+            if words[0] == "GAP":
+                gap = Gap(int(words[1]), self.next_seq)
+                self.next_seq = gap.oldest
+                return gap
+            if words[0] == "EVENT":
+                try:
+                    async with asyncio.timeout(conn.timeout):
+                        data = await reader.readexactly(int(words[1]) + 2)
+                except BaseException as error:
+                    conn._abort()           # half a frame read: out of step
+                    if isinstance(error, asyncio.IncompleteReadError):
+                        raise QueueConnectionError(
+                            f"connection to {conn.where}: the server closed the "
+                            "connection") from None
+                    if isinstance(error, (OSError, TimeoutError)):
+                        raise QueueConnectionError(
+                            f"connection to {conn.where}: event frame cut short: "
+                            f"{error or 'timed out'}") from error
+                    raise
+                if data[-2:] != b"\r\n":
+                    conn._abort()
+                    raise QueueConnectionError(
+                        f"connection to {conn.where}: event frame not followed by CRLF")
+                event = _event(data[:-2])
+                self.next_seq = event.seq + 1
+                return event
+        conn._abort()
+        raise QueueConnectionError(f"connection to {conn.where}: not an event frame: "
+                                   f"{line[:200]!r}")
 
 
 # -- the blocking client ------------------------------------------------------------
@@ -1137,6 +1419,42 @@ class Client:
     flush_tube = _blocking(AsyncClient.flush_tube)
     cancel_tag = _blocking(AsyncClient.cancel_tag)
     list_jobs = _blocking(AsyncClient.list_jobs)
+
+    def subscribe(self, tube: str = "*", start: int | Literal["now"] = "now"
+                  ) -> Iterator[Event | Gap]:
+        """`AsyncClient.subscribe` as a generator of `Event` and `Gap` items, read
+        on a connection of its own (made at the first `next`); it ends when the
+        generator is closed (or dropped) and raises QueueConnectionError if the
+        connection breaks. The events come as they happen: a `for` loop over it
+        waits as long as it takes."""
+        return self._stream(self._client.subscribe(tube, start))
+
+    def events(self, tube: str = "*", resume_from: int | None = None, *,
+               retries: int | None = 10, retry_delay: float = 1.0
+               ) -> Iterator[Event | Gap]:
+        """`AsyncClient.events` as a generator: reconnects and resumes after the
+        last event it yielded when the connection breaks."""
+        return self._stream(self._client.events(tube, resume_from, retries=retries,
+                                                retry_delay=retry_delay))
+
+    def _stream(self, stream: EventStream) -> Iterator[Event | Gap]:
+        async def next_item() -> Event | Gap | None:
+            try:
+                return await stream.__anext__()
+            except StopAsyncIteration:
+                return None
+        try:
+            while True:
+                item = self._run(next_item())
+                if item is None:
+                    return
+                yield item
+        finally:
+            if not self._loop.is_closed() and threading.current_thread() is not self._thread:
+                try:
+                    self._run(stream.aclose())
+                except QueueConnectionError:    # the client closed meanwhile
+                    pass
 
     def iter_jobs(self, tube: str, state: JobState, *,
                   page_size: int = 100) -> Iterator[JobRow]:

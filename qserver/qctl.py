@@ -4,7 +4,8 @@
 
 Commands: stats, tubes, peek, kick, delete, pause, put, top, and for qserver's
 extensions job, config, stats-ext, jobs (list-jobs), flush (flush-tube), cancel
-(cancel-tag) and put's --key and --tag (put-ex). Tables for people by default,
+(cancel-tag), watch-events (subscribe) and put's --key, --tag and --lock (put-ex).
+Tables for people by default,
 `--json` for scripts. It needs nothing from the server but the protocol, so the
 beanstalkd commands work against beanstalkd too: 1.12 prints YAML strings bare, 1.13
 and qserver quote them, and both are read. Exit status: 0 done, 1 the server said no
@@ -16,14 +17,15 @@ may run on another host.
 
 import argparse
 import base64
+import dataclasses
 import json
 import os
 import sys
 import time
 
 from qserver.client import (DEFAULT_PRI, DEFAULT_TTR, LIST_LIMIT, BadFormat, Client,
-                            Duplicate, NotFound, QueueConnectionError, ServerError,
-                            UnknownCommand)
+                            Duplicate, Event, Gap, NotFound, QueueConnectionError,
+                            ServerError, UnknownCommand)
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -33,7 +35,7 @@ TUBE_COLUMNS = ("tube", "ready", "reserved", "delayed", "buried", "urgent", "wai
                 "paused")
 EXTENSION_WORDS = frozenset(("config-tube", "fail", "complete", "progress", "job-info",
                              "peek-result", "stats-ext", "put-ex", "flush-tube",
-                             "cancel-tag", "list-jobs"))
+                             "cancel-tag", "list-jobs", "subscribe"))
 JOB_COLUMNS = ("id", "state", "pri", "age", "delay", "time-left", "attempts", "key",
                "tags", "size")
 # stats-ext's counters that `top` shows, with their labels
@@ -202,9 +204,9 @@ def cmd_pause(client: Client, args) -> int:
 
 
 def cmd_put(client: Client, args) -> int:
-    """put, or put-ex with --key and --tag."""
+    """put, or put-ex with --key, --tag and --lock."""
     body = sys.stdin.buffer.read()
-    steering = args.key is not None or bool(args.tag)
+    steering = args.key is not None or bool(args.tag) or args.lock is not None
     if steering:
         # beanstalkd would read the body as commands of its own: ask first with a
         # harmless extension (job-info 0 is NOT_FOUND on qserver)
@@ -215,7 +217,7 @@ def cmd_put(client: Client, args) -> int:
     client.use(args.tube)
     if steering:
         job_id = client.put_ex(body, pri=args.pri, delay=args.delay, ttr=args.ttr,
-                               key=args.key, tags=args.tag)
+                               key=args.key, tags=args.tag, lock=args.lock)
     else:
         job_id = client.put(body, pri=args.pri, delay=args.delay, ttr=args.ttr)
     emit(args, {"id": job_id, "tube": args.tube}, f"inserted job {job_id} into {args.tube}")
@@ -305,6 +307,43 @@ def cmd_cancel(client: Client, args) -> int:
     return 0
 
 
+def event_time(when: float) -> str:
+    """Wall-clock Unix seconds as UTC ISO 8601 with milliseconds."""
+    seconds, millis = divmod(round(when * 1000), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def event_line(event: Event) -> str:
+    return (f"{event.seq} {event_time(event.time)} {event.event} id={event.id} "
+            f"tube={event.tube} attempt={event.attempt}")
+
+
+def gap_line(gap: Gap) -> str:
+    asked = "" if gap.expected is None else f" from seq {gap.expected}"
+    return (f"-- gap: the server no longer keeps the events asked for{asked}; "
+            f"going on from seq {gap.oldest}")
+
+
+def cmd_watch_events(client: Client, args) -> int:
+    """subscribe: one line per event as it comes, until ^C or --count events."""
+    start = "now" if args.start == "now" else int(args.start)
+    stream = client.subscribe(args.tube, start)
+    seen = 0
+    try:
+        for item in stream:
+            if isinstance(item, Gap):
+                write(json.dumps({"gap": item.oldest, "expected": item.expected})
+                      if args.json else gap_line(item))
+                continue
+            write(json.dumps(dataclasses.asdict(item)) if args.json else event_line(item))
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    finally:
+        stream.close()
+    return 0
+
+
 def cmd_top(client: Client, args) -> int:
     """Refresh a summary and the tube table every --interval seconds."""
     previous = None
@@ -375,6 +414,19 @@ def _page_size(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = _nonnegative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _start(text: str) -> str:
+    if text != "now" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not `now` or a sequence number: {text!r}")
+    return text
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -429,6 +481,9 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("--tag", action="append", default=[],
                      help="a tag for `qctl cancel`; repeat for more, up to 8 "
                           "(put-ex; qserver only)")
+    put.add_argument("--lock", help="a lock key: at most the tube's lock-limit jobs "
+                                    "with it are reserved at once, the others are "
+                                    "held (put-ex; qserver only)")
     top = _subcommand(subs, "top", cmd_top, "a live view of the server and its tubes")
     top.add_argument("--interval", type=_seconds, default=1.0,
                      help="seconds between refreshes (default 1)")
@@ -442,10 +497,11 @@ def parser() -> argparse.ArgumentParser:
                          "show a tube's policy, or set one value and show it "
                          "(config-tube; qserver only)")
     config.epilog = ("names: max-attempts N (0: unlimited), backoff none|fixed:S|"
-                     "exp:BASE:CAP, dead-letter bury|delete|tube:NAME, retain S")
+                     "exp:BASE:CAP, dead-letter bury|delete|tube:NAME, retain S, "
+                     "lock-limit N (jobs of one lock key reserved at once, 1 or more)")
     config.add_argument("tube")
-    config.add_argument("name", nargs="?", help="max-attempts, backoff, dead-letter "
-                                                "or retain")
+    config.add_argument("name", nargs="?", help="max-attempts, backoff, dead-letter, "
+                                                "retain or lock-limit")
     config.add_argument("value", nargs="?")
     _subcommand(subs, "stats-ext", cmd_stats_ext,
                 "lifecycle and steering counters: failures, retries, dead letters, "
@@ -454,8 +510,8 @@ def parser() -> argparse.ArgumentParser:
                        "that state's order (list-jobs; qserver only)")
     jobs.add_argument("tube")
     jobs.add_argument("--state", default="all",
-                      help="ready, delayed, reserved, buried, completed, dead or all "
-                           "(default all)")
+                      help="ready, delayed, reserved, buried, held, completed, dead "
+                           "or all (default all)")
     jobs.add_argument("--limit", type=_page_size, default=100,
                       help=f"jobs per page, 1 to {LIST_LIMIT} (default 100)")
     jobs.add_argument("--cursor", default="0",
@@ -470,6 +526,20 @@ def parser() -> argparse.ArgumentParser:
     cancel = _subcommand(subs, "cancel", cmd_cancel, "remove the jobs with a tag, and "
                          "flag its reserved jobs as cancelled (cancel-tag; qserver only)")
     cancel.add_argument("tag")
+    watch = _subcommand(subs, "watch-events", cmd_watch_events,
+                        "print job events as they happen, one line each, until ^C or "
+                        "--count (subscribe; qserver only)")
+    watch.epilog = ("lines: SEQ TIME EVENT id=ID tube=TUBE attempt=N (--json: one "
+                    "object per line); where the server no longer keeps events asked "
+                    "for, a `-- gap:` line ({\"gap\": OLDEST, \"expected\": SEQ}) "
+                    "and the stream goes on from OLDEST")
+    watch.add_argument("--tube", default="*", help="only this tube's events "
+                                                   "(default: every tube)")
+    watch.add_argument("--from", dest="start", type=_start, default="now",
+                       metavar="SEQ", help="start at this sequence number (the last "
+                                           "one seen plus 1) instead of now")
+    watch.add_argument("--count", type=_positive, default=0, metavar="N",
+                       help="stop after N events (default: run until ^C)")
     return p
 
 
