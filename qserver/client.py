@@ -35,8 +35,8 @@ import re
 import threading
 import traceback
 import weakref
-from collections.abc import (AsyncIterator, Awaitable, Callable, Coroutine, Iterable,
-                             Iterator, Sequence)
+from collections.abc import (AsyncIterator, Awaitable, Callable, Coroutine, Generator,
+                             Iterable, Iterator, Sequence)
 from dataclasses import dataclass
 from typing import (Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, Union,
                     cast, get_args)
@@ -1421,29 +1421,39 @@ class Client:
     list_jobs = _blocking(AsyncClient.list_jobs)
 
     def subscribe(self, tube: str = "*", start: int | Literal["now"] = "now"
-                  ) -> Iterator[Event | Gap]:
+                  ) -> Generator[Event | Gap, None, None]:
         """`AsyncClient.subscribe` as a generator of `Event` and `Gap` items, read
-        on a connection of its own (made at the first `next`); it ends when the
-        generator is closed (or dropped) and raises QueueConnectionError if the
-        connection breaks. The events come as they happen: a `for` loop over it
-        waits as long as it takes."""
+        on a connection of its own. Unlike the async one it subscribes at once
+        (so `now` is the moment of the call, and UnknownCommand or BadFormat are
+        raised here). The events come as they happen: a `for` loop over it waits
+        as long as it takes. Its connection is closed when the generator is
+        closed or dropped (a `break` out of the loop), or the client closed; it
+        raises QueueConnectionError if the connection breaks."""
         return self._stream(self._client.subscribe(tube, start))
 
     def events(self, tube: str = "*", resume_from: int | None = None, *,
                retries: int | None = 10, retry_delay: float = 1.0
-               ) -> Iterator[Event | Gap]:
-        """`AsyncClient.events` as a generator: reconnects and resumes after the
-        last event it yielded when the connection breaks."""
+               ) -> Generator[Event | Gap, None, None]:
+        """`AsyncClient.events` as a generator, subscribed at once as `subscribe`
+        is: reconnects and resumes after the last event it yielded when the
+        connection breaks."""
         return self._stream(self._client.events(tube, resume_from, retries=retries,
                                                 retry_delay=retry_delay))
 
-    def _stream(self, stream: EventStream) -> Iterator[Event | Gap]:
+    def _stream(self, stream: EventStream) -> Generator[Event | Gap, None, None]:
+        self._run(stream.open())
+        items = self._items(stream)
+        next(items)                 # now inside its `try`: closing it closes the stream
+        return items
+
+    def _items(self, stream: EventStream) -> Generator[Any, None, None]:
         async def next_item() -> Event | Gap | None:
             try:
                 return await stream.__anext__()
             except StopAsyncIteration:
                 return None
         try:
+            yield None              # taken by _stream
             while True:
                 item = self._run(next_item())
                 if item is None:

@@ -3,34 +3,38 @@
 * The beanstalkd commands run against qserver and against the reference beanstalkd
   (parametrized), with the async client and with the blocking one.
 * The extensions (config-tube, fail, complete, progress, job-info, peek-result,
-  stats-ext; put-ex, flush-tube, cancel-tag, list-jobs) and the worker loop run
-  against qserver.
+  stats-ext; put-ex with keys, tags and locks, flush-tube, cancel-tag, list-jobs,
+  subscribe) and the worker loop run against qserver; the event streams also
+  through a proxy that cuts their connections, and across a server restart.
 * Replies no real server sends on demand (BURIED to a put, a garbled body, a reply
-  that never comes) come from a scripted fake server.
+  that never comes, a cut event stream) come from a scripted fake server.
 
 No test asserts a duration. Every wait is bounded: each client has a reply timeout,
 reserves use timeouts, and polling loops have a fixed number of turns.
 """
 
 import asyncio
+import contextlib
 import os
 import pickle
 import shutil
 import signal
 import tempfile
 import threading
+import time
 
 import pytest
 
 from conftest import (ServerProcess, free_port, qserver_argv, start_beanstalkd,
                       start_qserver)
 
-from qserver.client import (AsyncClient, BadFormat, Buried, CancelResult, Cancelled,
-                            Client, DeadlineSoon, Draining, Duplicate, ExpectedCrlf,
-                            FailAction, FailResult, InternalError, Job, JobPage,
-                            JobTooBig, NotFound, NotIgnored, OutOfMemory,
-                            QueueClientError, QueueConnectionError, ServerError,
-                            TimedOut, UnexpectedReply, UnknownCommand, parse_yaml)
+from qserver.client import (EVENT_NAMES, LIST_STATES, AsyncClient, BadFormat, Buried,
+                            CancelResult, Cancelled, Client, DeadlineSoon, Draining,
+                            Duplicate, Event, EventStream, ExpectedCrlf, FailAction,
+                            FailResult, Gap, InternalError, Job, JobPage, JobTooBig,
+                            NotFound, NotIgnored, OutOfMemory, QueueClientError,
+                            QueueConnectionError, ServerError, TimedOut,
+                            UnexpectedReply, UnknownCommand, parse_yaml)
 
 TIMEOUT = 10.0          # every reply, generously
 POLL_TURNS = 300        # polling loops: at most this many turns of POLL_PAUSE
@@ -57,6 +61,12 @@ def qs():
 
 def aclient(server: ServerProcess) -> AsyncClient:
     return AsyncClient(port=server.port, timeout=TIMEOUT)
+
+
+async def nxt(stream):
+    """The next item of an event stream, bounded."""
+    async with asyncio.timeout(TIMEOUT):
+        return await anext(stream)
 
 
 async def until(predicate, what: str) -> None:
@@ -176,6 +186,15 @@ def test_arguments_cannot_smuggle_a_command():
     for state, cursor in (("ready now", "0"), ("ready", "r:1:2 5"), ("", "0")):
         with pytest.raises(ValueError):
             asyncio.run(client.list_jobs("t", state, cursor))
+    for lock in ("a b", "a\r\nput 0 0 1 1", ""):
+        with pytest.raises(ValueError):
+            asyncio.run(client.put_ex(b"x", lock=lock))
+    for bad in (lambda: client.subscribe("a\r\nstats"), lambda: client.subscribe("t", -1),
+                lambda: client.subscribe("t", "later"), lambda: client.events("t", -1),
+                lambda: client.events("t", retries=-1),
+                lambda: client.events("t", retry_delay=-1)):
+        with pytest.raises(ValueError):
+            bad()
 
 
 # -- a scripted server ------------------------------------------------------------------
@@ -292,6 +311,124 @@ async def test_a_reply_that_never_comes_times_out_and_closes():
             with pytest.raises(QueueConnectionError, match="no reply"):
                 await q.stats()
             assert q.closed
+
+
+def frame(seq: int, job_id: int, tube: str = "t", event: str = "put", attempt: int = 0,
+          when: str = "1764626400.123") -> bytes:
+    body = (f'---\nseq: {seq}\ntime: {when}\nid: {job_id}\ntube: "{tube}"\n'
+            f"event: {event}\nattempt: {attempt}\n").encode()
+    return b"EVENT %d\r\n%s\r\n" % (len(body), body)
+
+
+class StreamFake:
+    """Each connection reads one line (recorded) and gets the next script: the bytes
+    to send, then the connection is closed (None: closed without a word)."""
+
+    def __init__(self, scripts):
+        self.scripts = list(scripts)
+        self.lines = []
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self.server.close()
+
+    async def _serve(self, reader, writer):
+        try:
+            script = self.scripts.pop(0) if self.scripts else None
+            if script is not None:
+                self.lines.append((await reader.readuntil(b"\r\n"))[:-2])
+                writer.write(script)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def streams_only(port: int):
+    """A client whose own connection is never made: only its streams connect."""
+    client = AsyncClient(port=port, timeout=TIMEOUT)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_event_frames_become_events_and_gaps():
+    script = (b"SUBSCRIBED 7\r\n" + frame(7, 42, "emails", "fail", 1)
+              + frame(8, 0, "emails", "flush", when="1764626401.5")
+              + b"GAP 20\r\n" + frame(20, 3, 'a\\"b', "held"))
+    async with StreamFake([script]) as fake:
+        async with streams_only(fake.port) as q:
+            stream = q.subscribe("emails", 7)
+            assert isinstance(stream, EventStream) and stream.next_seq == 7
+            items = []
+            with pytest.raises(QueueConnectionError, match="closed the connection"):
+                async for item in stream:
+                    items.append(item)
+            assert stream.closed
+            assert [item async for item in stream] == []       # ended for good
+    assert fake.lines == [b"subscribe emails 7"]
+    assert items == [Event(7, 1764626400.123, 42, "emails", "fail", 1),
+                     Event(8, 1764626401.5, 0, "emails", "flush", 0),
+                     Gap(20, 9), Event(20, 1764626400.123, 3, 'a"b', "held", 0)]
+    assert isinstance(items[0].time, float) and items[0].event in EVENT_NAMES
+    assert stream.next_seq == 21
+
+
+async def test_a_gap_answered_to_subscribe_comes_first():
+    async with StreamFake([b"GAP 11\r\n" + frame(11, 1)]) as fake:
+        async with streams_only(fake.port) as q:
+            async with q.subscribe("*", 3) as stream:
+                assert await nxt(stream) == Gap(11, 3)
+                assert (await nxt(stream)).seq == 11
+    assert fake.lines == [b"subscribe * 3"]
+
+
+@pytest.mark.parametrize("reply, error", [
+    (b"UNKNOWN_COMMAND\r\n", UnknownCommand), (b"BAD_FORMAT\r\n", BadFormat),
+    (b"SUBSCRIBED\r\n", UnexpectedReply)])
+async def test_a_refused_subscribe_raises_its_error(reply, error):
+    async with StreamFake([reply]) as fake:
+        async with streams_only(fake.port) as q:
+            stream = q.events("*")          # not retried: the server said no
+            with pytest.raises(error):
+                await nxt(stream)
+            assert stream.closed
+
+
+@pytest.mark.parametrize("garbled", [b"EVENT 5\r\nabcdeXY", b"EVENT x\r\n",
+                                     b"OK 3\r\nabc\r\n"])
+async def test_a_garbled_frame_breaks_the_stream(garbled):
+    async with StreamFake([b"SUBSCRIBED 1\r\n" + frame(1, 1) + garbled]) as fake:
+        async with streams_only(fake.port) as q:
+            stream = q.subscribe()
+            assert (await nxt(stream)).seq == 1
+            with pytest.raises(QueueConnectionError):
+                await nxt(stream)
+            assert stream.closed
+
+
+async def test_events_reconnects_and_resumes_after_the_last_event():
+    scripts = [b"SUBSCRIBED 1\r\n" + frame(1, 1) + frame(2, 2) + b"EVENT 9",  # cut
+               None,                                                   # refused
+               b"SUBSCRIBED 3\r\n" + frame(3, 3),
+               b"SUBSCRIBED 4\r\n"]                                     # then closed
+    async with StreamFake(scripts) as fake:
+        async with streams_only(fake.port) as q:
+            stream = q.events("t", retries=2, retry_delay=0.01)
+            seqs = []
+            with pytest.raises(QueueConnectionError):
+                async for item in stream:
+                    seqs.append(item.seq)
+            assert stream.closed
+    assert seqs == [1, 2, 3]
+    # the refused attempt read no line; after the last script nothing answers
+    assert fake.lines == [b"subscribe t now", b"subscribe t 3", b"subscribe t 4"]
 
 
 # -- the beanstalkd commands, on both servers -------------------------------------------
@@ -901,6 +1038,257 @@ async def test_steering_against_beanstalkd(beanstalkd):
         assert q.closed
         with pytest.raises(QueueConnectionError):
             await q.stats()
+
+
+# -- per-key concurrency and the event stream, on qserver ---------------------------------
+
+async def test_put_ex_lock_holds_jobs_and_lock_limit(qs):
+    assert LIST_STATES == ("ready", "delayed", "reserved", "buried", "held", "completed",
+                           "dead", "all")
+    async with aclient(qs) as q, aclient(qs) as worker:
+        policy = await q.config_tube_get("acct")
+        assert (policy["configured"], policy["lock-limit"]) == (False, 1)
+        await q.config_tube_set("acct", "lock-limit", 2)
+        assert (await q.config_tube_get("acct"))["lock-limit"] == 2
+        with pytest.raises(BadFormat):
+            await q.config_tube_set("acct", "lock-limit", 0)
+        await q.use("acct")
+        ids = [await q.put_ex(b"j%d" % n, pri=n, lock="acct-1") for n in range(4)]
+        free = await q.put_ex(b"free", pri=9, key="k", tags=["t"], lock="acct-2")
+        await worker.watch("acct")
+        await worker.ignore("default")
+        assert [(await worker.reserve_with_timeout(0)).id for _ in range(3)] == \
+            [ids[0], ids[1], free]
+        with pytest.raises(TimedOut):
+            await worker.reserve_with_timeout(0)
+        page = await q.list_jobs("acct", "held")
+        assert [(row["id"], row["state"]) for row in page.jobs] == \
+            [(ids[2], "held"), (ids[3], "held")] and page.next is None
+        info = await q.job_info(ids[2])
+        assert (info["state"], info["key"], info["tags"]) == ("held", None, [])
+        assert (await q.stats_job(ids[3]))["state"] == "held"
+        assert [row["state"] async for row in q.iter_jobs("acct", "all")] == \
+            ["reserved", "reserved", "reserved", "held", "held"]
+        with pytest.raises(NotFound):
+            await worker.reserve_job(ids[2])
+        await worker.complete(ids[0], b"")
+        assert (await worker.reserve_with_timeout(0)).id == ids[2]
+        assert await q.flush_tube("acct") == 1              # the held one
+        assert (await q.stats_ext())["cmd-put-ex"] == 5
+
+
+async def test_subscribe_streams_typed_events_on_a_connection_of_its_own(qs):
+    async with aclient(qs) as q:
+        async with q.subscribe("t") as stream:
+            assert stream.next_seq == 1
+            await q.use("t")                # the client's own connection is free
+            job_id = await q.put_ex(b"x", lock="k")
+            await q.use("other")
+            await q.put(b"not shown")
+            await q.watch("t")
+            assert (await q.reserve_with_timeout(0)).id == job_id
+            await q.config_tube_set("t", "max-attempts", 1)
+            assert await q.fail(job_id, "no") == FailResult(FailAction.BURIED)
+            items = [await nxt(stream) for _ in range(5)]
+            assert [(e.seq, e.id, e.tube, e.event, e.attempt) for e in items] == [
+                (1, job_id, "t", "put", 0), (3, job_id, "t", "reserve", 0),
+                (4, job_id, "t", "fail", 1), (5, job_id, "t", "dead", 1),
+                (6, job_id, "t", "bury", 1)]
+            assert all(isinstance(e, Event) and isinstance(e.time, float) for e in items)
+            assert stream.next_seq == 7
+            # a read given up while waiting leaves the stream usable
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await anext(stream)
+            await q.delete(job_id)
+            assert (await nxt(stream)).event == "delete"
+        assert stream.closed
+        assert (await q.stats_ext())["cmd-subscribe"] == 1
+
+        async def one_connection():
+            return (await q.stats())["current-connections"] == 1
+        await until(one_connection, "the stream's connection is closed")
+
+
+async def test_subscribe_from_a_seq_and_gap(qs):
+    async with aclient(qs) as q:
+        async with q.subscribe() as stream:
+            for _ in range(3):
+                await q.put(b"x")
+            assert [(await nxt(stream)).seq for _ in range(3)] == [1, 2, 3]
+        async with q.subscribe("*", 2) as again:
+            assert [(await nxt(again)).seq for _ in range(2)] == [2, 3]
+        async with q.subscribe("*", 500) as restarted:     # numbers from another process
+            assert await nxt(restarted) == Gap(1, 500)
+            assert (await nxt(restarted)).seq == 1
+        with pytest.raises(BadFormat):
+            await nxt(q.subscribe("-bad"))
+
+
+async def test_small_window_gives_a_gap_in_the_stream():
+    s = start_qserver("--event-window", "5")
+    try:
+        async with aclient(s) as q:
+            async with q.subscribe():           # events are kept from now on
+                for _ in range(12):
+                    await q.put(b"x")
+            async with q.events("*", resume_from=2) as late:
+                assert await nxt(late) == Gap(8, 2)
+                assert [(await nxt(late)).seq for _ in range(5)] == [8, 9, 10, 11, 12]
+                assert late.next_seq == 13
+    finally:
+        s.stop()
+
+
+class CuttingProxy:
+    """A TCP proxy to a server whose connections the test can cut."""
+
+    def __init__(self, port: int):
+        self.upstream = port
+        self.writers = []
+        self.accepted = 0
+        self.tasks = set()
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self.server.close()
+        self.cut()
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def cut(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+        self.writers = []
+
+    async def _serve(self, reader, writer):
+        self.accepted += 1
+        self.tasks.add(asyncio.current_task())
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        self.writers += [writer, up_writer]
+
+        async def pipe(source, sink):
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            sink.transport.abort()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_events_resumes_after_a_cut_connection_without_a_miss_or_a_repeat(qs):
+    async with CuttingProxy(qs.port) as proxy, aclient(qs) as q:
+        streamer = AsyncClient(port=proxy.port, timeout=TIMEOUT)
+        plain = streamer.subscribe()
+        resuming = streamer.events(retries=3, retry_delay=0.05)
+        await plain.open()
+        await resuming.open()
+        seqs = []
+        for round_ in range(4):
+            for _ in range(25):
+                await q.put(b"x")
+            for _ in range(10 + round_):        # some read, the rest left unread
+                seqs.append((await nxt(resuming)).seq)
+            proxy.cut()
+        for _ in range(5):
+            await q.put(b"x")
+        while len(seqs) < 105:
+            seqs.append((await nxt(resuming)).seq)
+        assert seqs == list(range(1, 106))
+        # It reconnected, at most once per cut (frames read before a cut are
+        # still in the client's buffer and come first).
+        assert 2 < proxy.accepted <= 2 + 4
+        # subscribe does not reconnect: the cut ends it
+        with pytest.raises(QueueConnectionError):
+            for _ in range(200):
+                await nxt(plain)
+        assert plain.closed
+        await streamer.close()
+        assert resuming.closed
+
+
+async def test_events_resumes_across_a_server_restart_with_a_gap(tmp_path):
+    port = free_port()
+    argv = qserver_argv("-l", "127.0.0.1", "-p", str(port), "-b", str(tmp_path))
+    s = ServerProcess(argv, port)
+    owner = AsyncClient(port=port, timeout=TIMEOUT)     # only its stream connects
+    try:
+        stream = owner.events(retries=200, retry_delay=0.05)    # 10 s of attempts
+        await stream.open()
+        async with AsyncClient(port=port, timeout=TIMEOUT) as q:
+            for _ in range(3):
+                await q.put(b"x")
+        assert [(await nxt(stream)).seq for _ in range(3)] == [1, 2, 3]
+        s.stop()
+        s = ServerProcess(argv, port)
+        # The new process numbers its events from 1 and has none before this
+        # subscribe: the stream resumes with a gap.
+        assert await nxt(stream) == Gap(1, 4)
+        async with AsyncClient(port=port, timeout=TIMEOUT) as q:
+            await q.put(b"after")               # jobs 1 to 3 came back from the log
+        event = await nxt(stream)
+        assert (event.seq, event.id, event.event) == (1, 4, "put")
+    finally:
+        await owner.close()
+        assert stream.closed
+        s.stop()
+
+
+def bounded_next(items):
+    """next(items) from a thread, bounded: a blocking stream that hangs fails."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(next(items, None)), daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), "no event came"
+    return out[0]
+
+
+def test_blocking_subscribe_and_events(qs):
+    with Client(port=qs.port, timeout=TIMEOUT) as c:
+        with pytest.raises(ValueError):
+            c.subscribe("t", -1)
+        with pytest.raises(BadFormat):          # subscribed at the call
+            c.subscribe("-bad")
+        stream = c.subscribe("b")               # now: before the puts below
+        c.use("b")
+        ids = [c.put_ex(b"x", lock="k") for _ in range(3)]
+        c.use("other")
+        c.put(b"y")
+        seen = []
+        for _ in range(3):
+            event = bounded_next(stream)
+            seen.append((event.seq, event.id, event.tube, event.event))
+        assert seen == [(1, ids[0], "b", "put"), (2, ids[1], "b", "put"),
+                        (3, ids[2], "b", "put")]
+        stream.close()                          # closes its connection
+        events = c.events("*", resume_from=2, retries=0)
+        assert [bounded_next(events).seq for _ in range(3)] == [2, 3, 4]
+        del events                              # dropped: closed too
+        dropped = c.subscribe("*", 1)
+        assert bounded_next(dropped).seq == 1
+        for _ in range(POLL_TURNS):
+            if c.stats()["current-connections"] == 2:
+                break
+            time.sleep(POLL_PAUSE)
+        assert c.stats()["current-connections"] == 2    # the client's and `dropped`'s
+    assert c.closed
+    with pytest.raises(QueueConnectionError, match="closed"):   # as any call now
+        next(dropped)
+
+
+async def test_subscribe_against_beanstalkd(beanstalkd):
+    async with aclient(beanstalkd) as q:
+        with pytest.raises(UnknownCommand):
+            async with q.subscribe():
+                pass
+        assert await q.list_tube_used() == "default"
 
 
 # -- the worker loop ----------------------------------------------------------------------
