@@ -1,17 +1,20 @@
 """qctl against live servers: every subcommand against qserver, and the read-only
 ones (plus put and peek) against beanstalkd too, since qctl must work with both;
-the extension commands (job, config, stats-ext, jobs, flush, cancel, put --key/--tag)
-are qserver's, and against beanstalkd only their refusal is checked.
-Most calls run qctl's main() in-process (fast); one runs it as `python -m`.
+the extension commands (job, config, stats-ext, jobs, flush, cancel, watch-events,
+put --key/--tag/--lock) are qserver's, and against beanstalkd only their refusal is
+checked. Most calls run qctl's main() in-process (fast); a few run it as `python -m`.
+Every wait is bounded: subprocesses have timeouts, polling loops a number of turns.
 """
 
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -167,11 +170,12 @@ def test_job_config_and_stats_ext(capsys):
         assert c.cmd(b"watch emails").startswith(b"WATCHING")
         assert c.cmd(b"use emails") == b"USING emails\r\n"
         policy = run_json(capsys, s, "config", "emails", "max-attempts", "2")
-        keys = ["name", "configured", "max-attempts", "backoff", "dead-letter", "retain"]
+        keys = ["name", "configured", "max-attempts", "backoff", "dead-letter", "retain",
+                "lock-limit"]
         assert list(policy)[:len(keys)] == keys     # later extensions add values
         assert {key: policy[key] for key in keys} == {
             "name": "emails", "configured": True, "max-attempts": 2, "backoff": "none",
-            "dead-letter": "bury", "retain": 0}
+            "dead-letter": "bury", "retain": 0, "lock-limit": 1}
         assert run_json(capsys, s, "config", "emails", "retain", "60")["retain"] == 60
         rc, out, _ = run(capsys, s, "config", "emails")
         assert rc == 0 and ["backoff", "none"] in [ln.split() for ln in out.splitlines()]
@@ -360,15 +364,156 @@ def test_cancel(capsys, qserver):
         c.close()
 
 
+def test_put_with_a_lock_and_lock_limit(capsys, qserver):
+    s = qserver
+    assert run_json(capsys, s, "config", "mail")["lock-limit"] == 1
+    policy = run_json(capsys, s, "config", "mail", "lock-limit", "2")
+    assert (policy["configured"], policy["lock-limit"]) == (True, 2)
+    rc, out, _ = run(capsys, s, "config", "mail")
+    assert rc == 0 and ["lock-limit", "2"] in [line.split() for line in out.splitlines()]
+    rc, _, err = run(capsys, s, "config", "mail", "lock-limit", "0")
+    assert rc == 1 and err == "qctl: config-tube: BAD_FORMAT\n"
+    for n in range(3):
+        assert run_json(capsys, s, "put", "--tube", "mail", "--lock", "acct-1",
+                        stdin=b"x") == {"id": n + 1, "tube": "mail"}
+    rc, out, _ = run(capsys, s, "put", "--tube", "mail", "--lock", "acct-2", "--key", "k",
+                     "--tag", "t", stdin=b"y")
+    assert (rc, out) == (0, "inserted job 4 into mail\n")
+    c = s.client()
+    try:
+        assert c.cmd(b"watch mail") == b"WATCHING 2\r\n"
+        for job in (1, 2, 4):
+            assert c.cmd(b"reserve-with-timeout 0").startswith(b"RESERVED %d " % job)
+        assert c.cmd(b"reserve-with-timeout 0") == b"TIMED_OUT\r\n"      # 3 is held
+        held = run_json(capsys, s, "jobs", "mail", "--state", "held")
+        assert [(j["id"], j["state"]) for j in held["jobs"]] == [(3, "held")]
+        rc, out, _ = run(capsys, s, "jobs", "mail", "--state", "held")
+        assert rc == 0 and out.splitlines()[1].split()[:2] == ["3", "held"]
+        assert run_json(capsys, s, "job", "3")["state"] == "held"
+        assert run_json(capsys, s, "job", "4")["key"] == "k"
+    finally:
+        c.close()
+    rc, _, err = run(capsys, s, "put", "--lock", "a b", stdin=b"x")
+    assert rc == 2 and err == "qctl: not a lock: 'a b'\n"
+    assert run_json(capsys, s, "stats-ext")["cmd-put-ex"] == 4
+
+
+EVENT_LINE = re.compile(r"([0-9]+) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) "
+                        r"([a-z]+) id=([0-9]+) tube=(\S+) attempt=([0-9]+)")
+
+
+def event_lines(out: str) -> list:
+    rows = []
+    for line in out.splitlines():
+        m = EVENT_LINE.fullmatch(line)
+        assert m, line
+        rows.append((int(m[1]), m[3], int(m[4]), m[5], int(m[6])))
+    return rows
+
+
+def test_watch_events_prints_lines_and_json(capsys, qserver):
+    s = qserver
+    c = s.client()
+    try:
+        assert c.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"    # events kept from now
+        c = s.client()
+        assert c.cmd(b"use mail") == b"USING mail\r\n"
+        assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED 1\r\n"
+        assert c.cmd(b"watch mail") == b"WATCHING 2\r\n"
+        assert c.cmd(b"reserve-with-timeout 0") == b"RESERVED 1 1\r\nx\r\n"
+        assert c.cmd(b"fail 1 3\r\nbad") == b"BURIED\r\n"
+        assert c.cmd(b"use other") == b"USING other\r\n"
+        assert c.cmd(b"put 0 0 60 1\r\ny") == b"INSERTED 2\r\n"
+    finally:
+        c.close()
+    rc, out, err = run(capsys, s, "watch-events", "--from", "1", "--count", "4")
+    assert (rc, err) == (0, "")
+    assert event_lines(out) == [(1, "put", 1, "mail", 0), (2, "reserve", 1, "mail", 0),
+                                (3, "fail", 1, "mail", 1), (4, "bury", 1, "mail", 1)]
+    data = [json.loads(line) for line in
+            run(capsys, s, "watch-events", "--json", "--from", "3", "--count", "3")[1]
+            .splitlines()]
+    assert [list(d) for d in data] == [["seq", "time", "id", "tube", "event", "attempt"]] * 3
+    assert [(d["seq"], d["event"], d["id"], d["tube"]) for d in data] == [
+        (3, "fail", 1, "mail"), (4, "bury", 1, "mail"), (5, "put", 2, "other")]
+    assert all(isinstance(d["time"], float) for d in data)
+    times = [line.split()[1] for line in out.splitlines()]
+    assert times[2] == qctl.event_time(data[0]["time"])
+    rc, out, _ = run(capsys, s, "watch-events", "--tube", "other", "--from", "1",
+                     "--count", "1")
+    assert rc == 0 and event_lines(out) == [(5, "put", 2, "other", 0)]
+    assert qctl.event_time(1764626400.123) == "2025-12-01T22:00:00.123Z"
+    assert qctl.event_time(1.9996) == "1970-01-01T00:00:02.000Z"
+    for bad in (["--from", "x"], ["--from", "-1"], ["--count", "0"], ["--count", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            qctl.main(["--port", str(s.port), "watch-events", *bad])
+        assert exit_info.value.code == 2, bad
+    capsys.readouterr()
+    rc, _, err = run(capsys, s, "watch-events", "--tube=-bad", "--count", "1")
+    assert rc == 1 and err == "qctl: subscribe: BAD_FORMAT\n"
+
+
+def test_watch_events_shows_a_gap(capsys):
+    s = start_qserver("--event-window", "3")
+    try:
+        c = s.client()
+        assert c.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+        c = s.client()
+        for n in range(6):
+            assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED %d\r\n" % (n + 1)
+        rc, out, _ = run(capsys, s, "watch-events", "--from", "2", "--count", "2")
+        lines = out.splitlines()
+        assert rc == 0 and lines[0] == ("-- gap: the server no longer keeps the events "
+                                        "asked for from seq 2; going on from seq 4")
+        assert event_lines("\n".join(lines[1:])) == [(4, "put", 4, "default", 0),
+                                                     (5, "put", 5, "default", 0)]
+        out = run(capsys, s, "watch-events", "--json", "--from", "1", "--count", "1")[1]
+        assert [json.loads(line) for line in out.splitlines()][0] == {"gap": 4,
+                                                                     "expected": 1}
+        c.close()
+    finally:
+        s.stop()
+
+
+def test_watch_events_from_now_as_a_command(qserver):
+    """`python -m qserver.qctl watch-events`: it subscribes, the events come, it
+    stops after --count."""
+    c = qserver.client()
+    argv = [sys.executable, "-m", "qserver.qctl", "--port", str(qserver.port),
+            "watch-events", "--count", "2", "--json"]
+    watcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(300):                        # until it has subscribed
+            if c.yaml(b"stats-ext")["cmd-subscribe"] == "1":
+                break
+            assert watcher.poll() is None, watcher.stderr.read()
+            time.sleep(0.05)
+        assert c.yaml(b"stats-ext")["cmd-subscribe"] == "1"
+        for n in range(3):
+            assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED %d\r\n" % (n + 1)
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait(10)
+        c.close()
+    assert (watcher.returncode, err) == (0, b"")
+    assert [(d["seq"], d["event"], d["id"]) for d in map(json.loads, out.splitlines())] \
+        == [(1, "put", 1), (2, "put", 2)]
+
+
 def test_extensions_against_beanstalkd(capsys, beanstalkd):
     for args in (("job", "1"), ("config", "emails"), ("stats-ext",), ("jobs", "default"),
-                 ("flush", "default", "--yes"), ("cancel", "t")):
+                 ("flush", "default", "--yes"), ("cancel", "t"),
+                 ("watch-events", "--count", "1")):
         rc, _, err = run(capsys, beanstalkd, *args)
         assert rc == 1 and "is this beanstalkd?" in err, args
     # put with a key or tags asks first, so beanstalkd never reads the body as commands
-    rc, _, err = run(capsys, beanstalkd, "put", "--key", "k", stdin=b"put 0 0 1 1\r\nx")
-    assert rc == 1 and err == ("qctl: job-info: UNKNOWN_COMMAND (a qserver extension: "
-                               "is this beanstalkd?)\n")
+    for option in ("--key", "--lock"):
+        rc, _, err = run(capsys, beanstalkd, "put", option, "k",
+                         stdin=b"put 0 0 1 1\r\nx")
+        assert rc == 1 and err == ("qctl: job-info: UNKNOWN_COMMAND (a qserver "
+                                   "extension: is this beanstalkd?)\n")
     assert run_json(capsys, beanstalkd, "stats")["total-jobs"] == 0
     frame = run_json(capsys, beanstalkd, "top", "--iterations", "1", "--interval", "0.05")
     assert frame["ext"] is None and frame["tubes"][0]["tube"] == "default"
@@ -381,10 +526,12 @@ def test_help_lists_every_command():
     commands = {line.split()[0] for line in result.stdout.decode().splitlines()
                 if line.startswith("    ") and not line.startswith("     ")}
     assert commands == {"stats", "tubes", "peek", "kick", "delete", "pause", "put", "top",
-                        "job", "config", "stats-ext", "jobs", "flush", "cancel"}
+                        "job", "config", "stats-ext", "jobs", "flush", "cancel",
+                        "watch-events"}
     put_help = subprocess.run([sys.executable, "-m", "qserver.qctl", "put", "--help"],
                               capture_output=True, timeout=10).stdout.decode()
     assert "--key KEY" in put_help and "--tag TAG" in put_help
+    assert "--lock LOCK" in put_help
 
 
 def test_as_a_module_with_stdin():
