@@ -925,10 +925,9 @@ class AsyncClient:
         and ends: `events` reconnects instead. Raises UnknownCommand from
         beanstalkd, BadFormat for a bad tube name. Close it (`aclose`, or leave
         the `async with`) when done; closing the client closes it too."""
-        if start != "now":
-            _number(cast(int, start))
-        stream = EventStream(self, tube, None if start == "now" else cast(int, start),
-                             retries=None, retry_delay=0.0, reconnect=False)
+        first = None if start == "now" else int(_number(start))
+        stream = EventStream(self, tube, first, retries=None, retry_delay=0.0,
+                             reconnect=False)
         self._streams.add(stream)
         return stream
 
@@ -1174,6 +1173,8 @@ class EventStream:
                 try:
                     item = await self._read()
                 except QueueConnectionError as error:
+                    if self._closed:        # aclose() from another task
+                        raise StopAsyncIteration from None
                     await self._failed(error)
                     continue
             self._failures = 0

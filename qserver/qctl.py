@@ -326,8 +326,8 @@ def gap_line(gap: Gap) -> str:
 
 def cmd_watch_events(client: Client, args) -> int:
     """subscribe: one line per event as it comes, until ^C or --count events."""
-    start = "now" if args.start == "now" else int(args.start)
-    stream = client.subscribe(args.tube, start)
+    stream = client.subscribe(args.tube, "now") if args.start == "now" else \
+        client.subscribe(args.tube, int(args.start))
     seen = 0
     try:
         for item in stream:

@@ -1125,6 +1125,28 @@ async def test_subscribe_from_a_seq_and_gap(qs):
             await nxt(q.subscribe("-bad"))
 
 
+@pytest.mark.parametrize("kind", ["subscribe", "events"])
+async def test_aclose_from_another_task_ends_the_iteration(qs, kind):
+    async with aclient(qs) as q:
+        stream = getattr(q, kind)()
+        await stream.open()
+        seen = []
+
+        async def read():
+            async for item in stream:
+                seen.append(item)
+        reader = asyncio.create_task(read())
+        await q.put(b"x")
+
+        async def one_seen():
+            return len(seen) == 1
+        await until(one_seen, "the event is read")
+        await stream.aclose()
+        async with asyncio.timeout(TIMEOUT):
+            await reader                    # ended, without an error
+        assert [e.event for e in seen] == ["put"] and stream.closed
+
+
 async def test_small_window_gives_a_gap_in_the_stream():
     s = start_qserver("--event-window", "5")
     try:
