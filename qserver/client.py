@@ -257,7 +257,8 @@ class Gap:
     `oldest`, the oldest kept. `expected` is the sequence number the stream was
     waiting for (None when it started `now`): when `oldest > expected`, the events
     `expected` to `oldest - 1` (of every tube) were missed; when `oldest <= expected`
-    the server was restarted and numbers from 1 again."""
+    the server was restarted and numbers from 1 again. (A restarted server that has
+    already numbered past `expected` cannot tell, and answers without a gap.)"""
 
     oldest: int
     expected: int | None = None
