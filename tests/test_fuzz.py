@@ -281,14 +281,16 @@ def test_junk_lines_never_desynchronise(lines, cuts):
 # --------------------------------------------------------------------------- handler failures
 
 
-def test_handler_exception_becomes_internal_error_and_a_logged_traceback(caplog):
+def test_handler_exception_becomes_internal_error_and_a_logged_traceback(caplog,
+                                                                        monkeypatch):
     d = Driver()
 
     def boom(*args):
         raise RuntimeError("secret internal detail")
 
-    d.engine.peek = boom
-    d.engine.put = boom
+    # on the class: the engine has __slots__ (its instances take no new attributes)
+    monkeypatch.setattr(type(d.engine), "peek", boom)
+    monkeypatch.setattr(type(d.engine), "put", boom)
     with caplog.at_level(logging.ERROR, logger="qserver"):
         d.feed(b"peek 1\r\nput 0 0 1 2\r\nhi\r\nlist-tube-used\r\n")
     assert d.replies == [b"INTERNAL_ERROR\r\n", b"INTERNAL_ERROR\r\n",
