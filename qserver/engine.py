@@ -141,6 +141,8 @@ class Engine:
             self.unhold(job)
             if job.tube.policy is None:
                 job.tube.push_ready(job)
+                if self.events is not None:     # the server released it for them
+                    self.event("release", job)
             else:       # a worker that crashes with the job counts an attempt
                 self.lifecycle.failed_in_background(job, CONNECTION_CLOSED, now)
             self._process_queue(now)

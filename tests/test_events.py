@@ -175,3 +175,13 @@ def test_commands_pipelined_after_subscribe_are_ignored(server):
     c = server.client()
     assert c.cmd(b"put 0 0 60 1\r\ny") == b"INSERTED 1\r\n"    # id 1: no put came before
     assert read_event(sub)["id"] == "1"
+
+
+def test_a_closed_holder_releases_its_job(server):
+    sub = server.client()
+    assert sub.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+    c = server.client()
+    assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED 1\r\n"
+    assert c.cmd(b"reserve-with-timeout 0") == b"RESERVED 1 1\r\nx\r\n"
+    c.close()
+    assert [read_event(sub)["event"] for _ in range(3)] == ["put", "reserve", "release"]
