@@ -30,32 +30,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this work tree
+sys.path.insert(0, str(Path(__file__).resolve().parent))          # bench/
+
+from machine import busy_since, cpu_times, wait_quiet  # noqa: E402
 
 import qserver.journal  # noqa: E402
 from qserver.engine import Engine  # noqa: E402
 from qserver.journal import Journal  # noqa: E402
 from qserver.session import Session  # noqa: E402
-
-
-def cpu_times() -> tuple:
-    """(total, idle) jiffies of all CPUs; steal counts as busy."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v[:8]), v[3] + v[4]
-
-
-def busy_since(before: tuple) -> float:
-    total, idle = cpu_times()
-    return 1.0 - (idle - before[1]) / max(1, total - before[0])
-
-
-def wait_quiet(limit: float, max_busy: float = 0.15) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        before = cpu_times()
-        time.sleep(0.3)
-        if busy_since(before) <= max_busy:
-            return
 
 
 class Scheduler:

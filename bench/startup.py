@@ -27,29 +27,11 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # bench/
+from machine import busy_since, cpu_times, wait_quiet  # noqa: E402
+
 BUDGET = 0.100           # client suites connect 0.1 s after spawning the server
 TIMEOUT = 10.0           # a server that does not answer within this fails the run
-
-
-def cpu_times() -> tuple:
-    """(total, idle) jiffies of all CPUs; steal counts as busy."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v[:8]), v[3] + v[4]
-
-
-def busy_since(before: tuple) -> float:
-    total, idle = cpu_times()
-    return 1.0 - (idle - before[1]) / max(1, total - before[0])
-
-
-def wait_quiet(limit: float, max_busy: float = 0.15) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        before = cpu_times()
-        time.sleep(0.3)
-        if busy_since(before) <= max_busy:
-            return
 
 
 def free_port() -> int:
