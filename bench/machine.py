@@ -17,11 +17,15 @@ def busy_since(before: tuple) -> float:
     return 1.0 - (idle - before[1]) / max(1, total - before[0])
 
 
-def wait_quiet(limit: float, max_busy: float = 0.15) -> None:
-    """Wait (at most `limit` seconds) until the CPUs are at most `max_busy` busy."""
+def wait_quiet(limit: float, max_busy: float = 0.15) -> float:
+    """Wait (at most `limit` seconds) until the CPUs are at most `max_busy` busy;
+    returns the last reading."""
     deadline = time.monotonic() + limit
+    busy = 1.0
     while time.monotonic() < deadline:
         before = cpu_times()
         time.sleep(0.3)
-        if busy_since(before) <= max_busy:
-            return
+        busy = busy_since(before)
+        if busy <= max_busy:
+            break
+    return busy
