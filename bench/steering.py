@@ -114,6 +114,7 @@ class Server:
         self.port = free_port()
         cmd = [sys.executable, "-m", "qserver", "-l", "127.0.0.1", "-p", str(self.port)]
         if args.fsync_ms is not None:
+            os.mkdir(os.path.join(self.dir, "log"))
             cmd += ["-b", os.path.join(self.dir, "log"), "-f", str(args.fsync_ms)]
         if args.pin:
             cmd = ["taskset", "-c", str(args.server_cpu)] + cmd
@@ -128,9 +129,11 @@ class Server:
         while True:
             if self.proc.poll() is not None:
                 raise SystemExit(f"qserver exited at start: {self.stderr_tail()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
+            try:                            # answered, not only listening
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                    s.sendall(b"list-tube-used\r\n")
+                    if s.recv(64).startswith(b"USING"):
+                        break
             except OSError:
                 if time.monotonic() > deadline:
                     raise SystemExit("qserver not listening after 20 s")
