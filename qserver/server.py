@@ -345,7 +345,10 @@ class Server:
         return engine.events
 
     def events_arrived(self) -> None:
-        self.loop.call_soon(self._pump_subscribers)
+        # With nobody listening the window's `notified` flag stays set, so recording
+        # costs no loop callbacks until the next subscribe (events_for) calls again.
+        if self.subscribers:
+            self.loop.call_soon(self._pump_subscribers)
 
     def _pump_subscribers(self) -> None:
         self.engine.events.notified = False
