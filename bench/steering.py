@@ -28,8 +28,10 @@ temporary directory, stopped by its PID), driven from this process (pinned to
   `probe` loops put / reserve-with-timeout 1 / delete, one command in flight, for
   --probe-seconds before and after. Reported: the step's reply time and server CPU,
   and the probe's per-command latency before, during (commands in flight while the
-  step ran) and after. Both steps are done in one go today, so the probe's worst
-  latency during one is how long the event loop stalled.
+  step ran) and after. Both steps run in slices of at most 10 ms, one per loop
+  turn (protocol.md, "flush-tube", "list-jobs"), so the probe's worst latency during
+  one is the longest the event loop was held: a slice plus whatever else that turn
+  ran.
 * **events** (a fresh server per run, interleaved, --reps): bench/gen's `cycle`
   (10 producers + 10 workers, backlog <= 100, as bench/run.py's `cycle`) for
   --seconds after --warmup, with no subscriber ever; with one subscriber reading

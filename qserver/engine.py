@@ -8,9 +8,11 @@ earliest moment and `tick(now)` does what is due, so the server needs one timer.
 Parked reserves are answered through `Session.wake`. What goes beyond beanstalkd
 (counted failures, policies, results, retained records) is the `lifecycle` room's;
 the engine calls it only for tubes with a policy, so plain traffic never does. Keys,
-tags, flush and cancellation are the `steering` room's, consulted only for jobs that
-have options (put-ex).
-Imports: `job`, `tube`, `session`, `swapset`, `errors`, `lifecycle`, `steering`, stdlib.
+tags and cancellation are the `steering` room's, consulted only for jobs that have
+options (put-ex); flush-tube is the `flush` room's, and a flushed job stays hidden
+(`hides`) until its slice forgets it.
+Imports: `job`, `tube`, `session`, `swapset`, `errors`, `lifecycle`, `steering`,
+`flush`, stdlib.
 """
 
 import contextlib
@@ -23,6 +25,7 @@ from qserver.job import (BURIED, DELAYED, HELD, ID_MASK, ONE_BURY, ONE_KICK,
                          ONE_RELEASE, ONE_RESERVE, ONE_TIMEOUT, PRI_SHIFT, READY, RESERVED,
                          Job)
 from qserver.lifecycle import CONNECTION_CLOSED, TTR_EXPIRED, Lifecycle
+from qserver.flush import Flusher, hides
 from qserver.steering import Steering
 from qserver.swapset import SwapSet
 from qserver.tube import Tube
@@ -44,7 +47,8 @@ class NoLog:
     def finished(self, record): pass
     def expired(self, record, history): pass
     def meta(self, job_id, meta): pass
-    def flush(self, tube_name, jobs): pass
+    def flush(self, tube_name, job_ids): pass
+    def forget(self, job): pass
     def atomic(self): return contextlib.nullcontext()
 
 
@@ -63,7 +67,7 @@ class Engine:
         "delayed_total", "reserved_total", "_delays", "_ttrs", "_waits", "_pauses",
         "_seq", "_tubes_with_waiters", "earliest", "timer_dirty", "policies",
         "histories", "meta", "lock_jobs", "_promoted", "events", "lifecycle",
-        "steering", "default_tube",
+        "steering", "flusher", "default_tube", "call_soon",
     )
 
     def __init__(self, log=None, wall=None, rand=None):
@@ -100,6 +104,10 @@ class Engine:
         self.lifecycle = Lifecycle(self, **{k: v for k, v in
                                            (("wall", wall), ("rand", rand)) if v})
         self.steering = Steering(self)
+        self.flusher = Flusher(self)
+        # Set by the server (the loop's call_soon) for work done a slice per loop
+        # turn (flush-tube, a first list-jobs); without it that work completes at once.
+        self.call_soon = None
         self.default_tube = self._tube(DEFAULT_TUBE)
 
     # -- tubes ------------------------------------------------------------------
@@ -247,7 +255,7 @@ class Engine:
 
     def reserve_job(self, session, job_id: int, now: float) -> Job:
         """Reserve one job by id, in any tube and any state but reserved."""
-        job = self.jobs.get(job_id)
+        job = self.find(job_id)
         if job is None or job.state == RESERVED or job.state == HELD \
                 or (self.lock_jobs and job_id in self.lock_jobs
                     and not self.steering.may_reserve(job)):
@@ -355,7 +363,8 @@ class Engine:
 
     def delete(self, session, job_id: int) -> None:
         job = self.jobs.get(job_id)
-        if job is None or (job.state == RESERVED and job.holder is not session):
+        if job is None or (job.state == RESERVED and job.holder is not session) \
+                or (job.tube.flushes and hides(job)):
             raise NotFound
         if self.events is not None:         # before the job's history goes with it
             self.event("delete", job)
@@ -434,6 +443,8 @@ class Engine:
         job.tube = tube = self._tube(tube_name)
         tube.total_jobs += 1
         tube.push_ready(job)
+        if tube.flushes:
+            self.flusher.kept(job)
         self.log.moved(job, old.name)
         if self.meta:
             self.steering.moved(job, old.name)
@@ -465,7 +476,7 @@ class Engine:
         return count
 
     def kick_job(self, job_id: int, now: float) -> None:
-        job = self.jobs.get(job_id)
+        job = self.find(job_id)
         if job is None or job.state not in (BURIED, DELAYED):
             raise NotFound
         self._kick(job, now)
@@ -519,21 +530,26 @@ class Engine:
                     found[job.id] = job
         return list(found.values())
 
-    def drop_listed(self, tube: Tube, victims: list) -> None:
-        """Forget the given ready, delayed and buried jobs of a tube at once (the
-        caller has logged it) and empty those lists; reserved jobs stay."""
-        jobs = self.jobs
-        histories = self.histories
-        steering = self.steering if self.meta else None
-        for job in victims:
-            del jobs[job.id]
-            if histories:
-                histories.pop(job.id, None)
-            if steering is not None:
-                steering.forget(job)
+    def empty_lists(self, tube: Tube) -> tuple:
+        """flush-tube: give the tube empty ready, delayed, buried and held lists at
+        once and return the old ones (flush.Flush forgets their jobs in slices);
+        reserved jobs stay."""
         self.delayed_total -= tube.delayed_count
-        tube.clear_listed()
+        ready, delayed, buried, index_lists = tube.take_listed()
+        held = self.steering.take_held(tube)
         self._release_tube(tube)
+        return ready, delayed, buried, held, index_lists
+
+    def forget_flushed(self, job: Job, logged: bool = False) -> None:
+        """Forget a job a flush took (it is in no list any more); the FLUSH record
+        comes when the whole flush is done, unless `logged` (a DELETE went)."""
+        if not logged:
+            self.log.forget(job)
+        del self.jobs[job.id]
+        if self.histories:
+            self.histories.pop(job.id, None)
+        if self.meta:
+            self.steering.forget(job)
 
     # -- restart ----------------------------------------------------------------
 
@@ -567,9 +583,16 @@ class Engine:
     # -- lookups ----------------------------------------------------------------
 
     def peek(self, job_id: int) -> Job:
-        job = self.jobs.get(job_id)
+        job = self.find(job_id)
         if job is None:
             raise NotFound
+        return job
+
+    def find(self, job_id: int):
+        """The live job with that id, or None; a job being flushed is gone already."""
+        job = self.jobs.get(job_id)
+        if job is not None and job.tube.flushes and hides(job):
+            return None
         return job
 
     @staticmethod
@@ -618,6 +641,8 @@ class Engine:
 
     def _mature_delays(self, now: float) -> None:
         for job in self._due_jobs(self._delays, now, DELAYED):
+            if job.tube.flushes and hides(job):
+                continue                    # flushed: its tube's lists are gone
             self._unlist(job)
             job.tube.push_ready(job)
             self._process_queue(now)

@@ -10,8 +10,13 @@ shown exactly once.
 Imports: `job`, `errors`, stdlib (`sortedcontainers` when first used).
 """
 
+import math
+import time
+
 from qserver.errors import BadFormat
-from qserver.job import BURIED, COMPLETED, DEAD, DELAYED, HELD, READY, RESERVED
+from qserver.flush import CHUNK, SLICE_SECONDS, hides
+from qserver.job import (BURIED, COMPLETED, DEAD, DELAYED, HELD, ID_MASK, PRI_SHIFT, READY,
+                         RESERVED)
 
 MAX_LIMIT = 1000
 # list-jobs states in the order `all` walks them, with their cursor letters.
@@ -25,32 +30,105 @@ _BY_LETTER = {letter: state for _, state, letter in STATES}
 class TubeIndex:
     """A tube's live jobs by state, each list in the state's own order: ready by
     (pri, id), delayed by due time, reserved by TTR deadline, buried by bury order,
-    held by id.
-    Entries are the sort keys; the job id is the last element of each."""
+    held by id. Entries are the sort keys; the job id is the last element of each.
 
-    __slots__ = ("lists",)
+    It starts empty with a copy of the tube's lists (a C-speed copy) to add a slice
+    at a time (`build_step`), so a million jobs do not hold the loop for the two
+    seconds adding them takes; the tube's hooks (add, discard) keep it current from
+    the start, and each copied entry is added only if it still describes its job
+    and is not there already. Pages wait until `pending` is done (`waiters`)."""
+
+    __slots__ = ("lists", "pending", "waiters")
 
     def __init__(self, engine, tube):
         from sortedcontainers import SortedList
-        ready, delayed, buried = [], [], []
-        for job in engine.jobs_of(tube):
-            if job.state == READY:
-                ready.append(ready_key(job))
-            elif job.state == DELAYED:
-                delayed.append((job.deadline, job.id))
-            else:
-                buried.append((job.bury_seq, job.id))
-        reserved = [(job.deadline, job.id) for job in engine.reserved_in(tube)]
-        held = [(job.id, job.id) for job in engine.steering.held_in(tube)]
-        self.lists = {READY: SortedList(ready), DELAYED: SortedList(delayed),
-                      RESERVED: SortedList(reserved), BURIED: SortedList(buried),
-                      HELD: SortedList(held)}
+        self.lists = {state: SortedList() for state in (READY, DELAYED, RESERVED,
+                                                         BURIED, HELD)}
+        self.pending = _copied_entries(engine, tube)
+        self.waiters = []           # called once the index is complete
+
+    @property
+    def built(self) -> bool:
+        return self.pending is None
 
     def add(self, state: int, key) -> None:
         self.lists[state].add(key)
 
     def discard(self, state: int, key) -> None:
         self.lists[state].discard(key)
+
+    def take(self, states) -> list:
+        """flush-tube: hand over those states' lists (emptied in slices by the
+        flush) and start empty ones."""
+        from sortedcontainers import SortedList
+        taken = [self.lists[state] for state in states]
+        for state in states:
+            self.lists[state] = SortedList()
+        return taken
+
+    def build_step(self, engine, tube, stop: float) -> bool:
+        """Add copied entries until perf_counter() passes `stop`; True when done."""
+        lists, jobs = self.lists, engine.jobs
+        flushing = tube.flushes
+        clock = time.perf_counter
+        for state, chunk in self.pending:
+            found = lists[state]
+            for key in chunk:
+                job = jobs.get(key[-1])
+                if job is not None and job.tube is tube and job.state == state \
+                        and _sort_key(job) == key and key not in found \
+                        and not (flushing and hides(job)):
+                    found.add(key)
+            if clock() > stop:
+                return False
+        self.pending = None
+        return True
+
+
+def _copied_entries(engine, tube):
+    """(state, [sort keys]) chunks of what the tube holds now."""
+    ready = [(key >> PRI_SHIFT, key & ID_MASK) for key in tube.ready]
+    delayed = list(tube.delayed)
+    buried = [(job.bury_seq, job.id) for job in tube.buried.values()]
+    reserved = [(job.deadline, job.id) for job in engine.reserved_in(tube)]
+    held = [(job.id, job.id) for job in engine.steering.held_in(tube)]
+    for state, keys in ((READY, ready), (DELAYED, delayed), (RESERVED, reserved),
+                        (BURIED, buried), (HELD, held)):
+        for start in range(0, len(keys), CHUNK):
+            yield state, keys[start:start + CHUNK]
+
+
+def _sort_key(job) -> tuple:
+    state = job.state
+    if state == READY:
+        return (job.pri, job.id)
+    if state == BURIED:
+        return (job.bury_seq, job.id)
+    if state == HELD:
+        return (job.id, job.id)
+    return (job.deadline, job.id)           # delayed: due time; reserved: TTR deadline
+
+
+def index_of(engine, tube) -> TubeIndex:
+    """The tube's index, started now if it has none (its first slice runs at once,
+    which completes it for all but big tubes); without a loop it completes here."""
+    index = tube.index
+    if index is None:
+        index = tube.index = TubeIndex(engine, tube)
+        if engine.call_soon is None:
+            index.build_step(engine, tube, math.inf)
+        else:
+            _build_turn(engine, tube, index)
+    return index
+
+
+def _build_turn(engine, tube, index) -> None:
+    if not index.build_step(engine, tube, time.perf_counter() + SLICE_SECONDS):
+        engine.call_soon(_build_turn, engine, tube, index)
+        return
+    waiters, index.waiters = index.waiters, []
+    for waiter in waiters:
+        waiter()
 
 
 def ready_key(job) -> tuple:
@@ -89,7 +167,8 @@ class LedgerIndex:
 # -- requests ----------------------------------------------------------------------
 
 def parse_request(state_name: str, cursor: str, limit: int) -> tuple:
-    """(states to walk, (state, key) to start after or None); BAD_FORMAT if wrong."""
+    """(states to walk, (state, key) to start after or None, limit); BAD_FORMAT if
+    wrong."""
     if not 1 <= limit <= MAX_LIMIT:
         raise BadFormat
     if state_name == "all":
@@ -99,7 +178,7 @@ def parse_request(state_name: str, cursor: str, limit: int) -> tuple:
     else:
         raise BadFormat
     if cursor == "0":
-        return states, None
+        return states, None, limit
     letter, _, rest = cursor.partition(":")
     state = _BY_LETTER.get(letter)
     if state is None or state not in states:
@@ -109,7 +188,7 @@ def parse_request(state_name: str, cursor: str, limit: int) -> tuple:
         after = (float(first) if "." in first or "e" in first else int(first), int(second))
     except ValueError:
         raise BadFormat from None
-    return states[states.index(state):], (state, after)
+    return states[states.index(state):], (state, after), limit
 
 
 def cursor_text(state: int, key: tuple) -> str:
@@ -139,12 +218,21 @@ def page(lists_by_state, states: list, after, limit: int) -> tuple:
 
 
 def list_jobs(engine, tube_name: str, state_name: str, cursor: str, limit: int) -> tuple:
-    """One page of list-jobs: (jobs or retained records, next cursor or None)."""
-    states, after = parse_request(state_name, cursor, limit)
+    """One page of list-jobs on an engine without a loop (its index completes at
+    once): (jobs or retained records, next cursor or None)."""
+    return page_of(engine, tube_name, parse_request(state_name, cursor, limit))
+
+
+def page_of(engine, tube_name: str, request: tuple) -> tuple:
+    """One page of list-jobs (`request` from parse_request): (jobs or retained
+    records, next cursor or None). Call when the tube's index is `built`."""
+    states, after, limit = request
     tube = engine.tubes.get(tube_name)
     ledger = engine.lifecycle.ledger
-    if tube is not None and tube.index is None:
-        tube.index = TubeIndex(engine, tube)
+    if tube is not None:
+        index = index_of(engine, tube)
+        if not index.built:             # a tube made again since the page was asked for
+            index.build_step(engine, tube, math.inf)
 
     def lists_by_state(state):
         if state == COMPLETED or state == DEAD:

@@ -163,8 +163,7 @@ TUBE_EXT = (("failures", "Counted failed attempts in the tube"),
 
 
 def _ext_families(lines: list, server) -> None:
-    lifecycle = server.engine.lifecycle
-    for key, value in ext_stats(lifecycle, server.engine.steering, server.info.cmd_counts):
+    for key, value in ext_stats(server.engine, server.info.cmd_counts):
         if key.startswith("cmd-"):
             kind, help_text = "counter", f"{key[4:]} commands received"
         else:

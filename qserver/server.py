@@ -37,7 +37,7 @@ class Connection(asyncio.Protocol):
         "server", "commands", "engine", "framer", "session", "transport",
         "pending_body", "closing", "half_closed", "write_paused", "read_paused",
         "resume_scheduled", "held", "close_when_sent", "output_wait", "refused",
-        "subscription",
+        "subscription", "awaiting",
     )
 
     def __init__(self, server):
@@ -58,6 +58,7 @@ class Connection(asyncio.Protocol):
         self.output_wait = False    # stopped running commands until held replies go
         self.refused = False        # over --max-connections: closed at once
         self.subscription = None    # [tube name or None, next seq] once subscribed
+        self.awaiting = False       # a command answers later (answer_later)
 
     # -- asyncio callbacks ------------------------------------------------------
 
@@ -84,7 +85,7 @@ class Connection(asyncio.Protocol):
         # parked reserve with TIMED_OUT (as beanstalkd does), then close.
         self.half_closed = True
         self._run()
-        if not self.closing:
+        if not self.closing and not self.awaiting:
             self.closing = True
             self._close()
         self.server.after_batch()
@@ -112,6 +113,9 @@ class Connection(asyncio.Protocol):
     def _run(self):
         """Run every complete command that can run now; send the replies in one write."""
         if self.closing:
+            return
+        if self.awaiting:
+            self._limit_reading()
             return
         if self.subscription is not None:
             # A subscribed connection only streams (protocol.md, "subscribe"): what
@@ -158,6 +162,8 @@ class Connection(asyncio.Protocol):
                     if self.held:       # waiting for an fsync (-f 0): go on later
                         self.output_wait = True
                         break
+            elif self.awaiting:         # the command answers later (answer_later)
+                break
             if self.closing:
                 break
             if self.subscription is not None:   # subscribe: the rest is ignored
@@ -249,7 +255,8 @@ class Connection(asyncio.Protocol):
 
     def _limit_reading(self):
         """Pause reading while input piles up that cannot be processed yet."""
-        stuck = self.session.waiting or self.write_paused or self.output_wait
+        stuck = self.session.waiting or self.write_paused or self.output_wait \
+            or self.awaiting
         if stuck and not self.read_paused and self.framer.buffered() > READ_HIGH_WATER:
             self.read_paused = True
             self.transport.pause_reading()
@@ -270,7 +277,27 @@ class Connection(asyncio.Protocol):
     def _resume(self):
         self.resume_scheduled = False
         self._run()
+        if self.half_closed and not (self.closing or self.awaiting):
+            self.closing = True         # eof_received left it open for a late answer
+            self._close()
         self.server.after_batch()
+
+    def answer_later(self, logged: bool):
+        """For a command that takes several loop turns (a big flush-tube, the first
+        list-jobs of a big tube): nothing more of this connection runs until the
+        returned function is called with the reply. `logged`: the reply
+        acknowledges a logged change (under -f 0 it waits for the fsync)."""
+        self.awaiting = True
+
+        def answer(reply: bytes) -> None:
+            self.awaiting = False
+            if self.closing or self.transport.is_closing():
+                return
+            self._send(reply, logged)
+            if not self.resume_scheduled:
+                self.resume_scheduled = True
+                asyncio.get_running_loop().call_soon(self._resume)
+        return answer
 
 
 class Server:
@@ -281,6 +308,7 @@ class Server:
         self.loop = loop
         self.journal = journal
         self.engine = Engine(log=journal)
+        self.engine.call_soon = loop.call_soon
         self.info = ServerInfo(__version__, config.max_job_size, config.segment_size,
                                time.monotonic())
         self.commands = Commands(self.engine, self.info, config.max_job_size)
@@ -410,6 +438,9 @@ class Server:
             if handle is not None:
                 handle.cancel()
         self.timer = self.watchdog = None
+        # A flush in progress completes (and is logged) first: its client and others
+        # saw those jobs gone already.
+        self.engine.flusher.finish_all()
         for conn in self.connections:
             conn.closing = True
         if self.journal is not None:

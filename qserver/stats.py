@@ -178,7 +178,8 @@ def policy_info(tube_name: str, policy, configured: bool) -> list:
     return pairs
 
 
-def ext_stats(lifecycle, steering, counts: dict) -> list:
+def ext_stats(engine, counts: dict) -> list:
+    lifecycle, steering = engine.lifecycle, engine.steering
     totals = lifecycle.totals
     pairs = [(f"cmd-{name}", counts[name]) for name in LIFECYCLE_COMMANDS]
     pairs += [
@@ -192,7 +193,7 @@ def ext_stats(lifecycle, steering, counts: dict) -> list:
     pairs += [(f"cmd-{name}", counts[name]) for name in STEERING_COMMANDS]
     pairs += [
         ("job-duplicates", steering.totals.duplicates),
-        ("jobs-flushed", steering.totals.flushed),
+        ("jobs-flushed", engine.flusher.total),
         ("jobs-cancelled", steering.totals.cancelled_removed),
         ("jobs-cancel-flagged", steering.totals.cancelled_flagged),
     ]

@@ -1,6 +1,6 @@
-"""Steering jobs (protocol.md, "put-ex", "flush-tube", "cancel-tag", "Per-key
-concurrency"): unique keys, tags, lock keys, flushing a tube and cooperative
-cancellation.
+"""Steering jobs (protocol.md, "put-ex", "cancel-tag", "Per-key concurrency"):
+unique keys, tags, lock keys and cooperative cancellation (flushing a tube is the
+`flush` room's).
 
 A job put with `put-ex` options gets a `Meta` (key, tags, cancelled flag) in the
 engine's `meta` table, beside the job rather than in it, as the lifecycle's
@@ -13,10 +13,11 @@ has `lock-limit` holders is held (state HELD, out of the ready heap) instead, an
 each time a holder's reservation ends the oldest held job of that lock is ready
 again. So at most `lock-limit` jobs of one lock are reserved at once, whatever way
 reservations end, and the (pri, id) order holds among the jobs that may be reserved.
-Imports: `job`, `errors`, stdlib.
+Imports: `job`, `errors`, `flush`, stdlib.
 """
 
 from qserver.errors import Cancelled, Duplicate, InternalError, OutOfMemory
+from qserver.flush import hides
 from qserver.job import HELD, RESERVED
 
 MAX_TAGS = 8
@@ -45,10 +46,10 @@ class Lock:
 
 
 class SteeringCounters:
-    __slots__ = ("duplicates", "flushed", "cancelled_removed", "cancelled_flagged")
+    __slots__ = ("duplicates", "cancelled_removed", "cancelled_flagged")
 
     def __init__(self):
-        self.duplicates = self.flushed = 0
+        self.duplicates = 0
         self.cancelled_removed = self.cancelled_flagged = 0
 
 
@@ -69,12 +70,17 @@ class Steering:
         if key is None:
             return
         holder = self.keys.get((tube_name, key))
-        if holder is not None and self._holds_key(holder, tube_name, key):
+        if holder is None:
+            return
+        job = self.engine.jobs.get(holder)
+        if job is not None and job.tube.flushes and hides(job):
+            self.engine.flusher.give_up_key(job)    # the key is free from now on
+        elif self._holds_key(holder, tube_name, key):
             self.totals.duplicates += 1
             raise Duplicate(holder)
 
     def _holds_key(self, job_id: int, tube_name: str, key: bytes) -> bool:
-        job = self.engine.jobs.get(job_id) or self.engine.lifecycle.retained(job_id)
+        job = self.engine.find(job_id) or self.engine.lifecycle.retained(job_id)
         meta = self.meta.get(job_id)
         return job is not None and meta is not None and meta.key == key \
             and job.tube.name == tube_name
@@ -212,6 +218,18 @@ class Steering:
             job.tube.index.discard(HELD, (job.id, job.id))
         self._tidy(job, lock)
 
+    def take_held(self, tube) -> list:
+        """flush-tube: the tube's held jobs, out of their locks (the index's held
+        list goes with the tube's other lists)."""
+        held = []
+        for key, lock in list(self.locks.items()):
+            if key[0] == tube.name and lock.held:
+                held += lock.held.values()
+                lock.held = {}
+                if not lock.holders:
+                    del self.locks[key]
+        return held
+
     def held_in(self, tube) -> list:
         return [job for (name, _), lock in self.locks.items() if name == tube.name
                 for job in lock.held.values()]
@@ -240,6 +258,8 @@ class Steering:
         removed = flagged = 0
         for job_id in list(self.tags.get(tag, ())):
             job = engine.jobs[job_id]
+            if job.tube.flushes and hides(job):
+                continue                    # flushed already, not yet forgotten
             if job.state == RESERVED:
                 meta = self.meta[job_id]
                 if not meta.cancelled:
@@ -251,24 +271,6 @@ class Steering:
                 removed += 1
             engine.event("cancel", job)
         return removed, flagged
-
-    # -- flush ----------------------------------------------------------------------
-
-    def flush(self, tube_name: str) -> int:
-        """Remove every ready, delayed and buried job of the tube at once (one log
-        record); reserved jobs stay. Returns how many went."""
-        engine = self.engine
-        tube = engine.tubes.get(tube_name)
-        if tube is None:
-            return 0
-        victims = [job for job in engine.jobs_of(tube) if job.state != RESERVED]
-        victims += self.held_in(tube)
-        engine.log.flush(tube_name, victims)
-        engine.drop_listed(tube, victims)
-        if engine.events is not None:       # one event for the lot (id 0)
-            engine.events.add("flush", 0, tube_name, 0)
-        self.totals.flushed += len(victims)
-        return len(victims)
 
     # -- restart --------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ rebuilt when stale entries outnumber live ones. Imports: `job`, `swapset`, stdli
 
 import heapq
 
-from qserver.job import BURIED, DELAYED, ID_MASK, PRI_SHIFT, READY, URGENT_PRI
+from qserver.job import BURIED, DELAYED, HELD, ID_MASK, PRI_SHIFT, READY, URGENT_PRI
 from qserver.swapset import SwapSet
 
 
@@ -17,7 +17,7 @@ class Tube:
         "name", "jobs", "ready", "ready_count", "urgent_count", "delayed",
         "delayed_count", "buried", "reserved_count", "waiting", "using", "watching",
         "total_jobs", "cmd_delete", "cmd_pause", "pause", "unpause_at", "policy",
-        "counters", "index",
+        "counters", "index", "flushes",
     )
 
     def __init__(self, name: str, jobs: dict, policy=None):
@@ -41,6 +41,7 @@ class Tube:
         self.policy = policy          # policy.Policy once configured (config-tube)
         self.counters = None          # lifecycle.Counters once a job failed or completed
         self.index = None             # listing.TubeIndex once the tube was listed
+        self.flushes = None           # [flush.Flush] while flushes are in progress
 
     # -- lifetime ---------------------------------------------------------------
 
@@ -52,18 +53,18 @@ class Tube:
     def is_paused(self, now: float) -> bool:
         return self.pause > 0 and now < self.unpause_at
 
-    def clear_listed(self) -> None:
-        """Empty the ready, delayed and buried lists (flush-tube: the engine has
-        forgotten their jobs)."""
+    def take_listed(self) -> tuple:
+        """flush-tube: hand over the ready heap, delayed heap and buried jobs (and
+        those parts of the list-jobs index) and start empty ones, in O(1)."""
+        taken = (self.ready, self.delayed, self.buried)
         self.ready = []
         self.ready_count = self.urgent_count = 0
         self.delayed = []
         self.delayed_count = 0
         self.buried = {}
-        index = self.index
-        if index is not None:
-            for state in (READY, DELAYED, BURIED):
-                index.lists[state].clear()
+        index_lists = self.index.take((READY, DELAYED, BURIED, HELD)) \
+            if self.index is not None else ()
+        return (*taken, index_lists)
 
     # -- ready ------------------------------------------------------------------
 

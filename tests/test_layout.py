@@ -21,11 +21,13 @@ ALLOWED = {
     "session": {"job", "swapset"},
     "policy": {"errors", "wire"},
     "ledger": {"listing"},
-    "listing": {"errors", "job"},
+    "listing": {"errors", "job", "flush"},
+    "flush": {"job"},
     "events": set(),
     "lifecycle": {"errors", "job", "policy", "ledger"},
-    "steering": {"errors", "job"},
-    "engine": {"errors", "job", "tube", "session", "swapset", "lifecycle", "steering"},
+    "steering": {"errors", "job", "flush"},
+    "engine": {"errors", "job", "tube", "session", "swapset", "lifecycle", "steering",
+               "flush"},
     "stats": {"job", "wire"},
     "commands": {"commands", "wire", "engine", "errors", "stats", "policy", "steering",
                  "listing"},
@@ -34,7 +36,7 @@ ALLOWED = {
 # The engine and what it is made of never touch the event loop, sockets or bytes on
 # the wire: they are pure and tested with an injected clock.
 PURE = {"swapset", "job", "tube", "session", "engine", "policy", "ledger", "lifecycle",
-        "steering", "listing", "events"}
+        "steering", "listing", "events", "flush"}
 FORBIDDEN_STDLIB = {"asyncio", "socket", "selectors", "uvloop"}
 
 

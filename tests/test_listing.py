@@ -126,7 +126,7 @@ def test_the_index_follows_every_transition(eng):
     eng.tick(T0 + 5)
     assert all_pages(eng, "delayed", 5) == []
     assert set(all_pages(eng, "ready", 5)) == {first.id, delayed.id}
-    eng.steering.flush("t")
+    eng.flusher.flush("t")
     assert all_pages(eng, "all", 5) == []
     again = put(eng, s)
     assert all_pages(eng, "ready", 5) == [again.id]

@@ -132,7 +132,7 @@ def test_held_jobs_are_listed_and_can_be_deleted_or_flushed(eng):
     eng.delete(s, jobs[1].id)
     assert [j.id for j in list_jobs(eng, "t", "held", "0", 10)[0]] == [jobs[2].id,
                                                                         jobs[3].id]
-    assert eng.steering.flush("t") == 2
+    assert eng.flusher.flush("t") == 2
     assert list_jobs(eng, "t", "held", "0", 10) == ([], None)
     eng.delete(s, jobs[0].id)
     assert not eng.steering.locks and not eng.lock_jobs and not eng.meta

@@ -195,7 +195,7 @@ def test_flush_removes_ready_delayed_buried_and_keeps_reserved(eng):
     s = new_session(eng)
     jobs = _every_state(eng, s)
     bystander = put_ex(eng, "other", key=b"r1", tags=(b"g",))
-    assert eng.steering.flush("t") == 6
+    assert eng.flusher.flush("t") == 6
     tube = eng.tubes["t"]
     [held] = jobs[RESERVED]
     assert set(eng.jobs) == {held.id, bystander.id}
@@ -203,7 +203,7 @@ def test_flush_removes_ready_delayed_buried_and_keeps_reserved(eng):
         == (0, 0, 0, 1)
     assert tube.buried == {} and tube.peek_ready() is None
     assert eng.delayed_total == 0 and eng.reserved_total == 1
-    assert eng.steering.totals.flushed == 6
+    assert eng.flusher.total == 6
     assert set(eng.meta) == {held.id, bystander.id}
     assert eng.steering.keys == {("t", b"v1"): held.id, ("other", b"r1"): bystander.id}
     assert eng.steering.tags == {b"g": {held.id: None, bystander.id: None}}
@@ -216,7 +216,7 @@ def test_flush_removes_ready_delayed_buried_and_keeps_reserved(eng):
 def test_flushed_jobs_never_come_back(eng):
     s = new_session(eng)
     jobs = _every_state(eng, s)
-    assert eng.steering.flush("t") == 6
+    assert eng.flusher.flush("t") == 6
     advance(eng, T0 + 100)                  # past every delay: stale entries only
     tube = eng.tubes["t"]
     assert (tube.ready_count, tube.delayed_count, eng.delayed_total) == (0, 0, 0)
@@ -226,7 +226,7 @@ def test_flushed_jobs_never_come_back(eng):
     [held] = jobs[RESERVED]
     eng.release(s, held.id, 0, 0, T0 + 100)
     assert tube.peek_ready() is held and tube.ready_count == 1
-    assert eng.steering.flush("t") == 1
+    assert eng.flusher.flush("t") == 1
     assert eng.jobs == {}
     assert_nothing_kept(eng)
 
@@ -244,22 +244,22 @@ def test_flush_counts_each_job_once_despite_stale_heap_entries(eng):
     again = put_ex(eng, "t", delay=10)
     reserve_id(eng, s, again)                           # reserve-job of a delayed job
     eng.release(s, again.id, 0, 5, T0)                  # delayed again, another due
-    assert eng.steering.flush("t") == 4
+    assert eng.flusher.flush("t") == 4
     assert eng.jobs == {}
     assert eng.delayed_total == 0
 
 
 def test_flush_of_a_missing_or_empty_tube(eng):
-    assert eng.steering.flush("nobody") == 0
+    assert eng.flusher.flush("nobody") == 0
     assert "nobody" not in eng.tubes
-    assert eng.steering.flush("default") == 0
-    assert eng.steering.totals.flushed == 0
+    assert eng.flusher.flush("default") == 0
+    assert eng.flusher.total == 0
 
 
 def test_flush_drops_a_tube_nobody_uses(eng):
     put_ex(eng, "t", key=b"k")
     assert "t" in eng.tubes
-    assert eng.steering.flush("t") == 1
+    assert eng.flusher.flush("t") == 1
     assert "t" not in eng.tubes
     assert_nothing_kept(eng)
 
@@ -271,7 +271,7 @@ def test_flush_wakes_nobody_and_leaves_waiters_waiting(eng):
     eng.watch(waiter, "t")
     eng.ignore(waiter, "default")
     assert eng.reserve(waiter, None, T0) is None         # parked
-    eng.steering.flush("t")
+    eng.flusher.flush("t")
     assert woken == [] and waiter.waiting
     job = put_ex(eng, "t")
     assert woken == [job]
@@ -395,7 +395,7 @@ def test_nothing_is_kept_once_every_job_is_gone(eng):
         flushed = [put_ex(eng, "b", key=b"k%d" % i, tags=(b"f",), now=now)
                    for i in range(3)]
         bury(eng, s, flushed[0])
-        assert eng.steering.flush("b") == 3
+        assert eng.flusher.flush("b") == 3
         cancelled = put_ex(eng, "c", key=b"k", tags=(b"z",), now=now)
         flagged = put_ex(eng, "c", key=b"k2", tags=(b"z", b"w"), now=now)
         reserve_id(eng, s, flagged, now)
@@ -474,7 +474,7 @@ def test_keys_tags_flags_and_flushes_are_replayed(tmp_path, clock):
     gone = [put_ex(eng, "fl", key=b"g%d" % i, tags=(b"g",)) for i in range(3)]
     held = put_ex(eng, "fl", key=b"h", tags=(b"g",))
     reserve_id(eng, s, held)
-    assert eng.steering.flush("fl") == 3
+    assert eng.flusher.flush("fl") == 3
     done = put_ex(eng, "ret", key=b"r", tags=(b"d",))
     reserve_id(eng, s, done)
     eng.lifecycle.complete(s, done.id, b"res", T0)

@@ -74,7 +74,7 @@ class LifecycleCommands:
     def job_info(self, client, rest):
         job_id = wire.parse_id(rest)
         self.counts["job-info"] += 1
-        job = self.engine.jobs.get(job_id) or self.lifecycle.retained(job_id)
+        job = self.engine.find(job_id) or self.lifecycle.retained(job_id)
         if job is None:
             raise NotFound
         policy = self.lifecycle.policies.get(job.tube.name)
@@ -95,5 +95,4 @@ class LifecycleCommands:
 
     def stats_ext(self, client, rest):
         self.counts["stats-ext"] += 1
-        return wire.yaml_mapping(ext_stats(self.lifecycle, self.engine.steering,
-                                           self.counts))
+        return wire.yaml_mapping(ext_stats(self.engine, self.counts))

@@ -7,7 +7,7 @@ Imports: `wire`, `errors`, `steering`, `stats`, `listing`.
 
 from qserver import wire
 from qserver.errors import BadFormat, Draining, ExpectedCrlf, UnknownCommand
-from qserver.listing import list_jobs
+from qserver.listing import index_of, page_of, parse_request
 from qserver.stats import job_page
 from qserver.steering import MAX_TAGS
 
@@ -66,7 +66,13 @@ class SteeringCommands:
     def flush_tube(self, client, rest):
         name = wire.parse_tube(rest).decode()
         self.counts["flush-tube"] += 1
-        return b"FLUSHED %d\r\n" % self.steering.flush(name)
+        flusher = self.engine.flusher
+        flush = flusher.start(name)
+        if flush is None or flusher.finished(flush):
+            return b"FLUSHED %d\r\n" % (flush.count() if flush is not None else 0)
+        answer = client.answer_later(logged=True)
+        flush.answer = lambda count: answer(b"FLUSHED %d\r\n" % count)
+        return None
 
     def cancel_tag(self, client, rest):
         tag = _value(rest)
@@ -85,8 +91,19 @@ class SteeringCommands:
             state, cursor = parts[1].decode("ascii"), parts[2].decode("ascii")
         except UnicodeDecodeError:
             raise BadFormat from None
+        request = parse_request(state, cursor, int(parts[3]))
+        found = self.engine.tubes.get(tube)
+        if found is not None:
+            index = index_of(self.engine, found)
+            if not index.built:         # a big tube's first listing: a few turns
+                answer = client.answer_later(logged=False)
+                index.waiters.append(lambda: answer(self._page(tube, request)))
+                return None
+        return self._page(tube, request)
+
+    def _page(self, tube: str, request: tuple) -> bytes:
         engine = self.engine
-        jobs, next_cursor = list_jobs(engine, tube, state, cursor, int(parts[3]))
+        jobs, next_cursor = page_of(engine, tube, request)
         return wire.yaml_reply(job_page(jobs, next_cursor, engine.histories, engine.meta,
                                         self.commands.clock(), self.commands.wall()))
 

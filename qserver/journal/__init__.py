@@ -198,13 +198,17 @@ class Journal:
         self.live_bytes += size - meta.logged_size
         meta.logged_size = size
 
-    def flush(self, tube_name: str, jobs: list) -> None:
-        """flush-tube: one record naming every job it removes."""
-        buffers = records.flush_record(tube_name, [job.id for job in jobs])
+    def flush(self, tube_name: str, job_ids) -> None:
+        """flush-tube: one record naming every job it removed (each was `forget`-ed
+        before)."""
+        buffers = records.flush_record(tube_name, job_ids)
         self.reserve(records.framed_size(buffers))
         self._guarded("flush", self._write_buffers, buffers)
-        for job in jobs:
-            self.live_bytes -= records.job_record_size(job) + self._sidecar_bytes(job.id)
+
+    def forget(self, job) -> None:
+        """A job goes by flush-tube: its bytes stop counting as live now, its record
+        comes later (`flush`)."""
+        self.live_bytes -= records.job_record_size(job) + self._sidecar_bytes(job.id)
 
     def finished(self, record) -> None:
         size = self._guarded("finished", self._write_finished, record)
@@ -459,7 +463,13 @@ class Journal:
 
     def _finish_sweep(self, boundary: int) -> None:
         """Every live job now has its latest JOB record at or after `boundary`: the
-        older segments go, one per loop turn (unlinking a big file takes time)."""
+        older segments go, one per loop turn (unlinking a big file takes time).
+        Not while a flush-tube is unlogged: the JOB records of the jobs it has
+        forgotten so far are in those segments, and a crash before its FLUSH record
+        must bring them back."""
+        if self.engine.flusher.unlogged:
+            self.scheduler.call_later(0.05, lambda: self._finish_sweep(boundary))
+            return
         older = sorted(i for i in self.sizes if i < boundary)
         if older:
             index = older[0]

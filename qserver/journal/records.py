@@ -170,10 +170,11 @@ def meta_record(job_id: int, meta) -> list:
     return _framed(*parts)
 
 
-def flush_record(tube_name: str, job_ids: list) -> list:
+def flush_record(tube_name: str, job_ids) -> list:
+    """`job_ids`: an array("Q") in little-endian order (one buffer, no packing)."""
     name = _encoded_name(tube_name)
     return _framed(FLUSH_FIXED.pack(FLUSH, len(name), len(job_ids)), name,
-                   struct.pack(f"<{len(job_ids)}Q", *job_ids))
+                   memoryview(job_ids).cast("B"))
 
 
 def group_record(count: int) -> list:
