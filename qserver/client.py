@@ -255,10 +255,10 @@ class Gap:
     carried are no longer kept by the server (older than its `--event-window`, or
     numbered by an earlier server process). The stream goes on at once with event
     `oldest`, the oldest kept. `expected` is the sequence number the stream was
-    waiting for (None when it started `now`): when `oldest > expected`, the events
-    `expected` to `oldest - 1` (of every tube) were missed; when `oldest <= expected`
-    the server was restarted and numbers from 1 again. (A restarted server that has
-    already numbered past `expected` cannot tell, and answers without a gap.)"""
+    waiting for (None when it started `now`). Events `expected` to `oldest - 1` (of
+    every tube) were missed, or all events after `expected - 1` of the old process
+    when the server was restarted (each process numbers from its start time in
+    microseconds, above the last one's numbers)."""
 
     oldest: int
     expected: int | None = None

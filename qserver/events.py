@@ -4,6 +4,11 @@ of what happened to jobs, which subscribers read from and can resume in.
 Recording starts with the first `subscribe` (before that, plain traffic pays
 nothing for it) and keeps the last CAPACITY events in a ring, so memory is bounded
 whatever the subscribers do: one that falls behind the window is told `GAP`.
+Sequence numbers start from the wall clock in microseconds when the window is made,
+so each process numbers above the last one (no server records a million events a
+second): a subscriber resuming after a restart asks for a number below the new
+window and is told `GAP`, instead of being handed the new process's events under
+numbers it has already seen.
 Events carry the sequence number, the wall-clock time, the job id, the tube, the
 event name and the job's counted failures (attempts). Pure: no sockets or loop; the
 server passes `notify`, called once when events arrive for listeners.
@@ -19,10 +24,11 @@ NAMES = ("put", "reserve", "release", "bury", "kick", "delete", "timeout", "fail
 
 
 class EventLog:
-    def __init__(self, capacity: int = CAPACITY, wall=time.time):
+    def __init__(self, capacity: int = CAPACITY, wall=time.time, first_seq=None):
         self.capacity = capacity
         self.ring = [None] * capacity     # event seq s sits at s % capacity
-        self.next_seq = 1
+        self.first_seq = first_seq if first_seq is not None else int(wall() * 1e6)
+        self.next_seq = self.first_seq
         self.wall = wall
         self.notify = None                # set by the server: wakes the subscribers
         self.notified = False
@@ -30,7 +36,7 @@ class EventLog:
     @property
     def oldest(self) -> int:
         """The smallest sequence number still kept."""
-        return max(1, self.next_seq - self.capacity)
+        return max(self.first_seq, self.next_seq - self.capacity)
 
     def add(self, name: str, job_id: int, tube_name: str, attempt: int) -> None:
         seq = self.next_seq

@@ -211,8 +211,8 @@ class Connection(asyncio.Protocol):
         if start is None:
             start = events.next_seq
         reply = b"SUBSCRIBED %d\r\n" % start
-        # Older than the window, or from before a restart (numbers start again at 1
-        # with each process): the subscriber missed events it cannot have.
+        # Older than the window, or from before a restart (each process numbers
+        # from its start time up), or from the future: events it cannot have.
         if start < events.oldest or start > events.next_seq:
             start = events.oldest
             reply = b"GAP %d\r\n" % start

@@ -1080,7 +1080,8 @@ async def test_put_ex_lock_holds_jobs_and_lock_limit(qs):
 async def test_subscribe_streams_typed_events_on_a_connection_of_its_own(qs):
     async with aclient(qs) as q:
         async with q.subscribe("t") as stream:
-            assert stream.next_seq == 1
+            base = stream.next_seq              # the wall clock in microseconds
+            assert base > 1_700_000_000 * 10**6
             await q.use("t")                # the client's own connection is free
             job_id = await q.put_ex(b"x", lock="k")
             await q.use("other")
@@ -1091,11 +1092,11 @@ async def test_subscribe_streams_typed_events_on_a_connection_of_its_own(qs):
             assert await q.fail(job_id, "no") == FailResult(FailAction.BURIED)
             items = [await nxt(stream) for _ in range(5)]
             assert [(e.seq, e.id, e.tube, e.event, e.attempt) for e in items] == [
-                (1, job_id, "t", "put", 0), (3, job_id, "t", "reserve", 0),
-                (4, job_id, "t", "fail", 1), (5, job_id, "t", "dead", 1),
-                (6, job_id, "t", "bury", 1)]
+                (base, job_id, "t", "put", 0), (base + 2, job_id, "t", "reserve", 0),
+                (base + 3, job_id, "t", "fail", 1), (base + 4, job_id, "t", "dead", 1),
+                (base + 5, job_id, "t", "bury", 1)]
             assert all(isinstance(e, Event) and isinstance(e.time, float) for e in items)
-            assert stream.next_seq == 7
+            assert stream.next_seq == base + 6
             # a read given up while waiting leaves the stream usable
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.05):
@@ -1113,14 +1114,15 @@ async def test_subscribe_streams_typed_events_on_a_connection_of_its_own(qs):
 async def test_subscribe_from_a_seq_and_gap(qs):
     async with aclient(qs) as q:
         async with q.subscribe() as stream:
+            base = stream.next_seq
             for _ in range(3):
                 await q.put(b"x")
-            assert [(await nxt(stream)).seq for _ in range(3)] == [1, 2, 3]
-        async with q.subscribe("*", 2) as again:
-            assert [(await nxt(again)).seq for _ in range(2)] == [2, 3]
-        async with q.subscribe("*", 500) as restarted:     # numbers from another process
-            assert await nxt(restarted) == Gap(1, 500)
-            assert (await nxt(restarted)).seq == 1
+            assert [(await nxt(stream)).seq for _ in range(3)] == [base, base + 1, base + 2]
+        async with q.subscribe("*", base + 1) as again:
+            assert [(await nxt(again)).seq for _ in range(2)] == [base + 1, base + 2]
+        async with q.subscribe("*", 500) as restarted:     # a number from an older process
+            assert await nxt(restarted) == Gap(base, 500)
+            assert (await nxt(restarted)).seq == base
         with pytest.raises(BadFormat):
             await nxt(q.subscribe("-bad"))
 
@@ -1151,13 +1153,15 @@ async def test_small_window_gives_a_gap_in_the_stream():
     s = start_qserver("--event-window", "5")
     try:
         async with aclient(s) as q:
-            async with q.subscribe():           # events are kept from now on
+            async with q.subscribe() as first:  # events are kept from now on
+                base = first.next_seq
                 for _ in range(12):
                     await q.put(b"x")
-            async with q.events("*", resume_from=2) as late:
-                assert await nxt(late) == Gap(8, 2)
-                assert [(await nxt(late)).seq for _ in range(5)] == [8, 9, 10, 11, 12]
-                assert late.next_seq == 13
+            async with q.events("*", resume_from=base + 1) as late:
+                assert await nxt(late) == Gap(base + 7, base + 1)
+                assert [(await nxt(late)).seq for _ in range(5)] == \
+                    [base + n for n in range(7, 12)]
+                assert late.next_seq == base + 12
     finally:
         s.stop()
 
@@ -1222,7 +1226,7 @@ async def test_events_resumes_after_a_cut_connection_without_a_miss_or_a_repeat(
             await q.put(b"x")
         while len(seqs) < 105:
             seqs.append((await nxt(resuming)).seq)
-        assert seqs == list(range(1, 106))
+        assert seqs == list(range(seqs[0], seqs[0] + 105))
         # It reconnected, at most once per cut (frames read before a cut are
         # still in the client's buffer and come first).
         assert 2 < proxy.accepted <= 2 + 4
@@ -1246,16 +1250,19 @@ async def test_events_resumes_across_a_server_restart_with_a_gap(tmp_path):
         async with AsyncClient(port=port, timeout=TIMEOUT) as q:
             for _ in range(3):
                 await q.put(b"x")
-        assert [(await nxt(stream)).seq for _ in range(3)] == [1, 2, 3]
+        seqs = [(await nxt(stream)).seq for _ in range(3)]
+        assert seqs == list(range(seqs[0], seqs[0] + 3))
         s.stop()
         s = ServerProcess(argv, port)
-        # The new process numbers its events from 1 and has none before this
-        # subscribe: the stream resumes with a gap.
-        assert await nxt(stream) == Gap(1, 4)
+        # The new process numbers its events from its start time up and has none
+        # before this subscribe: the stream resumes with a gap.
+        gap = await nxt(stream)
+        assert isinstance(gap, Gap) and gap.expected == seqs[-1] + 1
+        assert gap.oldest > seqs[-1] + 1
         async with AsyncClient(port=port, timeout=TIMEOUT) as q:
             await q.put(b"after")               # jobs 1 to 3 came back from the log
         event = await nxt(stream)
-        assert (event.seq, event.id, event.event) == (1, 4, "put")
+        assert (event.seq, event.id, event.event) == (gap.oldest, 4, "put")
     finally:
         await owner.close()
         assert stream.closed
@@ -1287,14 +1294,16 @@ def test_blocking_subscribe_and_events(qs):
         for _ in range(3):
             event = bounded_next(stream)
             seen.append((event.seq, event.id, event.tube, event.event))
-        assert seen == [(1, ids[0], "b", "put"), (2, ids[1], "b", "put"),
-                        (3, ids[2], "b", "put")]
+        base = seen[0][0]
+        assert seen == [(base, ids[0], "b", "put"), (base + 1, ids[1], "b", "put"),
+                        (base + 2, ids[2], "b", "put")]
         stream.close()                          # closes its connection
-        events = c.events("*", resume_from=2, retries=0)
-        assert [bounded_next(events).seq for _ in range(3)] == [2, 3, 4]
+        events = c.events("*", resume_from=base + 1, retries=0)
+        assert [bounded_next(events).seq for _ in range(3)] == [base + 1, base + 2,
+                                                                base + 3]
         del events                              # dropped: closed too
-        dropped = c.subscribe("*", 1)
-        assert bounded_next(dropped).seq == 1
+        dropped = c.subscribe("*", base)
+        assert bounded_next(dropped).seq == base
         for _ in range(POLL_TURNS):
             if c.stats()["current-connections"] == 2:
                 break

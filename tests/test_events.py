@@ -15,13 +15,20 @@ FRAME = re.compile(rb"EVENT (\d+)\r\n")
 # -- the window ------------------------------------------------------------------------
 
 def test_the_window_keeps_the_last_events_in_order():
-    log = EventLog(capacity=4, wall=lambda: 12.5)
+    log = EventLog(capacity=4, wall=lambda: 12.5, first_seq=1)
     for n in range(1, 7):
         log.add("put", n, "t", 0)
     assert log.oldest == 3 and log.next_seq == 7
     assert [e[0] for e in log.read(3, 100)] == [3, 4, 5, 6]
     assert log.read(5, 1) == [(5, 12.5, 5, "t", "put", 0)]
     assert log.read(7, 10) == []
+
+
+def test_numbers_start_from_the_wall_clock_in_microseconds():
+    log = EventLog(capacity=4, wall=lambda: 1_764_626_400.25)
+    assert log.next_seq == log.oldest == 1_764_626_400_250_000
+    log.add("put", 1, "t", 0)
+    assert log.read(log.oldest, 10)[0][0] == 1_764_626_400_250_000
 
 
 def test_notify_once_until_the_server_resets_it():
@@ -37,6 +44,14 @@ def test_notify_once_until_the_server_resets_it():
 
 
 # -- over the wire ---------------------------------------------------------------------
+
+def subscribed(c: Client, line: bytes) -> int:
+    """Send a subscribe line; returns the sequence number SUBSCRIBED names."""
+    reply = c.cmd(line)
+    m = re.fullmatch(rb"SUBSCRIBED (\d+)\r\n", reply)
+    assert m, reply
+    return int(m[1])
+
 
 def read_event(c: Client) -> dict:
     line = c.read_line()
@@ -58,7 +73,7 @@ def server():
 
 def test_subscribe_streams_what_happens(server):
     sub = server.client()
-    assert sub.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+    base = subscribed(sub, b"subscribe * now")
     c = server.client()
     assert c.cmd(b"use t") == b"USING t\r\n"
     assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED 1\r\n"
@@ -70,14 +85,14 @@ def test_subscribe_streams_what_happens(server):
     events = [read_event(sub) for _ in range(6)]
     assert [e["event"] for e in events] == ["put", "reserve", "fail", "bury", "kick",
                                             "delete"]
-    assert [e["seq"] for e in events] == [str(n) for n in range(1, 7)]
+    assert [e["seq"] for e in events] == [str(base + n) for n in range(6)]
     assert {e["id"] for e in events} == {"1"} and {e["tube"] for e in events} == {'"t"'}
     assert [e["attempt"] for e in events] == ["0", "0", "1", "1", "1", "1"]
 
 
 def test_a_tube_filter_shows_only_that_tube(server):
     sub = server.client()
-    assert sub.cmd(b"subscribe b now") == b"SUBSCRIBED 1\r\n"
+    subscribed(sub, b"subscribe b now")
     c = server.client()
     for tube in (b"a", b"b", b"a", b"b"):
         assert c.cmd(b"use " + tube).startswith(b"USING")
@@ -88,7 +103,7 @@ def test_a_tube_filter_shows_only_that_tube(server):
 def test_resuming_from_the_last_seq_misses_nothing_and_repeats_nothing(server):
     c = server.client()
     first = server.client()
-    assert first.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+    base = subscribed(first, b"subscribe * now")
     for _ in range(5):
         assert c.cmd(b"put 0 0 60 1\r\nx").startswith(b"INSERTED")
     seen = [int(read_event(first)["seq"]) for _ in range(3)]
@@ -96,36 +111,57 @@ def test_resuming_from_the_last_seq_misses_nothing_and_repeats_nothing(server):
     for _ in range(4):
         assert c.cmd(b"put 0 0 60 1\r\nx").startswith(b"INSERTED")
     again = server.client()
-    assert again.cmd(b"subscribe * %d" % (seen[-1] + 1)) == b"SUBSCRIBED 4\r\n"
+    assert subscribed(again, b"subscribe * %d" % (seen[-1] + 1)) == base + 3
     seen += [int(read_event(again)["seq"]) for _ in range(6)]
-    assert seen == list(range(1, 10))
+    assert seen == list(range(base, base + 9))
     assert again.nothing_within(0.2)        # nothing more, nothing twice
 
 
 def test_a_resume_older_than_the_window_hears_gap(server):
     c = server.client()
     sub = server.client()
-    assert sub.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+    base = subscribed(sub, b"subscribe * now")
     sub.close()
     for _ in range(60):                      # the window keeps 50
         assert c.cmd(b"put 0 0 60 1\r\nx").startswith(b"INSERTED")
     late = server.client()
-    assert late.cmd(b"subscribe * 1") == b"GAP 11\r\n"
-    assert read_event(late)["seq"] == "11"
+    assert late.cmd(b"subscribe * %d" % base) == b"GAP %d\r\n" % (base + 10)
+    assert read_event(late)["seq"] == str(base + 10)
+    ahead = server.client()
+    assert ahead.cmd(b"subscribe * %d" % (base + 61)) == b"GAP %d\r\n" % (base + 10)
 
 
-def test_a_seq_from_before_a_restart_hears_gap(server):
-    c = server.client()
-    assert c.cmd(b"put 0 0 60 1\r\nx").startswith(b"INSERTED")
-    sub = server.client()
-    assert sub.cmd(b"subscribe * 500") == b"GAP 1\r\n"
+def test_a_seq_from_before_a_restart_hears_gap():
+    """The new process has recorded more events than the old one had when the
+    subscriber left: resuming from the old number must still say GAP."""
+    old = start_qserver()
+    try:
+        sub, c = old.client(), old.client()
+        subscribed(sub, b"subscribe * now")
+        for _ in range(3):
+            assert c.cmd(b"put 0 0 60 1\r\nx").startswith(b"INSERTED")
+        last = max(int(read_event(sub)["seq"]) for _ in range(3))
+    finally:
+        old.stop()
+    new = start_qserver()
+    try:
+        watcher, c = new.client(), new.client()
+        base = subscribed(watcher, b"subscribe * now")
+        assert base > last
+        for _ in range(20):
+            assert c.cmd(b"put 0 0 60 1\r\nx").startswith(b"INSERTED")
+        resumed = new.client()
+        assert resumed.cmd(b"subscribe * %d" % (last + 1)) == b"GAP %d\r\n" % base
+        assert int(read_event(resumed)["seq"]) == base
+    finally:
+        new.stop()
 
 
 def test_a_subscriber_that_never_reads_costs_bounded_memory(server):
     """Events pile up in the server only up to the transport's high-water mark;
     the subscriber then falls behind the window and is told GAP."""
     lazy = server.client()
-    assert lazy.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+    base = subscribed(lazy, b"subscribe * now")
     lazy.sock.setsockopt(__import__("socket").SOL_SOCKET,
                          __import__("socket").SO_RCVBUF, 4096)
     c = server.client()
@@ -145,15 +181,15 @@ def test_a_subscriber_that_never_reads_costs_bounded_memory(server):
         m = FRAME.fullmatch(line)
         fields = lazy.read_exact(int(m[1]) + 2)
         seqs.append(int(re.search(rb"seq: (\d+)", fields)[1]))
-        if seqs[-1] == 10_000:
+        if seqs[-1] == base + 9_999:
             break
     # Whether the window moved on before the server's buffer filled depends on the
     # kernel's socket buffers and on timing: either the stream is whole, or it says
     # GAP where it is not. Never out of order, never repeated.
-    assert seqs[-1] == 10_000
+    assert seqs[-1] == base + 9_999
     assert all(a < b for a, b in zip(seqs, seqs[1:]))
     if not gaps:
-        assert seqs == list(range(1, 10_001))
+        assert seqs == list(range(base, base + 10_000))
 
 
 @pytest.mark.parametrize("line", [b"subscribe", b"subscribe *", b"subscribe * later",
@@ -167,7 +203,7 @@ def test_bad_subscribe_lines(server, line):
 
 def test_a_subscribed_connection_ignores_what_it_is_sent(server):
     sub = server.client()
-    assert sub.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+    subscribed(sub, b"subscribe * now")
     sub.send(b"stats\r\nput 0 0 60 1\r\nx\r\n")
     c = server.client()
     assert c.cmd(b"put 0 0 60 1\r\ny") == b"INSERTED 1\r\n"
@@ -177,7 +213,7 @@ def test_a_subscribed_connection_ignores_what_it_is_sent(server):
 def test_commands_pipelined_after_subscribe_are_ignored(server):
     sub = server.client()
     sub.send(b"subscribe * now\r\nput 0 0 60 1\r\nx\r\nstats\r\n")
-    assert sub.read_line() == b"SUBSCRIBED 1\r\n"
+    assert re.fullmatch(rb"SUBSCRIBED \d+\r\n", sub.read_line())
     c = server.client()
     assert c.cmd(b"put 0 0 60 1\r\ny") == b"INSERTED 1\r\n"    # id 1: no put came before
     assert read_event(sub)["id"] == "1"
@@ -185,7 +221,7 @@ def test_commands_pipelined_after_subscribe_are_ignored(server):
 
 def test_a_closed_holder_releases_its_job(server):
     sub = server.client()
-    assert sub.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+    subscribed(sub, b"subscribe * now")
     c = server.client()
     assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED 1\r\n"
     assert c.cmd(b"reserve-with-timeout 0") == b"RESERVED 1 1\r\nx\r\n"

@@ -29,6 +29,7 @@ import time
 import pytest
 
 from conftest import WAIT, Client, start_qserver
+from test_events import subscribed
 from test_ext_durability import MODES, kill9
 from test_ext_wire import configure, info, ok_body, on_tube
 from test_steering_wire import put_ex_id
@@ -133,7 +134,7 @@ def test_20_jobs_of_one_lock_with_lock_limit_2_and_10_workers(qserver):
     in seq order, shows at most 2 reserved at once, the jobs reserved in id order
     (the oldest held one is readied each time) and each finished exactly once."""
     sub = qserver.client()
-    assert sub.cmd(b"subscribe locks now") == b"SUBSCRIBED 1\r\n"
+    base = subscribed(sub, b"subscribe locks now")
     c = on_tube(qserver, b"locks")
     configure(c, b"locks", (b"lock-limit", b"2"))
     ids = [put_ex_id(c, b"job-%d" % n, b"lock=acct-1", ttr=int(RUN_BOUND))
@@ -230,7 +231,7 @@ def test_20_jobs_of_one_lock_with_lock_limit_2_and_10_workers(qserver):
             break
     assert events[-1]["event"] == "put" and events[-1]["id"] == 21
     events.pop()
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["seq"] for e in events] == list(range(base, base + len(events)))
     assert {e["tube"] for e in events} == {"locks"}
     names = [e["event"] for e in events]
     counts = {name: names.count(name) for name in set(names)}
@@ -292,7 +293,7 @@ def test_a_subscriber_that_reconnects_misses_no_event_and_sees_none_twice(qserve
     reconnect. Every event comes exactly once, in seq order, and they match what
     the producers did."""
     sub = qserver.client()
-    assert sub.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+    base = subscribed(sub, b"subscribe * now")
     stop = threading.Event()
     done = [[] for _ in range(PRODUCERS)]       # (id, ending) per producer
     errors = []
@@ -354,7 +355,7 @@ def test_a_subscriber_that_reconnects_misses_no_event_and_sees_none_twice(qserve
     assert events[-1]["id"] == marker
     events.pop()
     assert reconnects == RECONNECTS
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["seq"] for e in events] == list(range(base, base + len(events)))
     got = sorted((e["tube"], e["id"], e["event"]) for e in events)
     expected = sorted((f"p{n}", job, name) for n in range(PRODUCERS)
                       for job, ending in done[n] for name in ("put", "reserve", ending))

@@ -402,20 +402,29 @@ EVENT_LINE = re.compile(r"([0-9]+) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) "
                         r"([a-z]+) id=([0-9]+) tube=(\S+) attempt=([0-9]+)")
 
 
-def event_lines(out: str) -> list:
+def event_lines(out: str, base: int) -> list:
+    """(n, event, id, tube, attempt) of each line, n counting from 1 at `base`."""
     rows = []
     for line in out.splitlines():
         m = EVENT_LINE.fullmatch(line)
         assert m, line
-        rows.append((int(m[1]), m[3], int(m[4]), m[5], int(m[6])))
+        rows.append((int(m[1]) - base + 1, m[3], int(m[4]), m[5], int(m[6])))
     return rows
+
+
+def subscribed(c) -> int:
+    """Subscribe (events are kept from now on); returns the first sequence number."""
+    reply = c.cmd(b"subscribe * now")
+    m = re.fullmatch(rb"SUBSCRIBED (\d+)\r\n", reply)
+    assert m, reply
+    return int(m[1])
 
 
 def test_watch_events_prints_lines_and_json(capsys, qserver):
     s = qserver
     c = s.client()
     try:
-        assert c.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"    # events kept from now
+        base = subscribed(c)
         c = s.client()
         assert c.cmd(b"use mail") == b"USING mail\r\n"
         assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED 1\r\n"
@@ -426,22 +435,22 @@ def test_watch_events_prints_lines_and_json(capsys, qserver):
         assert c.cmd(b"put 0 0 60 1\r\ny") == b"INSERTED 2\r\n"
     finally:
         c.close()
-    rc, out, err = run(capsys, s, "watch-events", "--from", "1", "--count", "4")
+    rc, out, err = run(capsys, s, "watch-events", "--from", str(base), "--count", "4")
     assert (rc, err) == (0, "")
-    assert event_lines(out) == [(1, "put", 1, "mail", 0), (2, "reserve", 1, "mail", 0),
+    assert event_lines(out, base) == [(1, "put", 1, "mail", 0), (2, "reserve", 1, "mail", 0),
                                 (3, "fail", 1, "mail", 1), (4, "bury", 1, "mail", 1)]
     data = [json.loads(line) for line in
-            run(capsys, s, "watch-events", "--json", "--from", "3", "--count", "3")[1]
-            .splitlines()]
+            run(capsys, s, "watch-events", "--json", "--from", str(base + 2), "--count",
+                "3")[1].splitlines()]
     assert [list(d) for d in data] == [["seq", "time", "id", "tube", "event", "attempt"]] * 3
-    assert [(d["seq"], d["event"], d["id"], d["tube"]) for d in data] == [
+    assert [(d["seq"] - base + 1, d["event"], d["id"], d["tube"]) for d in data] == [
         (3, "fail", 1, "mail"), (4, "bury", 1, "mail"), (5, "put", 2, "other")]
     assert all(isinstance(d["time"], float) for d in data)
     times = [line.split()[1] for line in out.splitlines()]
     assert times[2] == qctl.event_time(data[0]["time"])
-    rc, out, _ = run(capsys, s, "watch-events", "--tube", "other", "--from", "1",
+    rc, out, _ = run(capsys, s, "watch-events", "--tube", "other", "--from", str(base),
                      "--count", "1")
-    assert rc == 0 and event_lines(out) == [(5, "put", 2, "other", 0)]
+    assert rc == 0 and event_lines(out, base) == [(5, "put", 2, "other", 0)]
     assert qctl.event_time(1764626400.123) == "2025-12-01T22:00:00.123Z"
     assert qctl.event_time(1.9996) == "1970-01-01T00:00:02.000Z"
     for bad in (["--from", "x"], ["--from", "-1"], ["--count", "0"], ["--count", "x"]):
@@ -457,19 +466,21 @@ def test_watch_events_shows_a_gap(capsys):
     s = start_qserver("--event-window", "3")
     try:
         c = s.client()
-        assert c.cmd(b"subscribe * now") == b"SUBSCRIBED 1\r\n"
+        base = subscribed(c)
         c = s.client()
         for n in range(6):
             assert c.cmd(b"put 0 0 60 1\r\nx") == b"INSERTED %d\r\n" % (n + 1)
-        rc, out, _ = run(capsys, s, "watch-events", "--from", "2", "--count", "2")
+        rc, out, _ = run(capsys, s, "watch-events", "--from", str(base + 1), "--count", "2")
         lines = out.splitlines()
-        assert rc == 0 and lines[0] == ("-- gap: the server no longer keeps the events "
-                                        "asked for from seq 2; going on from seq 4")
-        assert event_lines("\n".join(lines[1:])) == [(4, "put", 4, "default", 0),
-                                                     (5, "put", 5, "default", 0)]
-        out = run(capsys, s, "watch-events", "--json", "--from", "1", "--count", "1")[1]
-        assert [json.loads(line) for line in out.splitlines()][0] == {"gap": 4,
-                                                                     "expected": 1}
+        assert rc == 0 and lines[0] == (
+            "-- gap: the server no longer keeps the events asked for from seq "
+            f"{base + 1}; going on from seq {base + 3}")
+        assert event_lines("\n".join(lines[1:]), base) == [(4, "put", 4, "default", 0),
+                                                           (5, "put", 5, "default", 0)]
+        out = run(capsys, s, "watch-events", "--json", "--from", str(base), "--count",
+                  "1")[1]
+        assert [json.loads(line) for line in out.splitlines()][0] == {"gap": base + 3,
+                                                                     "expected": base}
         c.close()
     finally:
         s.stop()
@@ -498,8 +509,9 @@ def test_watch_events_from_now_as_a_command(qserver):
             watcher.wait(10)
         c.close()
     assert (watcher.returncode, err) == (0, b"")
-    assert [(d["seq"], d["event"], d["id"]) for d in map(json.loads, out.splitlines())] \
-        == [(1, "put", 1), (2, "put", 2)]
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(d["seq"] - events[0]["seq"], d["event"], d["id"]) for d in events] \
+        == [(0, "put", 1), (1, "put", 2)]
 
 
 def test_extensions_against_beanstalkd(capsys, beanstalkd):
