@@ -20,7 +20,7 @@ run (its client was never told it had). Two things keep that true: compaction ke
 the old segments while a flush is unlogged (`Flusher.unlogged`), and a unique key
 whose job is being flushed is taken over only after that job's DELETE is logged
 (`Flusher.give_up_key`).
-Imports: `job`, stdlib.
+Imports: `job`, `errors`, stdlib.
 """
 
 import array
@@ -29,6 +29,7 @@ import sys
 import time
 from operator import itemgetter
 
+from qserver.errors import QueueError
 from qserver.job import ID_MASK
 
 SLICE_SECONDS = 0.010       # a flush never holds the loop longer than this per turn
@@ -46,7 +47,8 @@ def hides(job) -> bool:
 class Flush:
     """One flush-tube: the lists it took, what it has removed, and who waits."""
 
-    __slots__ = ("tube", "last_id", "kept", "chunks", "gone", "early", "answer")
+    __slots__ = ("tube", "last_id", "kept", "chunks", "gone", "early", "answer",
+                 "error")
 
     def __init__(self, engine, tube, lists):
         self.tube = tube
@@ -55,7 +57,8 @@ class Flush:
         self.chunks = _chunks(*lists)
         self.gone = array.array("Q")    # the ids the FLUSH record names
         self.early = 0                  # removed by give_up_key, each with a DELETE
-        self.answer = None              # called with the count once logged
+        self.answer = None              # called with the Flush once it is done
+        self.error = None               # the log's error if the record failed
 
     def count(self) -> int:
         return len(self.gone) + self.early
@@ -168,13 +171,19 @@ class Flusher:
     def _logged(self, flush) -> None:
         engine, tube = self.engine, flush.tube
         if flush.gone:
-            engine.log.flush(tube.name, _little_endian(flush.gone))
+            try:
+                engine.log.flush(tube.name, _little_endian(flush.gone))
+            except QueueError as error:
+                # The log could not take the record (it said why in the server's
+                # log): the client hears the error; the jobs are gone from memory
+                # and come back with their records if the server restarts first.
+                flush.error = error
         tube.flushes.remove(flush)
         if not tube.flushes:
             tube.flushes = None
         self.total += flush.count()
         if flush.answer is not None:
-            flush.answer(flush.count())
+            flush.answer(flush)
 
     # -- the lookups that must not see a flushed job ----------------------------
 

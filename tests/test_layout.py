@@ -22,7 +22,7 @@ ALLOWED = {
     "policy": {"errors", "wire"},
     "ledger": {"listing"},
     "listing": {"errors", "job", "flush"},
-    "flush": {"job"},
+    "flush": {"job", "errors"},
     "events": set(),
     "lifecycle": {"errors", "job", "policy", "ledger"},
     "steering": {"errors", "job", "flush"},

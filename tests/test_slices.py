@@ -11,7 +11,7 @@ import pytest
 from qserver import flush as flush_room
 from qserver import listing
 from qserver.engine import Engine, NoLog
-from qserver.errors import NotFound, TimedOut
+from qserver.errors import InternalError, NotFound, TimedOut
 from qserver.job import BURIED, DELAYED, HELD, READY, RESERVED
 from qserver.listing import TubeIndex, index_of, page_of, parse_request
 from qserver.session import Session
@@ -131,7 +131,7 @@ def test_a_flush_takes_effect_at_once_and_forgets_its_jobs_over_many_turns(eng, 
     late = put(eng)
     assert eng.reserve(s, 0, T0) is late
     answers = []
-    flush.answer = answers.append
+    flush.answer = lambda done: answers.append(done.count())
     assert eng.log.calls == []                      # no record before the end
     turn_count = turns.run()
     assert turn_count > 10                          # it took many turns
@@ -194,7 +194,7 @@ def test_a_key_of_a_job_being_flushed_is_free_and_its_job_deleted_first(eng, tur
     assert ("delete", old.id) in eng.log.calls
     assert old.id not in eng.jobs and eng.steering.keys == {("t", b"k"): new.id}
     answers = []
-    flush.answer = answers.append
+    flush.answer = lambda done: answers.append(done.count())
     turns.run()
     assert answers == [121]                         # 120 + the one deleted early
     [(_, _, named)] = [call for call in eng.log.calls if call[0] == "flush"]
@@ -230,11 +230,28 @@ def test_two_flushes_of_one_tube_run_in_turn_and_count_their_own_jobs(eng, turns
     second = eng.flusher.start("t")
     assert all(flushed_away(eng, job) for job in between)
     answers = []
-    first.answer = lambda n: answers.append(("first", n))
-    second.answer = lambda n: answers.append(("second", n))
+    first.answer = lambda done: answers.append(("first", done.count()))
+    second.answer = lambda done: answers.append(("second", done.count()))
     turns.run()
     assert answers == [("first", 90), ("second", 50)]
     assert eng.jobs == {} and eng.tubes["t"].flushes is None
+
+
+def test_a_flush_the_log_cannot_take_answers_the_error_and_frees_the_queue(eng, turns):
+    def full(tube_name, job_ids):
+        raise InternalError
+    eng.log.flush = full
+    s = session(eng)
+    fill(eng, s, count=40)
+    failed = eng.flusher.start("t")
+    replies = []
+    failed.answer = lambda done: replies.append(done.error)
+    turns.run()
+    assert len(replies) == 1 and isinstance(replies[0], InternalError)
+    assert eng.flusher.unlogged is False and eng.tubes["t"].flushes is None
+    del eng.log.flush                               # the disk has room again
+    put(eng)
+    assert eng.flusher.flush("t") == 1 and eng.log.calls[-1][0] == "flush"
 
 
 def test_finish_all_completes_a_flush_at_once(eng, turns):

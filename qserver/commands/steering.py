@@ -68,10 +68,12 @@ class SteeringCommands:
         self.counts["flush-tube"] += 1
         flusher = self.engine.flusher
         flush = flusher.start(name)
-        if flush is None or flusher.finished(flush):
-            return b"FLUSHED %d\r\n" % (flush.count() if flush is not None else 0)
+        if flush is None:
+            return b"FLUSHED 0\r\n"
+        if flusher.finished(flush):
+            return _flushed(flush)
         answer = client.answer_later(logged=True)
-        flush.answer = lambda count: answer(b"FLUSHED %d\r\n" % count)
+        flush.answer = lambda done: answer(_flushed(done))
         return None
 
     def cancel_tag(self, client, rest):
@@ -124,6 +126,12 @@ class SteeringCommands:
         if subscribe is None:           # an in-process harness without a server
             raise UnknownCommand
         return subscribe(tube, start)
+
+
+def _flushed(flush) -> bytes:
+    if flush.error is not None:
+        return flush.error.reply
+    return b"FLUSHED %d\r\n" % flush.count()
 
 
 def _refuse(client, body: bytes):
