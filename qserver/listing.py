@@ -86,16 +86,27 @@ class TubeIndex:
 
 
 def _copied_entries(engine, tube):
-    """(state, [sort keys]) chunks of what the tube holds now."""
-    ready = [(key >> PRI_SHIFT, key & ID_MASK) for key in tube.ready]
-    delayed = list(tube.delayed)
-    buried = [(job.bury_seq, job.id) for job in tube.buried.values()]
+    """(state, [sort keys]) chunks of what the tube holds now. The lists are
+    copied at once (C-speed copies: a few ms for a million) and turned into sort
+    keys a chunk at a time, so no slice does more than CHUNK of either."""
+    copies = ((READY, list(tube.ready), _ready_keys), (DELAYED, list(tube.delayed), list),
+              (BURIED, list(tube.buried.values()), _buried_keys))
     reserved = [(job.deadline, job.id) for job in engine.reserved_in(tube)]
     held = [(job.id, job.id) for job in engine.steering.held_in(tube)]
-    for state, keys in ((READY, ready), (DELAYED, delayed), (RESERVED, reserved),
-                        (BURIED, buried), (HELD, held)):
+    for state, entries, keys_of in copies:
+        for start in range(0, len(entries), CHUNK):
+            yield state, keys_of(entries[start:start + CHUNK])
+    for state, keys in ((RESERVED, reserved), (HELD, held)):
         for start in range(0, len(keys), CHUNK):
             yield state, keys[start:start + CHUNK]
+
+
+def _ready_keys(heap_keys: list) -> list:
+    return [(key >> PRI_SHIFT, key & ID_MASK) for key in heap_keys]
+
+
+def _buried_keys(jobs: list) -> list:
+    return [(job.bury_seq, job.id) for job in jobs]
 
 
 def _sort_key(job) -> tuple:
