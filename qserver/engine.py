@@ -540,9 +540,10 @@ class Engine:
         self._release_tube(tube)
         return ready, delayed, buried, held, index_lists
 
-    def forget_flushed(self, job: Job, logged: bool = False) -> None:
-        """Forget a job a flush took (it is in no list any more); the FLUSH record
-        comes when the whole flush is done, unless `logged` (a DELETE went)."""
+    def forget_flushed(self, job: Job, logged: bool) -> None:
+        """Forget a job a flush took (it is in no list any more) once its FLUSH
+        record is written; `logged`: its own DELETE went before (the journal has
+        stopped counting its bytes already)."""
         if not logged:
             self.log.forget(job)
         del self.jobs[job.id]

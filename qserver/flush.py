@@ -3,34 +3,38 @@
 A flush takes effect when its command runs: the tube's ready, delayed, buried and
 held lists are swapped for empty ones in one step, so from then on reserve, peek,
 kick and the stats see none of those jobs, and jobs put afterwards are not touched.
-Forgetting the old lists' jobs then runs in slices of at most SLICE_SECONDS, one per
-loop turn, so other clients are served meanwhile (a million jobs used to hold the
-loop for over a second). When the last one is gone, one FLUSH record naming them is
-written, and only then does the client hear `FLUSHED <n>`.
+The rest runs in slices of at most SLICE_SECONDS, one per loop turn, so other
+clients are served meanwhile (a million jobs used to hold the loop for over a
+second): first the old lists are walked and their jobs collected (each marked
+FLUSHED, which also drops the stale duplicates a lazy heap has); then the one
+FLUSH record naming them is written and the client hears `FLUSHED <n>`; then the
+jobs are freed.
 
-Until then a flushed job is still in the engine's id index but counts as gone:
-`hides(job)` says so for the lookups by id (peek, delete, kick-job, reserve-job,
-job-info, unique keys, tags, the delay timer). The rule needs no mark on each job: a
-job of a tube with a flush in progress was flushed if its id had been taken when the
-flush began, unless the job was reserved then or came in later from another tube (a
-dead letter); those are `kept`.
+Until it is freed a flushed job is still in the engine's id index but counts as
+gone: `hides(job)` says so for the lookups by id (peek, delete, kick-job,
+reserve-job, job-info, unique keys, tags, the delay timer, compaction). The rule
+needs no mark on each job, so it holds from the first moment: a job of a tube with
+a flush in progress was flushed if its id had been taken when the flush began,
+unless the job was reserved then or came in later from another tube (a dead
+letter); those are `kept`.
 
 A crash before the record brings every flushed job back, as if the flush had never
-run (its client was never told it had). Two things keep that true: compaction keeps
-the old segments while a flush is unlogged (`Flusher.unlogged`), and a unique key
-whose job is being flushed is taken over only after that job's DELETE is logged
-(`Flusher.give_up_key`).
+run (its client was never told it had): no job is freed before the record, and
+compaction, which does not copy hidden jobs, keeps the old segments while a flush
+is unlogged (`Flusher.unlogged`). One exception keeps unique keys unique: a put-ex
+that wants the key of a flushed job logs that job's DELETE first (`give_up_key`).
 Imports: `job`, `errors`, stdlib.
 """
 
 import array
 import collections
+import itertools
 import sys
 import time
 from operator import itemgetter
 
 from qserver.errors import QueueError
-from qserver.job import ID_MASK
+from qserver.job import FLUSHED, ID_MASK
 
 SLICE_SECONDS = 0.010       # a flush never holds the loop longer than this per turn
 CHUNK = 1024
@@ -45,48 +49,72 @@ def hides(job) -> bool:
 
 
 class Flush:
-    """One flush-tube: the lists it took, what it has removed, and who waits."""
+    """One flush-tube: the lists it took, the jobs it collected, who waits."""
 
-    __slots__ = ("tube", "last_id", "kept", "chunks", "gone", "early", "answer",
-                 "error")
+    __slots__ = ("tube", "last_id", "kept", "chunks", "index_lists", "gone", "logged",
+                 "freeing", "answer", "error")
 
     def __init__(self, engine, tube, lists):
         self.tube = tube
         self.last_id = engine.next_id - 1
         self.kept = {job.id for job in engine.reserved_in(tube)}
-        self.chunks = _chunks(*lists)
+        ready, delayed, buried, held, self.index_lists = lists
+        self.chunks = _chunks(ready, delayed, buried, held)
         self.gone = array.array("Q")    # the ids the FLUSH record names
-        self.early = 0                  # removed by give_up_key, each with a DELETE
-        self.answer = None              # called with the Flush once it is done
+        self.logged = False             # the record is written: the reply can go
+        self.freeing = None             # chunks of `gone` once logged
+        self.answer = None              # called with the Flush once logged
         self.error = None               # the log's error if the record failed
 
     def count(self) -> int:
-        return len(self.gone) + self.early
+        return len(self.gone)
 
-    def step(self, engine, stop: float) -> bool:
-        """Remove flushed jobs until perf_counter() passes `stop`; True when all
-        are gone."""
+    def collect(self, engine, stop: float) -> bool:
+        """Mark the old lists' jobs FLUSHED and note their ids until perf_counter()
+        passes `stop`; True when every list is walked."""
         jobs, tube, last_id, kept, gone = engine.jobs, self.tube, self.last_id, \
             self.kept, self.gone
-        forget = engine.forget_flushed
         clock = time.perf_counter
         for ids in self.chunks:
             for job_id in ids:
                 job = jobs.get(job_id)
-                if job is not None and job.tube is tube and job_id <= last_id \
-                        and job_id not in kept:
-                    forget(job)
+                if job is not None and job.tube is tube and job.state != FLUSHED \
+                        and job_id <= last_id and job_id not in kept:
+                    job.state = FLUSHED
                     gone.append(job_id)
             if clock() > stop:
                 return False
         return True
 
+    def free(self, engine, stop: float) -> bool:
+        """Forget collected jobs until perf_counter() passes `stop`; True when done."""
+        if self.freeing is None:
+            gone = self.gone
+            self.freeing = itertools.chain(
+                (gone[start:start + CHUNK] for start in range(0, len(gone), CHUNK)),
+                _emptied(self.index_lists))
+        jobs, forget = engine.jobs, engine.forget_flushed
+        deleted = engine.flusher.deleted
+        clock = time.perf_counter
+        for ids in self.freeing:
+            for job_id in ids:
+                job = jobs.get(job_id)
+                if job is None:
+                    continue
+                logged = job_id in deleted      # its own DELETE went (give_up_key)
+                if logged:
+                    deleted.discard(job_id)
+                forget(job, logged)
+            if clock() > stop:
+                return False
+        return True
 
-def _chunks(ready: list, delayed: list, buried: dict, held: list, index_lists):
+
+def _chunks(ready: list, delayed: list, buried: dict, held: list):
     """The ids in the old lists, CHUNK at a time, taken out of the lists as they go
     so that their memory is freed a little each turn too (dropping a million
     entries at once holds the loop for 50-200 ms). A job can have stale entries in
-    several lists; the first one that finds it removes it."""
+    several lists; the first one that finds it marks it FLUSHED."""
     for heap, pick in ((ready, ID_MASK.__and__), (delayed, itemgetter(1))):
         while heap:
             chunk = heap[-CHUNK:]
@@ -95,7 +123,11 @@ def _chunks(ready: list, delayed: list, buried: dict, held: list, index_lists):
     while buried:
         yield [buried.popitem()[0] for _ in range(min(CHUNK, len(buried)))]
     yield [job.id for job in held]
-    for entries in index_lists:         # the tube's list-jobs index, if it had one
+
+
+def _emptied(index_lists):
+    """The tube's old list-jobs index lists, emptied CHUNK entries at a time."""
+    for entries in index_lists:
         while entries:
             for _ in range(min(CHUNK, len(entries))):
                 entries.pop()
@@ -110,15 +142,16 @@ class Flusher:
         self.queue = collections.deque()
         self.running = False
         self.total = 0              # jobs removed by flushes since start
+        self.deleted = set()        # flushed jobs whose DELETE give_up_key logged
 
     @property
     def unlogged(self) -> bool:
-        return bool(self.queue)
+        return any(not flush.logged for flush in self.queue)
 
     def start(self, tube_name: str):
         """Flush the tube now (its lists are emptied at once); returns the Flush,
-        or None when there is no such tube. `finished(flush)` tells whether it is
-        done; else its `answer` gets the count later."""
+        or None when there is no such tube. When its first slice did not log it,
+        its `answer` is called once it is logged."""
         engine = self.engine
         tube = engine.tubes.get(tube_name)
         if tube is None:
@@ -145,9 +178,6 @@ class Flusher:
         self.finish_all()
         return flush.count()
 
-    def finished(self, flush) -> bool:
-        return flush not in self.queue
-
     def finish_all(self) -> None:
         """Complete every flush now (at shutdown, or without a loop)."""
         while self.queue:
@@ -163,37 +193,44 @@ class Flusher:
 
     def _step(self, stop: float) -> None:
         flush = self.queue[0]
-        if not flush.step(self.engine, stop):
-            return
-        self.queue.popleft()
-        self._logged(flush)
+        if not flush.logged:
+            if not flush.collect(self.engine, stop):
+                return
+            self._log(flush)
+            if time.perf_counter() > stop:
+                return
+        if flush.free(self.engine, stop):
+            self.queue.popleft()
+            tube = flush.tube
+            tube.flushes.remove(flush)
+            if not tube.flushes:
+                tube.flushes = None
 
-    def _logged(self, flush) -> None:
-        engine, tube = self.engine, flush.tube
+    def _log(self, flush) -> None:
         if flush.gone:
             try:
-                engine.log.flush(tube.name, _little_endian(flush.gone))
+                self.engine.log.flush(flush.tube.name, _little_endian(flush.gone))
             except QueueError as error:
                 # The log could not take the record (it said why in the server's
-                # log): the client hears the error; the jobs are gone from memory
-                # and come back with their records if the server restarts first.
+                # log): the client hears the error, and the jobs are freed all the
+                # same; they come back with their records if the server restarts
+                # before compaction has dropped those.
                 flush.error = error
-        tube.flushes.remove(flush)
-        if not tube.flushes:
-            tube.flushes = None
-        self.total += flush.count()
+        flush.logged = True
+        if flush.error is None:
+            self.total += flush.count()
         if flush.answer is not None:
             flush.answer(flush)
 
     # -- the lookups that must not see a flushed job ----------------------------
 
     def give_up_key(self, job) -> None:
-        """A put-ex wants the unique key of a job being flushed: remove that job now,
-        with its own DELETE record, so that no crash can bring back both."""
-        engine = self.engine
-        engine.log.delete(job)
-        engine.forget_flushed(job, logged=True)
-        job.tube.flushes[-1].early += 1
+        """A put-ex wants the unique key of a flushed job that is not freed yet:
+        log that job's DELETE now (a crash before the flush's record must not
+        bring back both) and free the key; the flush frees the job as usual."""
+        self.engine.log.delete(job)
+        self.deleted.add(job.id)
+        self.engine.steering.drop_key(job)
 
     def kept(self, job) -> None:
         """A job came into a tube with flushes in progress (a dead letter)."""

@@ -10,6 +10,9 @@ READY, RESERVED, DELAYED, BURIED = 1, 2, 3, 4
 COMPLETED, DEAD = 5, 6
 # A put-ex job waiting for its lock key (protocol.md, "Per-key concurrency").
 HELD = 7
+# A job a flush-tube in progress has taken and not yet freed (flush.py); never seen
+# by clients (every lookup treats it as gone).
+FLUSHED = 8
 STATE_NAMES = {READY: "ready", RESERVED: "reserved", DELAYED: "delayed", BURIED: "buried",
                COMPLETED: "completed", DEAD: "dead", HELD: "held"}
 

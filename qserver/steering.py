@@ -140,6 +140,13 @@ class Steering:
                 if not ids:
                     del self.tags[tag]
 
+    def drop_key(self, job) -> None:
+        """Free a job's unique key while the job stays (flushed, not freed yet)."""
+        meta = self.meta.get(job.id)
+        if meta is not None and meta.key is not None \
+                and self.keys.get((job.tube.name, meta.key)) == job.id:
+            del self.keys[(job.tube.name, meta.key)]
+
     def moved(self, job, old_tube_name: str) -> None:
         """A job went to another tube (a dead letter): its key goes with it, unless
         a job there holds that key already (then the first one keeps it)."""

@@ -81,17 +81,25 @@ def test_a_flush_goes_on_when_its_client_leaves(qserver):
     assert other.cmd(b"stats-tube t") == b"NOT_FOUND\r\n"      # unused, so dropped
 
 
-def test_others_see_the_tube_empty_and_its_keys_free_while_it_flushes(qserver):
-    c = on_tube(qserver, b"t")
+def start_keyed_flush(server) -> tuple:
+    """Tube t: one job with key k, then BIG plain ones; flush-tube sent on one
+    connection, and once another sees the tube empty, it checks that the keyed job
+    is gone for it and puts a job with key k. Returns (flushing connection, other
+    connection, keyed id, new id)."""
+    c = on_tube(server, b"t")
     keyed = put_ex_id(c, b"old", b"key=k")
     fill(c, BIG)
-    other = on_tube(qserver, b"t")
+    other = on_tube(server, b"t")
     c.send(b"flush-tube t\r\n")
     wait_for_stat(other, b"stats-tube t", "current-jobs-ready", 0)
     # Whether or not the flush is still forgetting jobs, they are gone for everyone.
     assert other.cmd(b"peek %d" % keyed) == b"NOT_FOUND\r\n"
     assert other.cmd(b"delete %d" % keyed) == b"NOT_FOUND\r\n"
-    fresh = put_ex_id(other, b"new", b"key=k")
+    return c, other, keyed, put_ex_id(other, b"new", b"key=k")
+
+
+def test_others_see_the_tube_empty_and_its_keys_free_while_it_flushes(qserver):
+    c, other, _, fresh = start_keyed_flush(qserver)
     assert other.cmd(b"peek-ready") == b"FOUND %d 3\r\nnew\r\n" % fresh
     flushed = int(re.fullmatch(rb"FLUSHED (\d+)\r\n", c.read_line())[1])
     assert flushed == BIG + 1
@@ -106,13 +114,7 @@ def _flush_then(tmp_path, mode, stop) -> tuple:
     whether FLUSHED was heard before the stop)."""
     server = start_qserver("-b", str(tmp_path), *mode)
     try:
-        c = on_tube(server, b"t")
-        keyed = put_ex_id(c, b"old", b"key=k")
-        fill(c, BIG)
-        other = on_tube(server, b"t")
-        c.send(b"flush-tube t\r\n")
-        wait_for_stat(other, b"stats-tube t", "current-jobs-ready", 0)
-        fresh = put_ex_id(other, b"new", b"key=k")
+        c, _, keyed, fresh = start_keyed_flush(server)
         heard = not c.nothing_within(0.001)
         stop(server)
         return keyed, fresh, heard
@@ -143,6 +145,41 @@ def test_kill_9_during_a_big_flush_leaves_all_of_its_jobs_or_none(tmp_path, mode
     keyed, fresh, heard = _flush_then(tmp_path, mode, kill9)
     print("FLUSHED heard before the kill:", heard)
     _check_restarted(tmp_path, keyed, fresh, all_gone=heard or None)
+
+
+@MODES
+def test_kill_9_right_after_flush_tube_is_sent(tmp_path, mode):
+    """Killed at once: most often while the flush collects its jobs (nothing is
+    logged: all come back), sometimes after its record (all gone); never part."""
+    server = start_qserver("-b", str(tmp_path), *mode)
+    try:
+        c = on_tube(server, b"t")
+        keyed = put_ex_id(c, b"old", b"key=k")
+        fill(c, BIG)
+        c.send(b"flush-tube t\r\n")
+        kill9(server)
+        try:                                # whatever came before the connection died
+            heard = c.read_line().startswith(b"FLUSHED")
+        except (ConnectionError, OSError):
+            heard = False
+    finally:
+        server.stop()
+    server = start_qserver("-b", str(tmp_path), "-F")
+    try:
+        c = on_tube(server, b"t")
+        jobs = (stat(c, b"stats-tube t", "current-jobs-ready")
+                + stat(c, b"stats-tube t", "current-jobs-delayed"))
+        print("FLUSHED heard before the kill:", heard, "jobs after the restart:", jobs)
+        assert jobs in (0, BIG + 1)
+        if heard:
+            assert jobs == 0
+        if jobs:
+            assert c.cmd(b"peek %d" % keyed) == b"FOUND %d 3\r\nold\r\n" % keyed
+            assert put_ex(c, b"again", b"key=k") == b"DUPLICATE %d\r\n" % keyed
+        else:
+            assert put_ex_id(c, b"again", b"key=k") > keyed + BIG
+    finally:
+        server.stop()
 
 
 @MODES

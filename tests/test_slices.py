@@ -119,7 +119,7 @@ def test_a_flush_takes_effect_at_once_and_forgets_its_jobs_over_many_turns(eng, 
     kept = put(eng)
     assert eng.reserve_job(s, kept.id, T0) is kept
     flush = eng.flusher.start("t")
-    assert not eng.flusher.finished(flush)
+    assert not flush.logged
     tube = eng.tubes["t"]
     # At once: the tube looks empty but for its reserved job.
     assert (tube.ready_count, tube.delayed_count, len(tube.buried), tube.reserved_count) \
@@ -133,10 +133,19 @@ def test_a_flush_takes_effect_at_once_and_forgets_its_jobs_over_many_turns(eng, 
     answers = []
     flush.answer = lambda done: answers.append(done.count())
     assert eng.log.calls == []                      # no record before the end
-    turn_count = turns.run()
-    assert turn_count > 10                          # it took many turns
-    assert answers == [300] and eng.flusher.finished(flush)
+    for collecting in range(10_000):
+        if answers:
+            break
+        assert turns.one()
+        # Nothing is freed before the record is written.
+        assert (eng.log.calls == []) == (not answers)
+        assert answers or len(eng.jobs) == 302
+    assert collecting > 10                          # it took many turns
+    assert answers == [300] and flush.logged
     assert eng.log.calls == [("flush", "t", sorted(job.id for job in flushed))]
+    assert eng.flusher.unlogged is False and len(eng.jobs) > 2   # now freeing
+    assert all(flushed_away(eng, job) for job in flushed)
+    assert turns.run() > 1
     assert set(eng.jobs) == {kept.id, late.id}
     assert tube.flushes is None and eng.flusher.total == 300
 
@@ -151,7 +160,7 @@ def test_the_delay_timer_does_not_bring_back_a_flushed_delayed_job(eng, turns):
     assert tube.ready_count == 0 and tube.peek_ready() is None
     turns.run()
     assert eng.jobs == {} and eng.delayed_total == 0
-    assert all(job.state == DELAYED for job in jobs[DELAYED])
+    assert not any(job.state == READY for job in jobs[DELAYED])
 
 
 def test_a_reserved_job_that_comes_back_during_a_flush_is_not_flushed(eng, turns):
@@ -189,17 +198,34 @@ def test_a_key_of_a_job_being_flushed_is_free_and_its_job_deleted_first(eng, tur
     old = put_ex(eng, "t", key=b"k", tags=(b"g",))
     flush = eng.flusher.start("t")
     turns.one()
+    assert not flush.logged
     assert eng.steering.cancel_tag(b"g") == (0, 0)  # flushed already: not cancelled
     new = put_ex(eng, "t", key=b"k")                 # no DUPLICATE
-    assert ("delete", old.id) in eng.log.calls
-    assert old.id not in eng.jobs and eng.steering.keys == {("t", b"k"): new.id}
+    assert eng.log.calls == [("delete", old.id)]    # before the record: its own DELETE
+    assert eng.steering.keys == {("t", b"k"): new.id}
     answers = []
     flush.answer = lambda done: answers.append(done.count())
     turns.run()
-    assert answers == [121]                         # 120 + the one deleted early
+    assert answers == [121]
     [(_, _, named)] = [call for call in eng.log.calls if call[0] == "flush"]
-    assert old.id not in named and len(named) == 120
-    assert set(eng.jobs) == {new.id}
+    assert old.id in named and len(named) == 121
+    assert set(eng.jobs) == {new.id} and eng.flusher.deleted == set()
+    assert eng.steering.keys == {("t", b"k"): new.id}
+
+
+def test_a_key_freed_after_the_record_needs_no_delete(eng, turns):
+    s = session(eng)
+    fill(eng, s, count=40)
+    old = put_ex(eng, "t", key=b"k")
+    flush = eng.flusher.start("t")
+    for _ in range(10_000):
+        if flush.logged:
+            break
+        turns.one()
+    turns.run()
+    new = put_ex(eng, "t", key=b"k")
+    assert [call[0] for call in eng.log.calls] == ["flush"]
+    assert old.id in eng.log.calls[0][2] and set(eng.jobs) == {new.id}
 
 
 def test_held_jobs_are_flushed_and_their_lock_forgotten(eng, turns):
@@ -259,7 +285,7 @@ def test_finish_all_completes_a_flush_at_once(eng, turns):
     fill(eng, s, count=50)
     flush = eng.flusher.start("t")
     eng.flusher.finish_all()
-    assert eng.flusher.finished(flush) and flush.count() == 150 and eng.jobs == {}
+    assert flush.logged and flush.count() == 150 and eng.jobs == {}
     assert eng.flusher.unlogged is False
     turns.run()                                     # the queued turn finds nothing
     assert eng.flusher.total == 150
@@ -271,7 +297,7 @@ def test_a_flush_of_a_small_tube_completes_in_its_first_slice(eng, turns, monkey
     put(eng)
     put(eng, delay=5)
     flush = eng.flusher.start("t")
-    assert eng.flusher.finished(flush) and flush.count() == 2
+    assert flush.logged and flush.count() == 2
     assert turns.queue == [] and eng.jobs == {}
     assert eng.flusher.start("nothing-here") is None
 

@@ -431,14 +431,14 @@ class Journal:
     def _sweep_slice(self) -> None:
         """Rewrite older jobs into the current segment for at most one slice of time."""
         boundary, ids, pos = self.sweep
-        jobs = self.engine.jobs
+        find = self.engine.find             # not a job being flushed (flush.py)
         retained = self.engine.lifecycle.ledger.records
         clock = time.perf_counter           # real time spent, whatever the loop's clock
         stop = clock() + SWEEP_SLICE_SECONDS
         try:
             while pos < len(ids):
                 job_id = ids[pos]
-                job = jobs.get(job_id) or retained.get(job_id)
+                job = find(job_id) or retained.get(job_id)
                 pos += 1
                 if job is not None and job.file < boundary:
                     if job.state == COMPLETED or job.state == DEAD:
@@ -464,9 +464,9 @@ class Journal:
     def _finish_sweep(self, boundary: int) -> None:
         """Every live job now has its latest JOB record at or after `boundary`: the
         older segments go, one per loop turn (unlinking a big file takes time).
-        Not while a flush-tube is unlogged: the JOB records of the jobs it has
-        forgotten so far are in those segments, and a crash before its FLUSH record
-        must bring them back."""
+        Not while a flush-tube is unlogged: the sweep skipped the jobs it took, whose
+        JOB records are in those segments, and a crash before its FLUSH record must
+        bring them back."""
         if self.engine.flusher.unlogged:
             self.scheduler.call_later(0.05, lambda: self._finish_sweep(boundary))
             return
