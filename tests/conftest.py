@@ -155,6 +155,22 @@ def beanstalkd_path() -> str:
     return path
 
 
+def redis_server_path() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+    return path
+
+
+def start_redis(directory, *extra) -> ServerProcess:
+    """A redis-server on a free loopback port, its files in `directory`, no
+    snapshots unless `extra` asks (stopped by PID like the others)."""
+    port = free_port()
+    return ServerProcess([redis_server_path(), "--port", str(port), "--bind", "127.0.0.1",
+                          "--dir", str(directory), "--save", "", "--appendonly", "no",
+                          "--protected-mode", "no", *extra], port)
+
+
 def start_beanstalkd(*extra) -> ServerProcess:
     port = free_port()
     return ServerProcess([beanstalkd_path(), "-l", "127.0.0.1", "-p", str(port), *extra],

@@ -2,6 +2,8 @@
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -32,6 +34,7 @@ ALLOWED = {
     "commands": {"commands", "wire", "engine", "errors", "stats", "policy", "steering",
                  "listing"},
     "journal": {"journal", "job", "errors", "ledger", "lifecycle", "policy", "steering"},
+    "store": {"store", "errors"},
 }
 # The engine and what it is made of never touch the event loop, sockets or bytes on
 # the wire: they are pure and tested with an injected clock.
@@ -72,3 +75,14 @@ def test_every_module_has_a_docstring():
     for path in PACKAGE.rglob("*.py"):
         tree = ast.parse(path.read_text())
         assert ast.get_docstring(tree), f"{path.relative_to(PACKAGE)} has no docstring"
+
+
+def test_starting_the_server_imports_no_optional_package():
+    """redis-py (about 100 ms to import) and sortedcontainers load only when a store
+    or a listing asks for them, so startup stays fast."""
+    code = ("import sys, qserver.cli, qserver.server, qserver.commands; "
+            "print(sorted(m for m in ('redis', 'hiredis', 'sortedcontainers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "[]"

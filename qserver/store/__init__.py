@@ -1,0 +1,10 @@
+"""Where the queue's state lives when it is shared by several nodes (issue 12).
+
+The default store is the in-memory engine with its own log (`engine`, `journal`):
+synchronous, embedded, and untouched by anything here. `redis` keeps every job in
+Redis (or Valkey) and changes it with one atomic Redis Function per operation
+(`functions.lua`), so several qserver nodes can serve the same tubes. Nothing here
+is imported unless a store is asked for (redis-py alone takes about 100 ms to
+import), and the server does not use it yet: the commands are wired to it in later
+steps of issue 12.
+"""

@@ -1,0 +1,302 @@
+#!lua name=qserver
+--[[
+qserver's shared store: every change of a job's state is one function call, one
+atomic step in Redis (never "pop, then record", which loses the job when a node
+dies between the two). Loaded with FUNCTION LOAD REPLACE by qserver.store.redis;
+functions persist in the RDB/AOF and replicate, so a restarted or promoted Redis
+has them too.
+
+All keys share one hash tag, KEYS[1] = "{prefix}", so they live in one slot (one
+primary, Sentinel, or a one-shard cluster). Layout (P = KEYS[1]):
+  P:seq               STRING  the job id counter
+  P:j:<id>            HASH    tube pri delay ttr body state created due bury
+                              reserves timeouts releases buries kicks holder
+  P:t:<tube>:ready    ZSET    score pri, member the id padded to 20 digits (equal
+                              scores sort by member bytes: (pri, id) order)
+  P:t:<tube>:delayed  ZSET    score due time (ms)
+  P:t:<tube>:buried   ZSET    score bury sequence (kick order)
+  P:t:<tube>          HASH    total_jobs cmd_delete reserved
+  P:tubes             SET     tube names that have or had jobs
+  P:reserved          ZSET    score TTR deadline (ms), member padded id
+  P:h:<holder>        SET     padded ids a holder (node:connection) has reserved
+  P:bury_seq          STRING  the bury order counter
+Times come from the store's clock (TIME), the one clock of every node. Redis 7
+replicates a function's effects, so reading TIME before writing is allowed.
+A reply is a status word first ("OK", "NOT_FOUND", ...), then values.
+]]
+
+-- Lua numbers are doubles: ids are exact below 2^53 (285 years at a million puts
+-- a second); past it put fails rather than hand out a wrong id.
+local MAX_ID = 9007199254740992
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function pad(id)
+  return string.format('%020d', id)
+end
+
+local function job_key(P, id) return P .. ':j:' .. id end
+local function list_key(P, tube, list) return P .. ':t:' .. tube .. ':' .. list end
+
+-- Delayed jobs of a tube whose time has come become ready (at most 1000 per call:
+-- a function never does unbounded work).
+local function promote_due(P, tube, now)
+  local delayed = list_key(P, tube, 'delayed')
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  for _, member in ipairs(due) do
+    local key = job_key(P, tonumber(member))
+    redis.call('ZREM', delayed, member)
+    redis.call('ZADD', list_key(P, tube, 'ready'), redis.call('HGET', key, 'pri'), member)
+    redis.call('HSET', key, 'state', 'ready', 'due', 0)
+  end
+  return #due
+end
+
+local function make_ready(P, key, tube, member, pri)
+  redis.call('ZADD', list_key(P, tube, 'ready'), pri, member)
+  redis.call('HSET', key, 'state', 'ready', 'due', 0, 'holder', '')
+  redis.call('PUBLISH', P .. ':wake', tube)
+end
+
+-- Take a job out of whatever list its state puts it in.
+local function unlist(P, key, member, job)
+  local state, tube = job.state, job.tube
+  if state == 'ready' or state == 'delayed' or state == 'buried' then
+    redis.call('ZREM', list_key(P, tube, state), member)
+  elseif state == 'reserved' then
+    redis.call('ZREM', P .. ':reserved', member)
+    redis.call('SREM', P .. ':h:' .. job.holder, member)
+    redis.call('HINCRBY', P .. ':t:' .. tube, 'reserved', -1)
+  end
+end
+
+local function load(key)
+  local fields = redis.call('HMGET', key, 'tube', 'state', 'holder', 'pri', 'ttr', 'body')
+  if not fields[1] then return nil end
+  return {tube = fields[1], state = fields[2], holder = fields[3] or '',
+          pri = fields[4], ttr = tonumber(fields[5]), body = fields[6]}
+end
+
+-- put(P; tube, pri, delay s, ttr s, body) -> {"OK", id}
+local function put(keys, args)
+  local P = keys[1]
+  local tube, pri, delay, ttr, body = args[1], tonumber(args[2]), tonumber(args[3]),
+    tonumber(args[4]), args[5]
+  local id = redis.call('INCR', P .. ':seq')
+  if id >= MAX_ID then
+    return redis.error_reply('qserver: job ids have reached 2^53, past which Lua cannot hold them exactly')
+  end
+  local now = now_ms()
+  local key, member = job_key(P, id), pad(id)
+  redis.call('HSET', key, 'tube', tube, 'pri', pri, 'delay', delay, 'ttr', ttr,
+             'body', body, 'created', now, 'bury', 0, 'reserves', 0, 'timeouts', 0,
+             'releases', 0, 'buries', 0, 'kicks', 0, 'holder', '')
+  redis.call('HINCRBY', P .. ':t:' .. tube, 'total_jobs', 1)
+  redis.call('SADD', P .. ':tubes', tube)
+  if delay > 0 then
+    redis.call('HSET', key, 'state', 'delayed', 'due', now + delay * 1000)
+    redis.call('ZADD', list_key(P, tube, 'delayed'), now + delay * 1000, member)
+  else
+    make_ready(P, key, tube, member, pri)
+  end
+  return {'OK', id}
+end
+
+-- reserve(P; holder, tube...) -> {"OK", id, body} | {"NONE"}: the ready job with the
+-- smallest (pri, id) over the given tubes, reserved for `holder` until its TTR.
+local function reserve(keys, args)
+  local P, holder = keys[1], args[1]
+  local now = now_ms()
+  local best_tube, best_member, best_pri
+  for i = 2, #args do
+    local tube = args[i]
+    promote_due(P, tube, now)
+    local top = redis.call('ZRANGE', list_key(P, tube, 'ready'), 0, 0, 'WITHSCORES')
+    if top[1] then
+      local pri = tonumber(top[2])
+      if best_member == nil or pri < best_pri or (pri == best_pri and top[1] < best_member) then
+        best_tube, best_member, best_pri = tube, top[1], pri
+      end
+    end
+  end
+  if best_member == nil then return {'NONE'} end
+  local id = tonumber(best_member)
+  local key = job_key(P, id)
+  local ttr = tonumber(redis.call('HGET', key, 'ttr'))
+  if ttr < 1 then ttr = 1 end
+  local deadline = now + ttr * 1000
+  redis.call('ZREM', list_key(P, best_tube, 'ready'), best_member)
+  redis.call('HSET', key, 'state', 'reserved', 'due', deadline, 'holder', holder)
+  redis.call('HINCRBY', key, 'reserves', 1)
+  redis.call('HINCRBY', P .. ':t:' .. best_tube, 'reserved', 1)
+  redis.call('ZADD', P .. ':reserved', deadline, best_member)
+  redis.call('SADD', P .. ':h:' .. holder, best_member)
+  return {'OK', id, redis.call('HGET', key, 'body')}
+end
+
+-- delete(P; id, holder) -> {"OK"} | {"NOT_FOUND"}: a reserved job only by its holder.
+local function delete(keys, args)
+  local P, id, holder = keys[1], tonumber(args[1]), args[2]
+  local key = job_key(P, id)
+  local job = load(key)
+  if job == nil or (job.state == 'reserved' and job.holder ~= holder) then
+    return {'NOT_FOUND'}
+  end
+  unlist(P, key, pad(id), job)
+  redis.call('DEL', key)
+  redis.call('HINCRBY', P .. ':t:' .. job.tube, 'cmd_delete', 1)
+  return {'OK'}
+end
+
+-- release(P; id, holder, pri, delay s) -> {"OK"} | {"NOT_FOUND"}
+local function release(keys, args)
+  local P, id, holder, pri, delay = keys[1], tonumber(args[1]), args[2],
+    tonumber(args[3]), tonumber(args[4])
+  local key, member = job_key(P, id), pad(id)
+  local job = load(key)
+  if job == nil or job.state ~= 'reserved' or job.holder ~= holder then
+    return {'NOT_FOUND'}
+  end
+  unlist(P, key, member, job)
+  redis.call('HSET', key, 'pri', pri, 'delay', delay, 'holder', '')
+  redis.call('HINCRBY', key, 'releases', 1)
+  if delay > 0 then
+    local due = now_ms() + delay * 1000
+    redis.call('HSET', key, 'state', 'delayed', 'due', due)
+    redis.call('ZADD', list_key(P, job.tube, 'delayed'), due, member)
+  else
+    make_ready(P, key, job.tube, member, pri)
+  end
+  return {'OK'}
+end
+
+-- bury(P; id, holder, pri) -> {"OK"} | {"NOT_FOUND"}
+local function bury(keys, args)
+  local P, id, holder, pri = keys[1], tonumber(args[1]), args[2], tonumber(args[3])
+  local key, member = job_key(P, id), pad(id)
+  local job = load(key)
+  if job == nil or job.state ~= 'reserved' or job.holder ~= holder then
+    return {'NOT_FOUND'}
+  end
+  unlist(P, key, member, job)
+  local seq = redis.call('INCR', P .. ':bury_seq')
+  redis.call('HSET', key, 'pri', pri, 'state', 'buried', 'bury', seq, 'due', 0, 'holder', '')
+  redis.call('HINCRBY', key, 'buries', 1)
+  redis.call('ZADD', list_key(P, job.tube, 'buried'), seq, member)
+  return {'OK'}
+end
+
+-- touch(P; id, holder) -> {"OK"} | {"NOT_FOUND"}: the TTR starts again.
+local function touch(keys, args)
+  local P, id, holder = keys[1], tonumber(args[1]), args[2]
+  local key, member = job_key(P, id), pad(id)
+  local job = load(key)
+  if job == nil or job.state ~= 'reserved' or job.holder ~= holder then
+    return {'NOT_FOUND'}
+  end
+  local ttr = job.ttr
+  if ttr < 1 then ttr = 1 end
+  local deadline = now_ms() + ttr * 1000
+  redis.call('HSET', key, 'due', deadline)
+  redis.call('ZADD', P .. ':reserved', deadline, member)
+  return {'OK'}
+end
+
+local function kick_one(P, key, member, job)
+  unlist(P, key, member, job)
+  redis.call('HINCRBY', key, 'kicks', 1)
+  make_ready(P, key, job.tube, member, job.pri)
+end
+
+-- kick(P; tube, bound) -> {"OK", n}: buried jobs first (oldest first), else delayed.
+local function kick(keys, args)
+  local P, tube, bound = keys[1], args[1], tonumber(args[2])
+  if bound > 1000 then bound = 1000 end
+  promote_due(P, tube, now_ms())
+  local list = 'buried'
+  if redis.call('ZCARD', list_key(P, tube, 'buried')) == 0 then list = 'delayed' end
+  local members = redis.call('ZRANGE', list_key(P, tube, list), 0, bound - 1)
+  for _, member in ipairs(members) do
+    local key = job_key(P, tonumber(member))
+    kick_one(P, key, member, load(key))
+  end
+  return {'OK', #members}
+end
+
+-- kick_job(P; id) -> {"OK"} | {"NOT_FOUND"}: a buried or delayed job.
+local function kick_job(keys, args)
+  local P, id = keys[1], tonumber(args[1])
+  local key = job_key(P, id)
+  local job = load(key)
+  if job == nil or (job.state ~= 'buried' and job.state ~= 'delayed') then
+    return {'NOT_FOUND'}
+  end
+  kick_one(P, key, pad(id), job)
+  return {'OK'}
+end
+
+-- peek(P; id) -> {"OK", id, body} | {"NOT_FOUND"}
+local function peek(keys, args)
+  local P, id = keys[1], tonumber(args[1])
+  local body = redis.call('HGET', job_key(P, id), 'body')
+  if not body then return {'NOT_FOUND'} end
+  return {'OK', id, body}
+end
+
+-- peek_list(P; tube, "ready"|"delayed"|"buried") -> {"OK", id, body} | {"NOT_FOUND"}
+local function peek_list(keys, args)
+  local P, tube, list = keys[1], args[1], args[2]
+  promote_due(P, tube, now_ms())
+  local top = redis.call('ZRANGE', list_key(P, tube, list), 0, 0)
+  if not top[1] then return {'NOT_FOUND'} end
+  local id = tonumber(top[1])
+  return {'OK', id, redis.call('HGET', job_key(P, id), 'body')}
+end
+
+-- expire(P; limit) -> {"OK", n}: reserved jobs past their TTR go back to ready (at
+-- most `limit` per call); idempotent, any node may run it.
+local function expire(keys, args)
+  local P, limit = keys[1], tonumber(args[1])
+  local now = now_ms()
+  local due = redis.call('ZRANGEBYSCORE', P .. ':reserved', '-inf', now, 'LIMIT', 0, limit)
+  for _, member in ipairs(due) do
+    local key = job_key(P, tonumber(member))
+    local job = load(key)
+    unlist(P, key, member, job)
+    redis.call('HINCRBY', key, 'timeouts', 1)
+    make_ready(P, key, job.tube, member, job.pri)
+  end
+  return {'OK', #due}
+end
+
+-- release_holder(P; holder) -> {"OK", n}: a closed connection's jobs are ready again.
+local function release_holder(keys, args)
+  local P, holder = keys[1], args[1]
+  local members = redis.call('SMEMBERS', P .. ':h:' .. holder)
+  for _, member in ipairs(members) do
+    local key = job_key(P, tonumber(member))
+    local job = load(key)
+    if job ~= nil and job.state == 'reserved' and job.holder == holder then
+      unlist(P, key, member, job)
+      make_ready(P, key, job.tube, member, job.pri)
+    end
+  end
+  redis.call('DEL', P .. ':h:' .. holder)
+  return {'OK', #members}
+end
+
+redis.register_function('qs_put', put)
+redis.register_function('qs_reserve', reserve)
+redis.register_function('qs_delete', delete)
+redis.register_function('qs_release', release)
+redis.register_function('qs_bury', bury)
+redis.register_function('qs_touch', touch)
+redis.register_function('qs_kick', kick)
+redis.register_function('qs_kick_job', kick_job)
+redis.register_function{function_name = 'qs_peek', callback = peek, flags = {'no-writes'}}
+redis.register_function('qs_peek_list', peek_list)
+redis.register_function('qs_expire', expire)
+redis.register_function('qs_release_holder', release_holder)

@@ -1,0 +1,176 @@
+"""The shared store's function library (qserver/store/functions.lua) against a real
+redis-server: each job operation as one atomic call, the (pri, id) order across
+tubes, holders, delays, TTR expiry and a closed connection's jobs, with the store's
+clock. Store-level (no qserver process): the server is wired to it in later steps.
+"""
+
+import asyncio
+import time
+
+import pytest
+
+from conftest import start_redis
+from qserver.errors import InternalError, NotFound
+from qserver.store.redis import RedisStore
+
+DELAY_BOUND = 10.0              # a due job shows up within this (polling), never early
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def store(redis_server, request):
+    # A prefix per test: the tests share one redis-server but not their keys.
+    s = await RedisStore.connect(f"redis://127.0.0.1:{redis_server.port}/0",
+                                 prefix=request.node.name)
+    yield s
+    await s.close()
+
+
+async def test_put_reserve_delete(store):
+    job = await store.put("t", 5, 0, 60, b"hello")
+    assert await store.reserve("n:1", ["t"]) == (job, b"hello")
+    assert await store.reserve("n:1", ["t"]) is None
+    fields = await store.job(job)
+    assert (fields["state"], fields["holder"], fields["reserves"]) == \
+        (b"reserved", b"n:1", b"1")
+    with pytest.raises(NotFound):               # only its holder may delete it
+        await store.delete(job, "n:2")
+    await store.delete(job, "n:1")
+    with pytest.raises(NotFound):
+        await store.job(job)
+    with pytest.raises(NotFound):
+        await store.delete(job, "n:1")
+
+
+async def test_ids_come_from_one_counter(store):
+    ids = [await store.put("t", 0, 0, 60, b"x") for _ in range(5)]
+    assert ids == list(range(ids[0], ids[0] + 5))
+
+
+async def test_reserve_takes_the_smallest_pri_then_id_across_tubes(store):
+    made = []
+    for tube, pri in [("a", 3), ("b", 1), ("a", 1), ("c", 2), ("b", 1), ("a", 0)]:
+        made.append((pri, await store.put(tube, pri, 0, 60, tube.encode()), tube))
+    got = []
+    for _ in made:
+        job_id, body = await store.reserve("n:1", ["a", "b", "c"])
+        got.append(job_id)
+    assert got == [job_id for _, job_id, _ in sorted(made)]
+    assert await store.reserve("n:1", ["a", "b", "c"]) is None
+
+
+async def test_priorities_up_to_2_32_minus_1_and_ids_up_to_2_53_are_exact(store):
+    await store.redis.set(f"{store.key}:seq", 2**53 - 4)
+    big = await store.put("t", 2**32 - 1, 0, 60, b"big")
+    small = await store.put("t", 2**32 - 2, 0, 60, b"small")
+    assert (big, small) == (2**53 - 3, 2**53 - 2)
+    assert (await store.reserve("n", ["t"]))[0] == small
+    assert (await store.reserve("n", ["t"]))[0] == big
+    await store.put("t", 0, 0, 60, b"last")     # 2**53 - 1
+    with pytest.raises(InternalError):          # never an inexact id
+        await store.put("t", 0, 0, 60, b"too far")
+
+
+async def test_release_bury_kick_and_touch(store):
+    job = await store.put("t", 0, 0, 60, b"x")
+    await store.reserve("n:1", ["t"])
+    with pytest.raises(NotFound):
+        await store.release(job, "n:2", 0, 0)
+    await store.release(job, "n:1", 7, 0)
+    assert (await store.job(job))["pri"] == b"7"
+    assert await store.reserve("n:1", ["t"]) == (job, b"x")
+    await store.touch(job, "n:1")
+    await store.bury(job, "n:1", 9)
+    assert await store.peek_list("t", "buried") == (job, b"x")
+    assert await store.reserve("n:1", ["t"]) is None
+    assert await store.kick("t", 10) == 1
+    fields = await store.job(job)
+    assert (fields["state"], fields["kicks"], fields["buries"], fields["releases"]) == \
+        (b"ready", b"1", b"1", b"1")
+    with pytest.raises(NotFound):
+        await store.kick_job(job)               # ready: nothing to kick
+
+
+async def test_a_delayed_job_is_ready_no_earlier_than_its_delay(store):
+    job = await store.put("t", 0, 1, 60, b"later")
+    started = time.monotonic()
+    assert await store.reserve("n", ["t"]) is None
+    for _ in range(int(DELAY_BOUND / 0.01)):
+        got = await store.reserve("n", ["t"])
+        if got is not None:
+            break
+        await asyncio.sleep(0.01)
+    # The store's clock and ours may differ by clock reading only (same host).
+    assert got == (job, b"later") and time.monotonic() - started >= 1.0 - 0.002
+
+
+async def test_kick_job_of_a_delayed_job(store):
+    job = await store.put("t", 0, 3600, 60, b"d")
+    assert await store.peek_list("t", "delayed") == (job, b"d")
+    await store.kick_job(job)
+    assert await store.reserve("n", ["t"]) == (job, b"d")
+
+
+async def test_ttr_expiry_puts_the_job_back(store):
+    job = await store.put("t", 0, 0, 1, b"slow")
+    await store.reserve("n:1", ["t"])
+    assert await store.expire() == 0
+    for _ in range(int(DELAY_BOUND / 0.01)):
+        if await store.expire() == 1:
+            break
+        await asyncio.sleep(0.01)
+    fields = await store.job(job)
+    assert (fields["state"], fields["timeouts"]) == (b"ready", b"1")
+    with pytest.raises(NotFound):               # no longer the holder's
+        await store.release(job, "n:1", 0, 0)
+    assert await store.reserve("n:2", ["t"]) == (job, b"slow")
+
+
+async def test_a_closed_connection_releases_its_jobs_at_once(store):
+    first = await store.put("t", 0, 0, 60, b"1")
+    second = await store.put("t", 0, 0, 60, b"2")
+    await store.reserve("n:1", ["t"])
+    await store.reserve("n:1", ["t"])
+    other = await store.put("t", 0, 0, 60, b"3")
+    assert await store.reserve("n:2", ["t"]) == (other, b"3")
+    assert await store.release_holder("n:1") == 2
+    assert await store.reserve("n:3", ["t"]) == (first, b"1")
+    assert await store.reserve("n:3", ["t"]) == (second, b"2")
+    assert (await store.job(other))["holder"] == b"n:2"
+
+
+async def test_peek_by_id_and_peek_lists(store):
+    job = await store.put("t", 0, 0, 60, b"p")
+    assert await store.peek(job) == (job, b"p")
+    assert await store.peek_list("t", "ready") == (job, b"p")
+    with pytest.raises(NotFound):
+        await store.peek_list("t", "buried")
+    with pytest.raises(NotFound):
+        await store.peek(job + 1000)
+
+
+async def test_one_step_per_operation_under_many_clients(store, redis_server):
+    """Ten stores (as ten nodes) reserve and delete concurrently: every job is
+    reserved exactly once and none is lost."""
+    nodes = [await RedisStore.connect(f"redis://127.0.0.1:{redis_server.port}/0",
+                                      prefix=store.key[1:-1]) for _ in range(10)]
+    ids = [await store.put("t", i % 3, 0, 60, b"x") for i in range(300)]
+    seen = []
+
+    async def work(n, node):
+        for _ in range(1000):
+            got = await node.reserve(f"n:{n}", ["t"])
+            if got is None:
+                return
+            seen.append(got[0])
+            await node.delete(got[0], f"n:{n}")
+    await asyncio.gather(*(work(n, node) for n, node in enumerate(nodes)))
+    for node in nodes:
+        await node.close()
+    assert sorted(seen) == ids
