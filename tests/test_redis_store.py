@@ -117,15 +117,17 @@ async def test_kick_job_of_a_delayed_job(store):
     assert await store.reserve("n", ["t"]) == (job, b"d")
 
 
-async def test_ttr_expiry_puts_the_job_back(store):
+async def test_the_reaper_puts_a_job_back_at_its_ttr_and_not_before(store):
     job = await store.put("t", 0, 0, 1, b"slow")
     await store.reserve("n:1", ["t"])
+    reserved_at = time.monotonic()
     assert await store.expire() == 0
     for _ in range(int(DELAY_BOUND / 0.01)):
-        if await store.expire() == 1:
+        fields = await store.job(job)
+        if fields["state"] != b"reserved":
             break
         await asyncio.sleep(0.01)
-    fields = await store.job(job)
+    assert time.monotonic() - reserved_at >= 1.0 - 0.002
     assert (fields["state"], fields["timeouts"]) == (b"ready", b"1")
     with pytest.raises(NotFound):               # no longer the holder's
         await store.release(job, "n:1", 0, 0)
@@ -174,3 +176,53 @@ async def test_one_step_per_operation_under_many_clients(store, redis_server):
     for node in nodes:
         await node.close()
     assert sorted(seen) == ids
+
+
+# ---------------------------------------------------------------- waiting, batches
+
+async def test_a_waiting_reserve_on_one_node_wakes_when_another_puts(store, redis_server):
+    other = await RedisStore.connect(f"redis://127.0.0.1:{redis_server.port}/0",
+                                     prefix=store.key[1:-1])
+    try:
+        waiting = asyncio.create_task(store.reserve_wait("a:1", ["x", "t"], DELAY_BOUND))
+        await asyncio.sleep(0)              # it looks once and waits
+        job = await other.put("t", 0, 0, 60, b"from b")
+        assert await asyncio.wait_for(waiting, DELAY_BOUND) == (job, b"from b")
+    finally:
+        await other.close()
+
+
+async def test_a_waiting_reserve_gets_a_delayed_job_when_it_is_due(store):
+    job = await store.put("t", 0, 1, 60, b"later")
+    started = time.monotonic()
+    got = await store.reserve_wait("a:1", ["t"], DELAY_BOUND)
+    assert got == (job, b"later") and time.monotonic() - started >= 1.0 - 0.002
+
+
+async def test_reserve_wait_times_out_and_zero_means_one_look(store):
+    started = time.monotonic()
+    assert await store.reserve_wait("a:1", ["t"], 0.2) is None
+    assert time.monotonic() - started >= 0.2 - 0.002
+    assert await store.reserve_wait("a:1", ["t"], 0) is None
+    job = await store.put("t", 0, 0, 60, b"now")
+    assert await store.reserve_wait("a:1", ["t"], 0) == (job, b"now")
+
+
+async def test_the_calls_of_one_loop_turn_go_in_one_round_trip_in_order(store):
+    before = store.batcher.round_trips
+    ids = await asyncio.gather(*(store.put("t", 0, 0, 60, b"%d" % n) for n in range(100)))
+    # One batch (two if the TTR reaper's call was on its way when they were made).
+    assert store.batcher.round_trips - before <= 2 and store.batcher.largest >= 100
+    assert list(ids) == list(range(ids[0], ids[0] + 100))      # in the order made
+    # A put and a reserve made in one turn: the reserve sees the put.
+    put, got = await asyncio.gather(store.put("u", 0, 0, 60, b"p"),
+                                    store.reserve("a:1", ["u"]))
+    assert got == (put, b"p")
+
+
+async def test_one_failing_call_does_not_fail_its_batch(store):
+    good, bad = await asyncio.gather(store.put("t", 0, 0, 60, b"x"),
+                                     store.batcher.call("FCALL", "no_such_function", 0),
+                                     return_exceptions=True)
+    assert isinstance(good, int) and isinstance(bad, Exception)
+    assert await store.peek(good) == (good, b"x")

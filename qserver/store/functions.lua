@@ -105,8 +105,24 @@ local function put(keys, args)
   return {'OK', id}
 end
 
--- reserve(P; holder, tube...) -> {"OK", id, body} | {"NONE"}: the ready job with the
--- smallest (pri, id) over the given tubes, reserved for `holder` until its TTR.
+-- Milliseconds until the soonest of `tubes`' delayed jobs is due, or -1.
+local function next_due(P, tubes, first, now)
+  local soonest = -1
+  for i = first, #tubes do
+    local top = redis.call('ZRANGE', list_key(P, tubes[i], 'delayed'), 0, 0, 'WITHSCORES')
+    if top[1] then
+      local wait = tonumber(top[2]) - now
+      if wait < 0 then wait = 0 end
+      if soonest < 0 or wait < soonest then soonest = wait end
+    end
+  end
+  return soonest
+end
+
+-- reserve(P; holder, tube...) -> {"OK", id, body} | {"NONE", ms}: the ready job with
+-- the smallest (pri, id) over the given tubes, reserved for `holder` until its TTR;
+-- else how long until one of their delayed jobs is due (-1: none is delayed), so a
+-- waiting reserve knows when to look again without a wake-up.
 local function reserve(keys, args)
   local P, holder = keys[1], args[1]
   local now = now_ms()
@@ -122,7 +138,7 @@ local function reserve(keys, args)
       end
     end
   end
-  if best_member == nil then return {'NONE'} end
+  if best_member == nil then return {'NONE', next_due(P, args, 2, now)} end
   local id = tonumber(best_member)
   local key = job_key(P, id)
   local ttr = tonumber(redis.call('HGET', key, 'ttr'))
@@ -256,8 +272,9 @@ local function peek_list(keys, args)
   return {'OK', id, redis.call('HGET', job_key(P, id), 'body')}
 end
 
--- expire(P; limit) -> {"OK", n}: reserved jobs past their TTR go back to ready (at
--- most `limit` per call); idempotent, any node may run it.
+-- expire(P; limit) -> {"OK", n, ms}: reserved jobs past their TTR go back to ready
+-- (at most `limit` per call), and how long until the next TTR runs out (-1: no job
+-- is reserved); idempotent, any node may run it.
 local function expire(keys, args)
   local P, limit = keys[1], tonumber(args[1])
   local now = now_ms()
@@ -269,7 +286,13 @@ local function expire(keys, args)
     redis.call('HINCRBY', key, 'timeouts', 1)
     make_ready(P, key, job.tube, member, job.pri)
   end
-  return {'OK', #due}
+  local next = redis.call('ZRANGE', P .. ':reserved', 0, 0, 'WITHSCORES')
+  local wait = -1
+  if next[1] then
+    wait = tonumber(next[2]) - now
+    if wait < 0 then wait = 0 end
+  end
+  return {'OK', #due, wait}
 end
 
 -- release_holder(P; holder) -> {"OK", n}: a closed connection's jobs are ready again.

@@ -9,16 +9,22 @@ released, buried or touched only by its holder, as in beanstalkd.
 Imports: `errors`, stdlib, redis-py (this module is imported only in store mode).
 """
 
+import asyncio
 import logging
 from importlib import resources
 
 from redis.exceptions import ResponseError
 
 from qserver.errors import InternalError, NotFound
+from qserver.store.batch import Batcher
 
 log = logging.getLogger("qserver")
 
 LIBRARY_FILE = "functions.lua"
+# Pub/sub delivers at most once: a waiting reserve looks again at least this often,
+# and the TTR reaper runs at least this often.
+REPOLL_SECONDS = 1.0
+EXPIRE_BATCH = 100              # TTR expiries per function call (bounded work)
 
 
 def library_code() -> str:
@@ -29,27 +35,37 @@ class RedisStore:
     def __init__(self, client, prefix: str = "qserver"):
         self.redis = client                 # a redis.asyncio.Redis
         self.key = "{%s}" % prefix          # KEYS[1] of every call: the hash tag
+        self.batcher = Batcher(client)      # the calls of a loop turn, one round trip
+        self.wakeups = Wakeups(client, self.key + ":wake")
+        self.tasks = []                     # the subscriber and the TTR reaper
 
     @classmethod
     async def connect(cls, url: str, prefix: str = "qserver") -> "RedisStore":
-        """Connect to `url` (redis:// or rediss://) and (re)load the function
-        library, so every node runs the functions its own version ships."""
+        """Connect to `url` (redis:// or rediss://), (re)load the function library
+        (every node runs the functions its own version ships), subscribe to the
+        wake-ups and start the TTR reaper."""
         import redis.asyncio as aioredis
         store = cls(aioredis.from_url(url), prefix)
         await store.load_functions()
+        await store.wakeups.start()
+        store.tasks = [asyncio.get_running_loop().create_task(store._reap())]
         return store
 
     async def load_functions(self) -> None:
         await self.redis.function_load(library_code(), replace=True)
 
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.wakeups.close()
         await self.redis.aclose()
 
     async def _call(self, name: str, *args) -> list:
         """FCALL a function; NOT_FOUND and a function's error become the protocol's
         errors."""
         try:
-            reply = await self.redis.fcall(name, 1, self.key, *args)
+            reply = await self.batcher.call("FCALL", name, 1, self.key, *args)
         except ResponseError as error:
             log.error("store: %s failed: %s", name, error)
             raise InternalError from None
@@ -66,10 +82,40 @@ class RedisStore:
     async def reserve(self, holder: str, tubes) -> tuple | None:
         """(id, body) of the ready job with the smallest (pri, id) in `tubes`,
         now reserved by `holder`; None when there is none."""
+        found = await self._try_reserve(holder, tubes)
+        return found if isinstance(found, tuple) else None
+
+    async def _try_reserve(self, holder: str, tubes):
+        """(id, body), or the ms until one of the tubes' delayed jobs is due (-1)."""
         reply = await self._call("qs_reserve", holder, *tubes)
-        if not reply:
-            return None
-        return reply[0], reply[1]
+        return (reply[0], reply[1]) if len(reply) == 2 else reply[0]
+
+    async def reserve_wait(self, holder: str, tubes, timeout: float | None) -> tuple | None:
+        """reserve, waiting up to `timeout` seconds (None: for ever) for a job: woken
+        when any node makes a job ready in one of the tubes, when a delayed one is
+        due, and at least every REPOLL_SECONDS. None when the time ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        woken = asyncio.Event()
+        self.wakeups.add(tubes, woken)
+        try:
+            while True:
+                woken.clear()               # before looking: a wake-up from now on counts
+                found = await self._try_reserve(holder, tubes)
+                if isinstance(found, tuple):
+                    return found
+                wait = REPOLL_SECONDS if found < 0 else min(REPOLL_SECONDS, found / 1000)
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return None
+                    wait = min(wait, remaining)
+                try:
+                    await asyncio.wait_for(woken.wait(), wait)
+                except TimeoutError:
+                    pass
+        finally:
+            self.wakeups.discard(tubes, woken)
 
     async def delete(self, job_id: int, holder: str) -> None:
         await self._call("qs_delete", job_id, holder)
@@ -99,10 +145,24 @@ class RedisStore:
         found_id, body = await self._call("qs_peek_list", tube, state)
         return found_id, body
 
-    async def expire(self, limit: int = 100) -> int:
+    async def expire(self, limit: int = EXPIRE_BATCH) -> int:
         """Put reserved jobs past their TTR back to ready (any node may call it)."""
-        (count,) = await self._call("qs_expire", limit)
+        count, _ = await self._call("qs_expire", limit)
         return count
+
+    async def _reap(self) -> None:
+        """Each node expires TTRs: at the next deadline the store reports, and at
+        least every REPOLL_SECONDS (another node may have reserved meanwhile)."""
+        while True:
+            try:
+                count, wait_ms = await self._call("qs_expire", EXPIRE_BATCH)
+            except (InternalError, OSError, ConnectionError) as error:
+                log.warning("store: TTR reaper: %s", error)
+                count, wait_ms = 0, -1
+            if count == EXPIRE_BATCH:
+                continue                    # more are due
+            wait = REPOLL_SECONDS if wait_ms < 0 else min(REPOLL_SECONDS, wait_ms / 1000)
+            await asyncio.sleep(wait)
 
     async def release_holder(self, holder: str) -> int:
         """A connection closed: its reserved jobs are ready again at once."""
@@ -115,3 +175,65 @@ class RedisStore:
         if not fields:
             raise NotFound
         return {name.decode(): value for name, value in fields.items()}
+
+
+class Wakeups:
+    """A node's one subscription to the store's wake channel, on which every change
+    that makes a job ready publishes the tube's name: the waiting reserves that
+    watch that tube look again. Messages lost while the subscription reconnects
+    are made up for by waking every waiter and by their REPOLL_SECONDS."""
+
+    def __init__(self, client, channel: str):
+        self.redis = client
+        self.channel = channel
+        self.waiting = {}               # tube name -> set of asyncio.Event
+        self.pubsub = None
+        self.task = None
+
+    async def start(self) -> None:
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self.pubsub.subscribe(self.channel)
+        self.task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.pubsub is not None:
+            await self.pubsub.aclose()
+
+    def add(self, tubes, event) -> None:
+        for tube in tubes:
+            self.waiting.setdefault(tube, set()).add(event)
+
+    def discard(self, tubes, event) -> None:
+        for tube in tubes:
+            events = self.waiting.get(tube)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self.waiting[tube]
+
+    def _wake(self, tube: str) -> None:
+        for event in self.waiting.get(tube, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self.waiting.values():
+            for event in events:
+                event.set()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for message in self.pubsub.listen():
+                    if message["type"] == "message":
+                        self._wake(message["data"].decode("utf-8", "replace"))
+            except (OSError, ConnectionError) as error:
+                log.warning("store: wake-up subscription lost (%s); resubscribing", error)
+                self._wake_all()
+                await asyncio.sleep(0.1)
+                try:
+                    await self.pubsub.subscribe(self.channel)
+                except (OSError, ConnectionError):
+                    pass
