@@ -23,6 +23,7 @@ EXIT_SOCKET = 111       # beanstalkd's status when it cannot listen
 EXIT_USER = 32          # beanstalkd's status when -u fails
 EXIT_LOG_DIR = 10       # beanstalkd's status when the log directory cannot be locked
 EXIT_REPLAY = 1
+EXIT_STORE = 3          # --store given and the store cannot be used
 
 DESCRIPTION = """\
 qserver: a work-queue server speaking the beanstalkd protocol.
@@ -117,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--event-window", metavar="N", type=_size, default=100_000,
                    help="events kept for subscribers to resume from; older ones are "
                         "reported as a GAP (default 100000)")
+    p.add_argument("--store", metavar="URL", type=_store_url,
+                   help="keep the jobs in a shared store instead of this process, so "
+                        "several qserver nodes serve the same tubes: "
+                        "redis://[USER:PASSWORD@]HOST:PORT/DB or rediss://... "
+                        "(experimental: see protocol.md, \"Several nodes\"; not "
+                        "with -b)")
+    p.add_argument("--store-prefix", metavar="NAME", default="qserver",
+                   help="name of this cluster's keys in the store, so several "
+                        "clusters can share one Redis (default qserver)")
     p.add_argument("--salvage-log", action="store_true",
                    help="start even if the log is corrupt in the middle, skipping "
                         "and reporting the damaged records")
@@ -132,6 +142,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-n", action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def _store_url(text: str) -> str:
+    scheme = text.partition("://")[0]
+    if scheme in ("redis", "rediss"):
+        return text
+    if scheme == "redis+sentinel":
+        raise argparse.ArgumentTypeError("Sentinel URLs are not supported yet")
+    raise argparse.ArgumentTypeError(f"{text!r} is not a redis:// or rediss:// URL")
 
 
 def parse_config(argv) -> Config:
@@ -162,6 +181,11 @@ def _parse(argv) -> tuple:
         print(f"qserver: -z {max_job_size} is over the limit; using {MAX_JOB_SIZE_LIMIT}",
               file=sys.stderr)
         max_job_size = MAX_JOB_SIZE_LIMIT
+    if args.store and args.binlog_dir:
+        parser.print_usage(sys.stderr)
+        print("qserver: -b and --store cannot be used together: with --store the "
+              "jobs live in the store, which keeps its own log", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
     listen_given = args.listen is not None or args.port is not None
     config = Config(address=DEFAULT_ADDRESS if args.listen is None else args.listen,
                     port=DEFAULT_PORT if args.port is None else args.port,
@@ -171,7 +195,8 @@ def _parse(argv) -> tuple:
                     verbosity=args.verbose, salvage_log=args.salvage_log,
                     metrics=args.metrics,
                     max_connections=args.max_connections or None,
-                    unix_mode=args.unix_mode, event_window=max(1, args.event_window))
+                    unix_mode=args.unix_mode, event_window=max(1, args.event_window),
+                    store=args.store, store_prefix=args.store_prefix)
     return config, listen_given
 
 
@@ -329,4 +354,7 @@ def main(argv=None) -> int:
     except CorruptLog as error:
         log.error("cannot replay the log: %s", error)
         return EXIT_REPLAY
+    except server.StoreError as error:
+        log.error("%s", error)
+        return EXIT_STORE
 

@@ -29,6 +29,8 @@ _DEFAULTS = {
     "max_connections": None,             # None: unlimited
     "unix_mode": DEFAULT_UNIX_MODE,
     "event_window": 100_000,             # events kept for subscribe (resume, GAP)
+    "store": None,                       # --store URL: jobs in a shared Redis
+    "store_prefix": "qserver",           # the hash tag of this cluster's keys
 }
 # New settings go into _DEFAULTS above (Config is a plain class, not a dataclass).
 

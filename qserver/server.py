@@ -37,7 +37,7 @@ class Connection(asyncio.Protocol):
         "server", "commands", "engine", "framer", "session", "transport",
         "pending_body", "closing", "half_closed", "write_paused", "read_paused",
         "resume_scheduled", "held", "close_when_sent", "output_wait", "refused",
-        "subscription", "awaiting",
+        "subscription", "awaiting", "store_session",
     )
 
     def __init__(self, server):
@@ -59,6 +59,7 @@ class Connection(asyncio.Protocol):
         self.refused = False        # over --max-connections: closed at once
         self.subscription = None    # [tube name or None, next seq] once subscribed
         self.awaiting = False       # a command answers later (answer_later)
+        self.store_session = None   # store.commands.StoreSession (--store only)
 
     # -- asyncio callbacks ------------------------------------------------------
 
@@ -84,6 +85,8 @@ class Connection(asyncio.Protocol):
         # The client shut down its sending side: finish what it sent, answer a
         # parked reserve with TIMED_OUT (as beanstalkd does), then close.
         self.half_closed = True
+        if self.awaiting:
+            self.commands.input_ended(self)
         self._run()
         if not self.closing and not self.awaiting:
             self.closing = True
@@ -303,15 +306,20 @@ class Connection(asyncio.Protocol):
 class Server:
     """Owns the engine, the listeners, the connections and the one timer."""
 
-    def __init__(self, config, loop, journal=None):
+    def __init__(self, config, loop, journal=None, store=None):
         self.config = config
         self.loop = loop
         self.journal = journal
+        self.store = store              # store.redis.RedisStore with --store, else None
         self.engine = Engine(log=journal)
         self.engine.call_soon = loop.call_soon
         self.info = ServerInfo(__version__, config.max_job_size, config.segment_size,
                                time.monotonic())
-        self.commands = Commands(self.engine, self.info, config.max_job_size)
+        if store is None:
+            self.commands = Commands(self.engine, self.info, config.max_job_size)
+        else:
+            from qserver.store.commands import StoreCommands
+            self.commands = StoreCommands(store, self.info, config.max_job_size)
         self.connections = set()
         self.subscribers = set()        # connections streaming events (subscribe)
         self.refusals_logged_at = -math.inf
@@ -352,6 +360,8 @@ class Server:
         self.info.total_connections += 1
 
     def connection_closed(self, conn) -> None:
+        if self.store is not None:
+            self.commands.closed(conn)
         self.connections.discard(conn)
         self.subscribers.discard(conn)
         self.info.current_connections -= 1
@@ -500,11 +510,13 @@ def open_journal(config, loop, salvage: bool):
 async def run(config, sockets, early_signals=(), metrics_socket=None) -> int:
     """Replay the log if there is one, then serve until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
-    journal = recovery = None
+    journal = recovery = store = None
     if config.binlog_dir:
         gc.disable()            # during replay; _restore turns it back on
         journal, recovery = open_journal(config, loop, config.salvage_log)
-    server = Server(config, loop, journal)
+    if config.store:
+        store = await _connect_store(config)
+    server = Server(config, loop, journal, store)
     if journal is not None:
         _restore(server.engine, journal, recovery)
         _log_recovery(config, recovery, server.engine)
@@ -517,7 +529,34 @@ async def run(config, sockets, early_signals=(), metrics_socket=None) -> int:
     _announce_ready(server, sockets)
     await server.stopped
     await _wait_closed(server)
+    if store is not None:
+        await store.close()
     return 0
+
+
+async def _connect_store(config):
+    """The shared store (--store), its functions loaded; raises StoreError."""
+    from qserver.store.redis import RedisStore
+    try:
+        store = await RedisStore.connect(config.store, config.store_prefix)
+    except Exception as error:
+        raise StoreError(f"cannot use the store {redact(config.store)}: {error}") from None
+    log.info("shared store %s, prefix %s", redact(config.store), config.store_prefix)
+    return store
+
+
+class StoreError(Exception):
+    pass
+
+
+def redact(url: str) -> str:
+    """A store URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user + ':***' if user else '***'}@{host}"
 
 
 async def _start_metrics(server, sock) -> None:

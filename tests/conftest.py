@@ -266,6 +266,14 @@ def qserver():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """One redis-server per test module (tests keep apart by key prefix)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def beanstalkd():
     server = start_beanstalkd()

@@ -9,18 +9,10 @@ import time
 
 import pytest
 
-from conftest import start_redis
 from qserver.errors import InternalError, NotFound
 from qserver.store.redis import RedisStore
 
 DELAY_BOUND = 10.0              # a due job shows up within this (polling), never early
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -25,63 +25,57 @@ log = logging.getLogger("qserver")
 RESERVED = b"RESERVED"
 FOUND = b"FOUND"
 
+# beanstalkd matches command words as prefixes, in this order (prefix, handler name,
+# whether nothing may follow); the exact lookups agree with it on every line, this
+# covers the odd ones.
+BY_PREFIX = [
+    (b"put ", "put", False), (b"peek ", "peek", False),
+    (b"peek-ready", "peek_ready", True), (b"peek-delayed", "peek_delayed", True),
+    (b"peek-buried", "peek_buried", True),
+    (b"reserve-with-timeout ", "reserve_with_timeout", False),
+    (b"reserve-job ", "reserve_job", False), (b"reserve", "reserve", True),
+    (b"delete ", "delete", False), (b"release ", "release", False),
+    (b"bury ", "bury", False), (b"kick ", "kick", False),
+    (b"kick-job ", "kick_job", False), (b"touch ", "touch", False),
+    (b"stats-job ", "stats_job", False), (b"stats-tube ", "stats_tube", False),
+    (b"stats", "stats", True), (b"use ", "use", False), (b"watch ", "watch", False),
+    (b"ignore ", "ignore", False), (b"list-tubes-watched", "list_tubes_watched", True),
+    (b"list-tube-used", "list_tube_used", True), (b"list-tubes", "list_tubes", True),
+    (b"quit", "quit", False), (b"pause-tube", "pause_tube", False),
+]
 
-class Commands:
-    def __init__(self, engine, info, max_job_size: int, clock=time.monotonic,
-                 wall=time.time):
-        self.engine = engine
-        self.info = info
-        self.max_job_size = max_job_size
-        self.clock = clock
-        self.wall = wall
-        self.counts = info.cmd_counts
-        self._last_created = 0.0
-        # Commands written `word <args>`: looked up by the word before the first space.
-        self.with_args = {
-            b"put": self.put, b"peek": self.peek,
-            b"reserve-with-timeout": self.reserve_with_timeout,
-            b"reserve-job": self.reserve_job, b"delete": self.delete,
-            b"release": self.release, b"bury": self.bury, b"kick": self.kick,
-            b"kick-job": self.kick_job, b"touch": self.touch,
-            b"stats-job": self.stats_job, b"stats-tube": self.stats_tube,
-            b"use": self.use, b"watch": self.watch, b"ignore": self.ignore,
-        }
-        # Commands without arguments: looked up by the whole line.
-        self.no_args = {
-            b"reserve": self.reserve, b"stats": self.stats,
-            b"peek-ready": self.peek_ready, b"peek-delayed": self.peek_delayed,
-            b"peek-buried": self.peek_buried, b"list-tubes": self.list_tubes,
-            b"list-tube-used": self.list_tube_used,
-            b"list-tubes-watched": self.list_tubes_watched, b"quit": self.quit,
-        }
-        # beanstalkd matches command words as prefixes, in this order; the fast
-        # lookups above agree with it on every line, this covers the odd ones.
-        self.by_prefix = [
-            (b"put ", self.put, False), (b"peek ", self.peek, False),
-            (b"peek-ready", self.peek_ready, True),
-            (b"peek-delayed", self.peek_delayed, True),
-            (b"peek-buried", self.peek_buried, True),
-            (b"reserve-with-timeout ", self.reserve_with_timeout, False),
-            (b"reserve-job ", self.reserve_job, False), (b"reserve", self.reserve, True),
-            (b"delete ", self.delete, False), (b"release ", self.release, False),
-            (b"bury ", self.bury, False), (b"kick ", self.kick, False),
-            (b"kick-job ", self.kick_job, False), (b"touch ", self.touch, False),
-            (b"stats-job ", self.stats_job, False),
-            (b"stats-tube ", self.stats_tube, False), (b"stats", self.stats, True),
-            (b"use ", self.use, False), (b"watch ", self.watch, False),
-            (b"ignore ", self.ignore, False),
-            (b"list-tubes-watched", self.list_tubes_watched, True),
-            (b"list-tube-used", self.list_tube_used, True),
-            (b"list-tubes", self.list_tubes, True),
-            (b"quit", self.quit, False), (b"pause-tube", self.pause_tube, False),
-        ]
-        # Extension words are new words: exact lookups only, never by prefix.
-        for with_args, no_args in (LifecycleCommands(self).table(),
-                                   SteeringCommands(self).table()):
-            self.with_args.update(with_args)
-            self.no_args.update(no_args)
 
-    # -- dispatch ---------------------------------------------------------------
+class CommandTable:
+    """Dispatch, shared by the in-memory table (Commands) and the shared store's
+    (store.commands): a line to its handler by the command word (exact lookups for
+    the common lines, beanstalkd's prefix order for the odd ones), and queue errors
+    to their reply bytes. A subclass fills `with_args`, `no_args` and `by_prefix`."""
+
+    with_args: dict
+    no_args: dict
+    by_prefix: list
+    counts: dict
+
+    # Both tables reserve alike up to `_reserve` (a subclass's: the engine's or the
+    # store's).
+    def reserve(self, client, rest):
+        self.counts["reserve"] += 1
+        return self._reserve(client, None)
+
+    def reserve_with_timeout(self, client, rest):
+        timeout = wire.parse_timeout(rest)
+        self.counts["reserve-with-timeout"] += 1
+        return self._reserve(client, timeout)
+
+    def input_ended(self, client) -> None:
+        """The client half-closed while a command's answer is pending (the in-memory
+        ones that answer later, flush-tube and list-jobs, just complete)."""
+
+    def prefix_table(self) -> list:
+        """(prefix, handler, exact) in BY_PREFIX's order, for the handlers this
+        table has."""
+        return [(prefix, getattr(self, name), exact) for prefix, name, exact in BY_PREFIX
+                if hasattr(self, name)]
 
     def execute(self, client, line: bytes):
         """Run one command line; returns reply bytes or None."""
@@ -125,6 +119,43 @@ class Commands:
         except Exception:
             log.exception("%s failed", getattr(finish, "__name__", "command"))
             return InternalError.reply
+
+
+
+class Commands(CommandTable):
+    def __init__(self, engine, info, max_job_size: int, clock=time.monotonic,
+                 wall=time.time):
+        self.engine = engine
+        self.info = info
+        self.max_job_size = max_job_size
+        self.clock = clock
+        self.wall = wall
+        self.counts = info.cmd_counts
+        self._last_created = 0.0
+        # Commands written `word <args>`: looked up by the word before the first space.
+        self.with_args = {
+            b"put": self.put, b"peek": self.peek,
+            b"reserve-with-timeout": self.reserve_with_timeout,
+            b"reserve-job": self.reserve_job, b"delete": self.delete,
+            b"release": self.release, b"bury": self.bury, b"kick": self.kick,
+            b"kick-job": self.kick_job, b"touch": self.touch,
+            b"stats-job": self.stats_job, b"stats-tube": self.stats_tube,
+            b"use": self.use, b"watch": self.watch, b"ignore": self.ignore,
+        }
+        # Commands without arguments: looked up by the whole line.
+        self.no_args = {
+            b"reserve": self.reserve, b"stats": self.stats,
+            b"peek-ready": self.peek_ready, b"peek-delayed": self.peek_delayed,
+            b"peek-buried": self.peek_buried, b"list-tubes": self.list_tubes,
+            b"list-tube-used": self.list_tube_used,
+            b"list-tubes-watched": self.list_tubes_watched, b"quit": self.quit,
+        }
+        self.by_prefix = self.prefix_table()
+        # Extension words are new words: exact lookups only, never by prefix.
+        for with_args, no_args in (LifecycleCommands(self).table(),
+                                   SteeringCommands(self).table()):
+            self.with_args.update(with_args)
+            self.no_args.update(no_args)
 
     def with_body(self, client, rest: bytes, finish):
         """An extension command `<word> <id> <bytes>` followed by a body: read the body
@@ -201,15 +232,6 @@ class Commands:
         if job is None:
             return None
         return wire.job_reply(RESERVED, job.id, job.body)
-
-    def reserve(self, client, rest):
-        self.counts["reserve"] += 1
-        return self._reserve(client, None)
-
-    def reserve_with_timeout(self, client, rest):
-        timeout = wire.parse_timeout(rest)
-        self.counts["reserve-with-timeout"] += 1
-        return self._reserve(client, timeout)
 
     def reserve_job(self, client, rest):
         job_id = wire.parse_id(rest)

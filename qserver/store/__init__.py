@@ -5,6 +5,6 @@ synchronous, embedded, and untouched by anything here. `redis` keeps every job i
 Redis (or Valkey) and changes it with one atomic Redis Function per operation
 (`functions.lua`), so several qserver nodes can serve the same tubes. Nothing here
 is imported unless a store is asked for (redis-py alone takes about 100 ms to
-import), and the server does not use it yet: the commands are wired to it in later
-steps of issue 12.
+import). `commands` is the server's command table in store mode; it serves the core
+beanstalkd commands so far (protocol.md, "Several nodes").
 """

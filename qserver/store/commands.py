@@ -1,0 +1,282 @@
+"""The beanstalkd commands on the shared store (`--store`, protocol.md "Several
+nodes"): the same parsing and replies as the in-memory table, with each job
+operation one call into Redis.
+
+A handler parses its line at once (bad input is answered at once, as ever), then
+starts the store call and returns nothing: the connection runs none of its later
+commands until the reply is sent (`answer_later`), so each client's replies stay in
+command order while the calls of all clients in one loop turn share one round trip
+(`batch.Batcher`). A waiting reserve is a task that the connection's end cancels;
+the jobs a closed connection held are released at once (`release_holder`).
+
+Served so far: put, use, watch, ignore, reserve, reserve-with-timeout, delete,
+release, bury, touch, kick, kick-job, peek, peek-ready/-delayed/-buried,
+list-tube-used, list-tubes-watched and quit; every other command answers
+UNKNOWN_COMMAND until issue 12 brings it over.
+Imports: `wire`, `errors`, `commands`, stdlib (redis-py through `store.redis`).
+"""
+
+import asyncio
+import itertools
+import logging
+import os
+
+from qserver import wire
+from qserver.commands import FOUND, RESERVED, CommandTable
+from qserver.errors import BadFormat, ExpectedCrlf, InternalError, QueueError, TimedOut
+
+log = logging.getLogger("qserver")
+
+DEFAULT_TUBE = "default"
+HALF_CLOSED = "half-closed"     # why a waiting reserve was cancelled: say TIMED_OUT
+
+
+class StoreSession:
+    """A connection's own state in store mode: the tube it uses, the tubes it
+    watches, its holder name in the store, and its waiting reserve."""
+
+    __slots__ = ("holder", "use", "watch", "waiting")
+
+    def __init__(self, holder: str):
+        self.holder = holder
+        self.use = DEFAULT_TUBE
+        self.watch = [DEFAULT_TUBE]
+        self.waiting = None             # the task of a reserve in progress
+
+
+class StoreCommands(CommandTable):
+    def __init__(self, store, info, max_job_size: int):
+        self.store = store
+        self.info = info
+        self.max_job_size = max_job_size
+        self.counts = info.cmd_counts
+        # Holders name a connection of this node: node id, connection number.
+        self.node = os.urandom(6).hex()
+        self.numbers = itertools.count(1)
+        self.tasks = set()              # store calls in progress (kept referenced)
+        self.with_args = {
+            b"put": self.put, b"peek": self.peek,
+            b"reserve-with-timeout": self.reserve_with_timeout, b"delete": self.delete,
+            b"release": self.release, b"bury": self.bury, b"kick": self.kick,
+            b"kick-job": self.kick_job, b"touch": self.touch, b"use": self.use,
+            b"watch": self.watch, b"ignore": self.ignore,
+        }
+        self.no_args = {
+            b"reserve": self.reserve, b"peek-ready": self.peek_ready,
+            b"peek-delayed": self.peek_delayed, b"peek-buried": self.peek_buried,
+            b"list-tube-used": self.list_tube_used,
+            b"list-tubes-watched": self.list_tubes_watched, b"quit": self.quit,
+        }
+        self.by_prefix = self.prefix_table()
+
+    # -- connections ----------------------------------------------------------------
+
+    def session(self, client) -> StoreSession:
+        session = client.store_session
+        if session is None:
+            session = client.store_session = StoreSession(
+                f"{self.node}:{next(self.numbers)}")
+        return session
+
+    def closed(self, client) -> None:
+        """The connection is gone: stop its waiting reserve, release its jobs (after
+        any call of it still on its way, which the batch order guarantees)."""
+        session = client.store_session
+        if session is None:
+            return
+        if session.waiting is not None:
+            session.waiting.cancel()
+        self._spawn(self._release_holder(session.holder))
+
+    def input_ended(self, client) -> None:
+        """The client shut its sending side: a waiting reserve answers TIMED_OUT at
+        once (as beanstalkd does), and the connection closes after its replies."""
+        session = client.store_session
+        if session is not None and session.waiting is not None:
+            session.waiting.cancel(HALF_CLOSED)
+
+    async def _release_holder(self, holder: str) -> None:
+        try:
+            await self.store.release_holder(holder)
+        except Exception as error:      # Redis away: the TTRs will free them
+            log.warning("store: releasing %s's jobs: %s", holder, error)
+
+    # -- running a store call ---------------------------------------------------------
+
+    def _later(self, client, work):
+        """Answer `work` (a coroutine giving reply bytes) when it is done."""
+        answer = client.answer_later(logged=False)
+        return self._spawn(self._answer(work, answer))
+
+    def _spawn(self, work) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    @staticmethod
+    async def _answer(work, answer) -> None:
+        try:
+            reply = await work
+        except asyncio.CancelledError as cancelled:
+            if cancelled.args == (HALF_CLOSED,):
+                answer(TimedOut.reply)
+            return                      # else the connection is gone
+        except QueueError as error:
+            reply = error.reply
+        except Exception as error:      # Redis unreachable or refusing
+            log.error("store call failed: %s", error)
+            reply = InternalError.reply
+        answer(reply)
+
+    # -- producer commands ------------------------------------------------------------
+
+    def put(self, client, rest):
+        # The framing is Commands.put's, written out again rather than shared: the
+        # in-memory put is the hot path and stays one call.
+        pri, delay, ttr, size, tail = wire.parse_put(rest)
+        self.counts["put"] += 1
+        if size > self.max_job_size:
+            client.framer.discard_body(size)
+            return None
+        if tail:
+            raise BadFormat
+        body = client.framer.take_body(size)
+        if body is None:
+            client.pending_body = (self._put, (pri, delay, ttr or 1))
+            return None
+        return self._put(client, body, pri, delay, ttr or 1)
+
+    def _put(self, client, body: bytes, pri: int, delay: int, ttr: int):
+        if not body.endswith(wire.CRLF):
+            raise ExpectedCrlf
+        tube = self.session(client).use
+        self._later(client, self._put_job(tube, pri, delay, ttr, body))
+
+    async def _put_job(self, tube, pri, delay, ttr, body) -> bytes:
+        return b"INSERTED %d\r\n" % await self.store.put(tube, pri, delay, ttr, body)
+
+    def use(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["use"] += 1
+        self.session(client).use = name
+        return b"USING %s\r\n" % rest
+
+    def watch(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["watch"] += 1
+        watch = self.session(client).watch
+        if name not in watch:
+            watch.append(name)
+        return b"WATCHING %d\r\n" % len(watch)
+
+    def ignore(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["ignore"] += 1
+        watch = self.session(client).watch
+        if name in watch:
+            if len(watch) == 1:
+                return b"NOT_IGNORED\r\n"
+            watch.remove(name)
+        return b"WATCHING %d\r\n" % len(watch)
+
+    # -- worker commands --------------------------------------------------------------
+
+    def _reserve(self, client, timeout):
+        if client.half_closed:          # nobody can wait any more: one look, as beanstalkd
+            timeout = 0
+        session = self.session(client)
+        session.waiting = self._later(client, self._reserve_job(session, timeout))
+
+    async def _reserve_job(self, session, timeout) -> bytes:
+        try:
+            found = await self.store.reserve_wait(session.holder, list(session.watch),
+                                                  timeout)
+        finally:
+            session.waiting = None
+        if found is None:
+            raise TimedOut
+        return wire.job_reply(RESERVED, *found)
+
+    def delete(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self.counts["delete"] += 1
+        return self._simple(client, self.store.delete(job_id, self.session(client).holder),
+                            b"DELETED\r\n")
+
+    def release(self, client, rest):
+        job_id, pri, delay = wire.parse_id_pri_delay(rest)
+        self.counts["release"] += 1
+        holder = self.session(client).holder
+        return self._simple(client, self.store.release(job_id, holder, pri, delay),
+                            b"RELEASED\r\n")
+
+    def bury(self, client, rest):
+        job_id, pri = wire.parse_id_pri(rest)
+        self.counts["bury"] += 1
+        holder = self.session(client).holder
+        return self._simple(client, self.store.bury(job_id, holder, pri), b"BURIED\r\n")
+
+    def touch(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self.counts["touch"] += 1
+        holder = self.session(client).holder
+        return self._simple(client, self.store.touch(job_id, holder), b"TOUCHED\r\n")
+
+    def _simple(self, client, call, reply: bytes):
+        self._later(client, _then(call, reply))
+
+    # -- other commands ---------------------------------------------------------------
+
+    def peek(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self.counts["peek"] += 1
+        self._later(client, _found(self.store.peek(job_id)))
+
+    def _peek_in_used(self, client, counter: str, state: str):
+        self.counts[counter] += 1
+        tube = self.session(client).use
+        self._later(client, _found(self.store.peek_list(tube, state)))
+
+    def peek_ready(self, client, rest):
+        return self._peek_in_used(client, "peek-ready", "ready")
+
+    def peek_delayed(self, client, rest):
+        return self._peek_in_used(client, "peek-delayed", "delayed")
+
+    def peek_buried(self, client, rest):
+        return self._peek_in_used(client, "peek-buried", "buried")
+
+    def kick(self, client, rest):
+        bound = wire.parse_kick_bound(rest)
+        self.counts["kick"] += 1
+        self._later(client, self._kick(self.session(client).use, bound))
+
+    async def _kick(self, tube: str, bound: int) -> bytes:
+        return b"KICKED %d\r\n" % await self.store.kick(tube, bound)
+
+    def kick_job(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self._simple(client, self.store.kick_job(job_id), b"KICKED\r\n")
+
+    def list_tube_used(self, client, rest):
+        self.counts["list-tube-used"] += 1
+        return b"USING %s\r\n" % self.session(client).use.encode()
+
+    def list_tubes_watched(self, client, rest):
+        self.counts["list-tubes-watched"] += 1
+        return wire.yaml_list(self.session(client).watch)
+
+    def quit(self, client, rest):
+        client.closing = True
+        return None
+
+
+async def _then(call, reply: bytes) -> bytes:
+    await call
+    return reply
+
+
+async def _found(call) -> bytes:
+    job_id, body = await call
+    return wire.job_reply(FOUND, job_id, body)

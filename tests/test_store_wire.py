@@ -1,0 +1,171 @@
+"""qserver nodes on one shared store (`--store redis://...`, protocol.md "Several
+nodes"), over the wire against real processes: a job put through one node is
+reserved through another, a waiting reserve wakes when another node puts, the
+(pri, id) order holds across tubes and nodes, a closed connection's jobs are free
+at once and a killed node's at their TTR, and the commands served so far give
+beanstalkd's exact bytes. Each test has its own key prefix on one redis-server.
+"""
+
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import free_port, qserver_argv, start_qserver
+from test_ext_durability import kill9
+from test_ext_wire import on_tube as on
+from test_ext_wire import put
+
+BOUND = 10.0                # "soon": a wait ends within this, whatever the host
+
+
+@pytest.fixture
+def nodes(redis_server, request):
+    """Two qserver nodes on the store, with a key prefix of this test's own."""
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:60]
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    started = [start_qserver("--store", url, "--store-prefix", prefix) for _ in range(2)]
+    yield started
+    for node in started:
+        node.stop()
+
+
+def test_a_job_put_through_one_node_is_reserved_through_the_other(nodes):
+    a, b = on(nodes[0], b"t"), on(nodes[1], b"t")
+    job = put(a, b"hello")
+    assert b.cmd(b"reserve-with-timeout 0") == b"RESERVED %d 5\r\nhello\r\n" % job
+    assert a.cmd(b"delete %d" % job) == b"NOT_FOUND\r\n"       # b holds it
+    assert b.cmd(b"delete %d" % job) == b"DELETED\r\n"
+    assert a.cmd(b"peek %d" % job) == b"NOT_FOUND\r\n"
+
+
+def test_a_waiting_reserve_wakes_when_another_node_puts(nodes):
+    a, b = on(nodes[0], b"t"), on(nodes[1], b"t")
+    b.send(b"reserve\r\n")
+    assert b.nothing_within(0.1)                # it waits
+    job = put(a, b"now")
+    b.sock.settimeout(BOUND)
+    assert b.read_reply() == b"RESERVED %d 3\r\nnow\r\n" % job
+
+
+def test_the_pri_then_id_order_holds_across_tubes_and_nodes(nodes):
+    a, b = nodes[0].client(), nodes[1].client()
+    made = []
+    for node, tube, pri in [(a, b"x", 5), (b, b"y", 1), (a, b"y", 5), (b, b"x", 1)]:
+        assert node.cmd(b"use " + tube).startswith(b"USING")
+        made.append((pri, put(node, tube, pri=pri)))
+    w = nodes[1].client()
+    for tube in (b"x", b"y"):
+        assert w.cmd(b"watch " + tube).startswith(b"WATCHING")
+    got = [int(w.cmd(b"reserve-with-timeout 0").split()[1]) for _ in made]
+    assert got == [job for _, job in sorted(made)]
+    assert w.cmd(b"reserve-with-timeout 0") == b"TIMED_OUT\r\n"
+
+
+def test_release_bury_kick_touch_and_peeks(nodes):
+    a, b = on(nodes[0], b"t"), on(nodes[1], b"t")
+    job = put(a, b"abc", pri=3)
+    assert a.cmd(b"peek-ready") == b"FOUND %d 3\r\nabc\r\n" % job
+    assert b.cmd(b"reserve") == b"RESERVED %d 3\r\nabc\r\n" % job
+    assert b.cmd(b"touch %d" % job) == b"TOUCHED\r\n"
+    assert a.cmd(b"touch %d" % job) == b"NOT_FOUND\r\n"
+    assert b.cmd(b"release %d 7 3600" % job) == b"RELEASED\r\n"
+    assert a.cmd(b"peek-delayed") == b"FOUND %d 3\r\nabc\r\n" % job
+    assert a.cmd(b"kick-job %d" % job) == b"KICKED\r\n"
+    assert b.cmd(b"reserve") == b"RESERVED %d 3\r\nabc\r\n" % job
+    assert b.cmd(b"bury %d 1" % job) == b"BURIED\r\n"
+    assert a.cmd(b"peek-buried") == b"FOUND %d 3\r\nabc\r\n" % job
+    assert a.cmd(b"peek-ready") == b"NOT_FOUND\r\n"
+    assert a.cmd(b"kick 5") == b"KICKED 1\r\n"
+    assert a.cmd(b"kick 5") == b"KICKED 0\r\n"
+    assert b.cmd(b"peek %d" % job) == b"FOUND %d 3\r\nabc\r\n" % job
+
+
+def test_a_delayed_job_becomes_ready_no_earlier_than_its_delay(nodes):
+    a, b = on(nodes[0], b"t"), on(nodes[1], b"t")
+    started = time.monotonic()
+    job = put(a, b"d", delay=1)
+    b.sock.settimeout(BOUND)
+    assert b.cmd(b"reserve") == b"RESERVED %d 1\r\nd\r\n" % job
+    assert time.monotonic() - started >= 1.0 - 0.002
+
+
+def test_a_closed_connection_frees_its_jobs_at_once(nodes):
+    a, b = on(nodes[0], b"t"), on(nodes[1], b"t")
+    job = put(a, b"j")
+    assert a.cmd(b"reserve") == b"RESERVED %d 1\r\nj\r\n" % job
+    a.close()
+    b.sock.settimeout(BOUND)
+    assert b.cmd(b"reserve-with-timeout %d" % BOUND) == b"RESERVED %d 1\r\nj\r\n" % job
+
+
+def test_a_killed_nodes_jobs_come_back_at_their_ttr(nodes):
+    a, b = on(nodes[0], b"t"), on(nodes[1], b"t")
+    job = put(a, b"k", ttr=1)
+    assert a.cmd(b"reserve") == b"RESERVED %d 1\r\nk\r\n" % job
+    reserved_at = time.monotonic()
+    kill9(nodes[0])
+    b.sock.settimeout(BOUND)
+    assert b.cmd(b"reserve-with-timeout %d" % BOUND) == b"RESERVED %d 1\r\nk\r\n" % job
+    assert time.monotonic() - reserved_at >= 1.0 - 0.002
+
+
+def test_pipelined_commands_are_answered_in_order(nodes):
+    a = on(nodes[0], b"t")
+    a.send(b"put 0 0 60 1\r\nx\r\nput 0 0 60 1\r\ny\r\npeek-ready\r\n"
+           b"reserve-with-timeout 0\r\nlist-tube-used\r\n")
+    first = int(re.fullmatch(rb"INSERTED (\d+)\r\n", a.read_line())[1])
+    assert a.read_line() == b"INSERTED %d\r\n" % (first + 1)
+    assert a.read_reply() == b"FOUND %d 1\r\nx\r\n" % first
+    assert a.read_reply() == b"RESERVED %d 1\r\nx\r\n" % first
+    assert a.read_line() == b"USING t\r\n"
+
+
+def test_a_half_closed_client_waiting_in_reserve_hears_timed_out(nodes):
+    a = on(nodes[0], b"t")
+    a.send(b"reserve\r\n")
+    assert a.nothing_within(0.1)
+    a.sock.shutdown(socket.SHUT_WR)
+    assert a.read_line() == b"TIMED_OUT\r\n"
+    assert a.expect_closed()
+
+
+def test_bad_input_is_answered_at_once_and_the_rest_is_not_served_yet(nodes):
+    a = nodes[0].client()
+    assert a.cmd(b"put 0 0 60 x") == b"BAD_FORMAT\r\n"
+    assert a.cmd(b"delete") == b"UNKNOWN_COMMAND\r\n"
+    assert a.cmd(b"release 1") == b"BAD_FORMAT\r\n"
+    assert a.cmd(b"put 0 0 60 3\r\nabcd") == b"EXPECTED_CRLF\r\n"
+    assert a.cmd(b"stats") == b"UNKNOWN_COMMAND\r\n"          # not served yet
+    assert a.cmd(b"list-tube-used") == b"USING default\r\n"
+
+
+# ------------------------------------------------------------------------ the flags
+
+def _run(*flags) -> subprocess.CompletedProcess:
+    argv = qserver_argv("-l", "127.0.0.1", "-p", str(free_port()), *flags)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def test_b_and_store_together_are_refused(tmp_path):
+    done = _run("-b", str(tmp_path), "--store", "redis://127.0.0.1:1/0")
+    assert done.returncode == 5
+    assert "-b and --store cannot be used together" in done.stderr
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://x", "is not a redis:// or rediss:// URL"),
+    ("redis+sentinel://h:26379/m/0", "Sentinel URLs are not supported yet")])
+def test_other_store_urls_are_refused(url, says):
+    done = _run("--store", url)
+    assert done.returncode == 5 and says in done.stderr
+
+
+def test_a_store_that_cannot_be_reached_stops_the_start_with_a_clear_message():
+    port = free_port()                          # nothing listens there
+    done = _run("--store", f"redis://user:secret@127.0.0.1:{port}/0")
+    assert done.returncode == 3
+    assert f"cannot use the store redis://user:***@127.0.0.1:{port}/0" in done.stderr
+    assert "secret" not in done.stderr
