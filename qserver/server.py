@@ -431,6 +431,8 @@ class Server:
         """SIGUSR1: refuse new jobs from now on; everything else carries on."""
         log.info("entering drain mode")
         self.engine.draining = True
+        if self.store is not None:
+            self.commands.draining = True
         systemd.notify("STATUS=" + self.status())
 
     def shutdown(self) -> None:

@@ -55,7 +55,19 @@ def _tube_totals(engine):
 
 
 def server_stats(engine, info: ServerInfo, now: float) -> list:
-    urgent, ready, reserved, delayed, buried = _tube_totals(engine)
+    log = engine.log
+    return server_pairs(_tube_totals(engine), info, now, engine.job_timeouts,
+                        engine.total_jobs, len(engine.tubes), engine.producers,
+                        engine.workers, engine.waiting_count,
+                        (log.oldest_index, log.current_index, log.migrated, log.written),
+                        engine.draining)
+
+
+def server_pairs(job_counts, info: ServerInfo, now: float, job_timeouts: int,
+                 total_jobs: int, tubes: int, producers: int, workers: int,
+                 waiting: int, binlog: tuple, draining: bool) -> list:
+    """`stats`, from the figures of whichever store holds the jobs."""
+    urgent, ready, reserved, delayed, buried = job_counts
     usage = resource.getrusage(resource.RUSAGE_SELF)
     pairs = [
         ("current-jobs-urgent", urgent),
@@ -66,27 +78,28 @@ def server_stats(engine, info: ServerInfo, now: float) -> list:
     ]
     counts = info.cmd_counts
     pairs += [("cmd-" + name, counts[name]) for name in CMD_COUNTERS]
+    oldest, current, migrated, written = binlog
     pairs += [
-        ("job-timeouts", engine.job_timeouts),
-        ("total-jobs", engine.total_jobs),
+        ("job-timeouts", job_timeouts),
+        ("total-jobs", total_jobs),
         ("max-job-size", info.max_job_size),
-        ("current-tubes", len(engine.tubes)),
+        ("current-tubes", tubes),
         ("current-connections", info.current_connections),
-        ("current-producers", engine.producers),
-        ("current-workers", engine.workers),
-        ("current-waiting", engine.waiting_count),
+        ("current-producers", producers),
+        ("current-workers", workers),
+        ("current-waiting", waiting),
         ("total-connections", info.total_connections),
         ("pid", info.pid),
         ("version", yaml_quote(info.version)),
         ("rusage-utime", _seconds(usage.ru_utime)),
         ("rusage-stime", _seconds(usage.ru_stime)),
         ("uptime", int(now - info.started)),
-        ("binlog-oldest-index", engine.log.oldest_index),
-        ("binlog-current-index", engine.log.current_index),
-        ("binlog-records-migrated", engine.log.migrated),
-        ("binlog-records-written", engine.log.written),
+        ("binlog-oldest-index", oldest),
+        ("binlog-current-index", current),
+        ("binlog-records-migrated", migrated),
+        ("binlog-records-written", written),
         ("binlog-max-size", info.segment_size),
-        ("draining", "true" if engine.draining else "false"),
+        ("draining", "true" if draining else "false"),
         ("id", info.instance_id),
         ("hostname", yaml_quote(info.hostname)),
         ("os", yaml_quote(info.os)),
@@ -97,42 +110,64 @@ def server_stats(engine, info: ServerInfo, now: float) -> list:
 
 def tube_stats(tube, now: float) -> list:
     paused = tube.is_paused(now)
+    return tube_pairs(tube.name, (tube.urgent_count, tube.ready_count, tube.reserved_count,
+                                  tube.delayed_count, len(tube.buried)),
+                      tube.total_jobs, tube.using, tube.watching, len(tube.waiting),
+                      tube.cmd_delete, tube.cmd_pause, tube.pause if paused else 0,
+                      int(tube.unpause_at - now) if paused else 0)
+
+
+def tube_pairs(name: str, job_counts: tuple, total_jobs: int, using: int, watching: int,
+               waiting: int, cmd_delete: int, cmd_pause: int, pause: int,
+               pause_left: int) -> list:
+    """`stats-tube`, from the figures of whichever store holds the jobs."""
+    urgent, ready, reserved, delayed, buried = job_counts
     return [
-        ("name", yaml_quote(tube.name)),
-        ("current-jobs-urgent", tube.urgent_count),
-        ("current-jobs-ready", tube.ready_count),
-        ("current-jobs-reserved", tube.reserved_count),
-        ("current-jobs-delayed", tube.delayed_count),
-        ("current-jobs-buried", len(tube.buried)),
-        ("total-jobs", tube.total_jobs),
-        ("current-using", tube.using),
-        ("current-watching", tube.watching),
-        ("current-waiting", len(tube.waiting)),
-        ("cmd-delete", tube.cmd_delete),
-        ("cmd-pause-tube", tube.cmd_pause),
-        ("pause", tube.pause if paused else 0),
-        ("pause-time-left", int(tube.unpause_at - now) if paused else 0),
+        ("name", yaml_quote(name)),
+        ("current-jobs-urgent", urgent),
+        ("current-jobs-ready", ready),
+        ("current-jobs-reserved", reserved),
+        ("current-jobs-delayed", delayed),
+        ("current-jobs-buried", buried),
+        ("total-jobs", total_jobs),
+        ("current-using", using),
+        ("current-watching", watching),
+        ("current-waiting", waiting),
+        ("cmd-delete", cmd_delete),
+        ("cmd-pause-tube", cmd_pause),
+        ("pause", pause),
+        ("pause-time-left", pause_left),
     ]
 
 
 def job_stats(job, now: float, wall: float) -> list:
     # A retained record's time-left counts down to its expiry (protocol.md, "job-info").
     timed = job.state in (RESERVED, DELAYED, COMPLETED, DEAD)
+    return job_pairs(job.id, job.tube.name, STATE_NAMES[job.state], job.pri,
+                     int(wall - job.created), job.delay, job.ttr,
+                     int(job.deadline - now) if timed else 0, job.file,
+                     (job.reserves, job.timeouts, job.releases, job.buries, job.kicks))
+
+
+def job_pairs(job_id: int, tube_name: str, state_name: str, pri: int, age: int,
+              delay: int, ttr: int, time_left: int, file: int, counters: tuple) -> list:
+    """`stats-job`, from the figures of whichever store holds the job."""
+    reserves, timeouts, releases, buries, kicks = counters
     return [
-        ("id", job.id),
-        ("tube", yaml_quote(job.tube.name)),
-        ("state", STATE_NAMES[job.state]),
-        ("pri", job.pri),
-        ("age", int(wall - job.created)),
-        ("delay", job.delay),
-        ("ttr", job.ttr),
-        ("time-left", int(job.deadline - now) if timed else 0),
-        ("file", job.file),
-        ("reserves", job.reserves),
-        ("timeouts", job.timeouts),
-        ("releases", job.releases),
-        ("buries", job.buries),
-        ("kicks", job.kicks),
+        ("id", job_id),
+        ("tube", yaml_quote(tube_name)),
+        ("state", state_name),
+        ("pri", pri),
+        ("age", age),
+        ("delay", delay),
+        ("ttr", ttr),
+        ("time-left", time_left),
+        ("file", file),
+        ("reserves", reserves),
+        ("timeouts", timeouts),
+        ("releases", releases),
+        ("buries", buries),
+        ("kicks", kicks),
     ]
 
 

@@ -21,39 +21,54 @@ from collections import Counter
 import pytest
 
 from conftest import (WAIT, ServerProcess, assert_on_time, beanstalkd_path, qserver_argv,
-                      start_beanstalkd, start_qserver)
+                      start_beanstalkd, start_qserver, start_redis)
 
 greenstalk = pytest.importorskip("greenstalk")
 pystalk = pytest.importorskip("pystalk")
 
-SERVERS = ["beanstalkd", "qserver"]
+# qserver-store: a qserver node keeping its jobs in a redis-server of its own
+# (--store; protocol.md, "Several nodes").
+SERVERS = ["beanstalkd", "qserver", "qserver-store"]
 JOIN_TIMEOUT = 20.0
 
 
 # -- fixtures -------------------------------------------------------------------------
 
-def _start(kind, transport):
-    """Start `kind` on TCP or on a unix socket; returns (server, cleanup dir or None)."""
-    if transport == "tcp":
-        return (start_beanstalkd() if kind == "beanstalkd" else start_qserver()), None
-    # A short directory: unix socket paths are limited to 107 bytes.
-    tmp = tempfile.mkdtemp(prefix="qsc", dir="/tmp")
-    path = os.path.join(tmp, "s.sock")
-    if kind == "beanstalkd":
-        argv = [beanstalkd_path(), "-l", "unix:" + path]
-    else:
-        argv = qserver_argv("-l", "unix:" + path)
-    return ServerProcess(argv, unix_path=path), tmp
+def _start(kind, transport, tmp):
+    """Start `kind` on TCP or on a unix socket (in `tmp`); returns (server, the
+    redis-server it uses or None)."""
+    redis = store = None
+    if kind == "qserver-store":
+        redis = start_redis(tmp)
+        store = ("--store", f"redis://127.0.0.1:{redis.port}/0")
+    try:
+        if transport == "tcp":
+            if kind == "beanstalkd":
+                return start_beanstalkd(), redis
+            return start_qserver(*(store or ())), redis
+        path = os.path.join(tmp, "s.sock")
+        if kind == "beanstalkd":
+            argv = [beanstalkd_path(), "-l", "unix:" + path]
+        else:
+            argv = qserver_argv("-l", "unix:" + path, *(store or ()))
+        return ServerProcess(argv, unix_path=path), redis
+    except BaseException:
+        if redis is not None:
+            redis.stop()
+        raise
 
 
 def _serve(kind, transport):
-    server, tmp = _start(kind, transport)
+    # A short directory: unix socket paths are limited to 107 bytes.
+    tmp = tempfile.mkdtemp(prefix="qsc", dir="/tmp")
+    server, redis = _start(kind, transport, tmp)
     try:
         yield server
     finally:
         server.stop()
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if redis is not None:
+            redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(params=SERVERS)

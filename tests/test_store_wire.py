@@ -7,6 +7,7 @@ beanstalkd's exact bytes. Each test has its own key prefix on one redis-server.
 """
 
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -132,13 +133,13 @@ def test_a_half_closed_client_waiting_in_reserve_hears_timed_out(nodes):
     assert a.expect_closed()
 
 
-def test_bad_input_is_answered_at_once_and_the_rest_is_not_served_yet(nodes):
+def test_bad_input_is_answered_at_once_and_extensions_are_not_served_yet(nodes):
     a = nodes[0].client()
     assert a.cmd(b"put 0 0 60 x") == b"BAD_FORMAT\r\n"
     assert a.cmd(b"delete") == b"UNKNOWN_COMMAND\r\n"
     assert a.cmd(b"release 1") == b"BAD_FORMAT\r\n"
     assert a.cmd(b"put 0 0 60 3\r\nabcd") == b"EXPECTED_CRLF\r\n"
-    assert a.cmd(b"stats") == b"UNKNOWN_COMMAND\r\n"          # not served yet
+    assert a.cmd(b"job-info 1") == b"UNKNOWN_COMMAND\r\n"      # not served yet
     assert a.cmd(b"list-tube-used") == b"USING default\r\n"
 
 
@@ -169,3 +170,71 @@ def test_a_store_that_cannot_be_reached_stops_the_start_with_a_clear_message():
     assert done.returncode == 3
     assert f"cannot use the store redis://user:***@127.0.0.1:{port}/0" in done.stderr
     assert "secret" not in done.stderr
+
+
+# ------------------------------------------------------- stats, pauses, deadlines
+
+def test_stats_job_and_stats_tube_across_nodes(nodes):
+    a, b = on(nodes[0], b"t"), on(nodes[1], b"t")
+    job = put(a, b"abc", pri=1500, ttr=30)
+    later = put(a, b"d", delay=3600)
+    assert b.cmd(b"reserve") == b"RESERVED %d 3\r\nabc\r\n" % job
+    fields = b.yaml(b"stats-job %d" % job)
+    assert (fields["id"], fields["tube"], fields["state"], fields["pri"], fields["ttr"],
+            fields["reserves"], fields["file"]) == (str(job), "t", "reserved", "1500",
+                                                    "30", "1", "0")
+    assert 28 <= int(fields["time-left"]) <= 29
+    assert a.yaml(b"stats-job %d" % later)["state"] == "delayed"
+    tube = a.yaml(b"stats-tube t")
+    assert (tube["current-jobs-ready"], tube["current-jobs-reserved"],
+            tube["current-jobs-delayed"], tube["total-jobs"]) == ("0", "1", "1", "2")
+    # Connections are counted per node: a's node sees one user of t.
+    assert (tube["current-using"], tube["current-watching"]) == ("1", "1")
+    assert a.cmd(b"stats-tube nobody") == b"NOT_FOUND\r\n"
+    assert a.cmd(b"stats-job 99999") == b"NOT_FOUND\r\n"
+
+
+def test_stats_and_list_tubes_are_the_clusters(nodes):
+    a, b = nodes[0].client(), nodes[1].client()
+    assert a.cmd(b"use one") == b"USING one\r\n"
+    put(a)
+    assert b.cmd(b"use two") == b"USING two\r\n"
+    put(b)
+    for node in (a, b):
+        stats = node.yaml(b"stats")
+        assert (stats["current-jobs-ready"], stats["total-jobs"]) == ("2", "2")
+    listed = a.cmd(b"list-tubes")
+    assert listed.endswith(b"---\n- default\n- one\n- two\n\r\n"), listed
+
+
+def test_a_paused_tube_is_skipped_until_its_pause_ends(nodes):
+    a, b = on(nodes[0], b"t"), on(nodes[1], b"t")
+    job = put(a, b"p")
+    assert a.cmd(b"pause-tube t 1") == b"PAUSED\r\n"
+    paused_at = time.monotonic()
+    assert b.cmd(b"reserve-with-timeout 0") == b"TIMED_OUT\r\n"
+    b.sock.settimeout(BOUND)
+    assert b.cmd(b"reserve") == b"RESERVED %d 1\r\np\r\n" % job
+    assert time.monotonic() - paused_at >= 1.0 - 0.002
+    assert a.cmd(b"pause-tube nobody 1") == b"NOT_FOUND\r\n"
+    assert a.cmd(b"pause-tube t 0") == b"PAUSED\r\n"
+
+
+def test_deadline_soon_and_reserve_job(nodes):
+    a = on(nodes[0], b"t")
+    job = put(a, b"soon", ttr=1)
+    assert a.cmd(b"reserve") == b"RESERVED %d 4\r\nsoon\r\n" % job
+    assert a.cmd(b"reserve-with-timeout 5") == b"DEADLINE_SOON\r\n"
+    other = put(a, b"other", delay=3600)
+    assert a.cmd(b"reserve-job %d" % other) == b"RESERVED %d 5\r\nother\r\n" % other
+    assert a.cmd(b"reserve-job %d" % other) == b"NOT_FOUND\r\n"
+
+
+def test_drain_mode_refuses_puts(nodes):
+    a = on(nodes[0], b"t")
+    nodes[0].signal(signal.SIGUSR1)
+    deadline = time.monotonic() + BOUND
+    while a.cmd(b"put 0 0 60 1\r\nx").startswith(b"INSERTED"):
+        assert time.monotonic() < deadline
+    assert a.cmd(b"put 0 0 60 1\r\nx") == b"DRAINING\r\n"
+    assert a.yaml(b"stats")["draining"] == "true"

@@ -9,21 +9,24 @@ command order while the calls of all clients in one loop turn share one round tr
 (`batch.Batcher`). A waiting reserve is a task that the connection's end cancels;
 the jobs a closed connection held are released at once (`release_holder`).
 
-Served so far: put, use, watch, ignore, reserve, reserve-with-timeout, delete,
-release, bury, touch, kick, kick-job, peek, peek-ready/-delayed/-buried,
-list-tube-used, list-tubes-watched and quit; every other command answers
-UNKNOWN_COMMAND until issue 12 brings it over.
-Imports: `wire`, `errors`, `commands`, stdlib (redis-py through `store.redis`).
+Served: every beanstalkd command (protocol.md, "Several nodes", says where a shared
+store differs: counts per node or per cluster, tube order); the extensions answer
+UNKNOWN_COMMAND until issue 12 brings them over.
+Imports: `wire`, `errors`, `commands`, `stats`, stdlib (redis-py through
+`store.redis`).
 """
 
 import asyncio
 import itertools
 import logging
 import os
+import time
 
 from qserver import wire
 from qserver.commands import FOUND, RESERVED, CommandTable
-from qserver.errors import BadFormat, ExpectedCrlf, InternalError, QueueError, TimedOut
+from qserver.errors import (BadFormat, Draining, ExpectedCrlf, InternalError, NotFound,
+                            QueueError, TimedOut)
+from qserver.stats import job_pairs, server_pairs, tube_pairs
 
 log = logging.getLogger("qserver")
 
@@ -35,13 +38,14 @@ class StoreSession:
     """A connection's own state in store mode: the tube it uses, the tubes it
     watches, its holder name in the store, and its waiting reserve."""
 
-    __slots__ = ("holder", "use", "watch", "waiting")
+    __slots__ = ("holder", "use", "watch", "waiting", "producer", "worker")
 
     def __init__(self, holder: str):
         self.holder = holder
         self.use = DEFAULT_TUBE
         self.watch = [DEFAULT_TUBE]
         self.waiting = None             # the task of a reserve in progress
+        self.producer = self.worker = False     # put / reserved once (stats)
 
 
 class StoreCommands(CommandTable):
@@ -54,18 +58,22 @@ class StoreCommands(CommandTable):
         self.node = os.urandom(6).hex()
         self.numbers = itertools.count(1)
         self.tasks = set()              # store calls in progress (kept referenced)
+        self.sessions = set()           # this node's connections' StoreSessions
+        self.draining = False           # SIGUSR1: puts answer DRAINING
         self.with_args = {
             b"put": self.put, b"peek": self.peek,
             b"reserve-with-timeout": self.reserve_with_timeout, b"delete": self.delete,
             b"release": self.release, b"bury": self.bury, b"kick": self.kick,
             b"kick-job": self.kick_job, b"touch": self.touch, b"use": self.use,
-            b"watch": self.watch, b"ignore": self.ignore,
+            b"watch": self.watch, b"ignore": self.ignore, b"reserve-job": self.reserve_job,
+            b"stats-job": self.stats_job, b"stats-tube": self.stats_tube,
         }
         self.no_args = {
             b"reserve": self.reserve, b"peek-ready": self.peek_ready,
             b"peek-delayed": self.peek_delayed, b"peek-buried": self.peek_buried,
             b"list-tube-used": self.list_tube_used,
             b"list-tubes-watched": self.list_tubes_watched, b"quit": self.quit,
+            b"stats": self.stats, b"list-tubes": self.list_tubes,
         }
         self.by_prefix = self.prefix_table()
 
@@ -76,6 +84,7 @@ class StoreCommands(CommandTable):
         if session is None:
             session = client.store_session = StoreSession(
                 f"{self.node}:{next(self.numbers)}")
+            self.sessions.add(session)
         return session
 
     def closed(self, client) -> None:
@@ -84,6 +93,7 @@ class StoreCommands(CommandTable):
         session = client.store_session
         if session is None:
             return
+        self.sessions.discard(session)
         if session.waiting is not None:
             session.waiting.cancel()
         self._spawn(self._release_holder(session.holder))
@@ -150,7 +160,11 @@ class StoreCommands(CommandTable):
     def _put(self, client, body: bytes, pri: int, delay: int, ttr: int):
         if not body.endswith(wire.CRLF):
             raise ExpectedCrlf
-        tube = self.session(client).use
+        if self.draining:
+            raise Draining
+        session = self.session(client)
+        session.producer = True
+        tube = session.use
         self._later(client, self._put_job(tube, pri, delay, ttr, body))
 
     async def _put_job(self, tube, pri, delay, ttr, body) -> bytes:
@@ -186,6 +200,7 @@ class StoreCommands(CommandTable):
         if client.half_closed:          # nobody can wait any more: one look, as beanstalkd
             timeout = 0
         session = self.session(client)
+        session.worker = True
         session.waiting = self._later(client, self._reserve_job(session, timeout))
 
     async def _reserve_job(self, session, timeout) -> bytes:
@@ -196,6 +211,16 @@ class StoreCommands(CommandTable):
             session.waiting = None
         if found is None:
             raise TimedOut
+        return wire.job_reply(RESERVED, *found)
+
+    def reserve_job(self, client, rest):
+        job_id = wire.parse_id(rest)
+        session = self.session(client)
+        self._later(client, self._reserve_by_id(session, job_id))
+
+    async def _reserve_by_id(self, session, job_id: int) -> bytes:
+        found = await self.store.reserve_job(job_id, session.holder)
+        session.worker = True           # only once it succeeded, as in memory
         return wire.job_reply(RESERVED, *found)
 
     def delete(self, client, rest):
@@ -258,6 +283,102 @@ class StoreCommands(CommandTable):
     def kick_job(self, client, rest):
         job_id = wire.parse_id(rest)
         self._simple(client, self.store.kick_job(job_id), b"KICKED\r\n")
+
+    def pause_tube(self, client, rest):
+        name, seconds = wire.parse_pause(rest)
+        self.counts["pause-tube"] += 1
+        wire.parse_tube(name)           # checked after counting, as beanstalkd does
+        self._later(client, self._pause(name.decode(), seconds))
+
+    async def _pause(self, tube: str, seconds: int) -> bytes:
+        if tube not in self._local_tubes():
+            _, counts = await self.store.tube_counts([tube])
+            if not counts[tube].has_jobs():
+                raise NotFound
+        await self.store.pause(tube, seconds)
+        return b"PAUSED\r\n"
+
+    # -- stats --------------------------------------------------------------------------
+
+    def _local_tubes(self) -> set:
+        """The tubes this node's connections use or watch (they exist, jobs or not)."""
+        tubes = {DEFAULT_TUBE}
+        for session in self.sessions:
+            tubes.add(session.use)
+            tubes.update(session.watch)
+        return tubes
+
+    def _existing(self, counts: dict) -> list:
+        """The tubes that exist for stats: those with jobs anywhere, and this node's."""
+        local = self._local_tubes()
+        return sorted(tube for tube, found in counts.items()
+                      if tube in local or found.has_jobs())
+
+    def stats(self, client, rest):
+        self.counts["stats"] += 1
+        self._later(client, self._stats())
+
+    async def _stats(self) -> bytes:
+        names = sorted(set(await self.store.tubes()) | self._local_tubes())
+        now, counts = await self.store.tube_counts(names)
+        total_jobs, timeouts = await self.store.totals()
+        sums = [0] * 5
+        for found in counts.values():
+            for i, value in enumerate((found.urgent, found.ready, found.reserved,
+                                       found.delayed, found.buried)):
+                sums[i] += value
+        sessions = self.sessions
+        return wire.yaml_mapping(server_pairs(
+            tuple(sums), self.info, time.monotonic(), timeouts, total_jobs,
+            len(self._existing(counts)), sum(s.producer for s in sessions),
+            sum(s.worker for s in sessions), sum(s.waiting is not None for s in sessions),
+            (0, 0, 0, 0), self.draining))
+
+    def stats_tube(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["stats-tube"] += 1
+        self._later(client, self._stats_tube(name))
+
+    async def _stats_tube(self, name: str) -> bytes:
+        now, counts = await self.store.tube_counts([name])
+        found = counts[name]
+        if name not in self._local_tubes() and not found.has_jobs():
+            raise NotFound
+        sessions = self.sessions
+        paused = found.unpause / 1000 > now
+        return wire.yaml_mapping(tube_pairs(
+            name, (found.urgent, found.ready, found.reserved, found.delayed, found.buried),
+            found.total_jobs, sum(s.use == name for s in sessions),
+            sum(name in s.watch for s in sessions),
+            sum(s.waiting is not None and name in s.watch for s in sessions),
+            found.cmd_delete, found.cmd_pause, found.pause if paused else 0,
+            int(found.unpause / 1000 - now) if paused else 0))
+
+    def stats_job(self, client, rest):
+        job_id = wire.parse_id(rest)
+        self.counts["stats-job"] += 1
+        self._later(client, self._stats_job(job_id))
+
+    async def _stats_job(self, job_id: int) -> bytes:
+        now, fields = await self.store.stats_job(job_id)
+        state = fields["state"].decode()
+        due = int(fields["due"]) / 1000
+        timed = state in ("reserved", "delayed")
+        return wire.yaml_mapping(job_pairs(
+            job_id, fields["tube"].decode(), state, int(fields["pri"]),
+            int(now - int(fields["created"]) / 1000), int(fields["delay"]),
+            int(fields["ttr"]), int(due - now) if timed else 0, 0,
+            tuple(int(fields[name]) for name in
+                  ("reserves", "timeouts", "releases", "buries", "kicks"))))
+
+    def list_tubes(self, client, rest):
+        self.counts["list-tubes"] += 1
+        self._later(client, self._list_tubes())
+
+    async def _list_tubes(self) -> bytes:
+        names = sorted(set(await self.store.tubes()) | self._local_tubes())
+        _, counts = await self.store.tube_counts(names)
+        return wire.yaml_list(self._existing(counts))
 
     def list_tube_used(self, client, rest):
         self.counts["list-tube-used"] += 1

@@ -20,6 +20,8 @@ primary, Sentinel, or a one-shard cluster). Layout (P = KEYS[1]):
   P:reserved          ZSET    score TTR deadline (ms), member padded id
   P:h:<holder>        SET     padded ids a holder (node:connection) has reserved
   P:bury_seq          STRING  the bury order counter
+  P:total_jobs, P:job_timeouts  STRING  stats counters of the whole cluster
+  P:t:<tube> also     pause (s) and unpause (ms): a pause-tube
 Times come from the store's clock (TIME), the one clock of every node. Redis 7
 replicates a function's effects, so reading TIME before writing is allowed.
 A reply is a status word first ("OK", "NOT_FOUND", ...), then values.
@@ -95,6 +97,7 @@ local function put(keys, args)
              'body', body, 'created', now, 'bury', 0, 'reserves', 0, 'timeouts', 0,
              'releases', 0, 'buries', 0, 'kicks', 0, 'holder', '')
   redis.call('HINCRBY', P .. ':t:' .. tube, 'total_jobs', 1)
+  redis.call('INCR', P .. ':total_jobs')
   redis.call('SADD', P .. ':tubes', tube)
   if delay > 0 then
     redis.call('HSET', key, 'state', 'delayed', 'due', now + delay * 1000)
@@ -119,38 +122,156 @@ local function next_due(P, tubes, first, now)
   return soonest
 end
 
--- reserve(P; holder, tube...) -> {"OK", id, body} | {"NONE", ms}: the ready job with
--- the smallest (pri, id) over the given tubes, reserved for `holder` until its TTR;
--- else how long until one of their delayed jobs is due (-1: none is delayed), so a
--- waiting reserve knows when to look again without a wake-up.
+-- The soonest TTR deadline (ms) of the jobs `holder` has reserved, or nil.
+local function soonest_deadline(P, holder)
+  local soonest
+  for _, member in ipairs(redis.call('SMEMBERS', P .. ':h:' .. holder)) do
+    local due = tonumber(redis.call('HGET', job_key(P, tonumber(member)), 'due'))
+    if due and (soonest == nil or due < soonest) then soonest = due end
+  end
+  return soonest
+end
+
+local SAFETY_MARGIN_MS = 1000   -- DEADLINE_SOON: the last second of a TTR
+
+local function take(P, key, tube, member, holder, now)
+  local ttr = tonumber(redis.call('HGET', key, 'ttr'))
+  if ttr < 1 then ttr = 1 end
+  local deadline = now + ttr * 1000
+  redis.call('HSET', key, 'state', 'reserved', 'due', deadline, 'holder', holder)
+  redis.call('HINCRBY', key, 'reserves', 1)
+  redis.call('HINCRBY', P .. ':t:' .. tube, 'reserved', 1)
+  redis.call('ZADD', P .. ':reserved', deadline, member)
+  redis.call('SADD', P .. ':h:' .. holder, member)
+end
+
+local function unpause_at(P, tube)
+  return tonumber(redis.call('HGET', P .. ':t:' .. tube, 'unpause') or 0)
+end
+
+-- reserve(P; holder, tube...) -> {"OK", id, body} | {"DEADLINE_SOON"} | {"NONE", ms}:
+-- the ready job with the smallest (pri, id) over the given tubes that are not
+-- paused, reserved for `holder` until its TTR (protocol.md, "reserve",
+-- "DEADLINE_SOON"); else how long a waiting reserve may sleep before something can
+-- change without a wake-up: a delayed job due, a pause ending, or one of the
+-- holder's jobs entering its safety margin (-1: nothing of the kind).
 local function reserve(keys, args)
   local P, holder = keys[1], args[1]
   local now = now_ms()
   local best_tube, best_member, best_pri
+  local any_ready = false
+  local wait = -1
   for i = 2, #args do
     local tube = args[i]
     promote_due(P, tube, now)
     local top = redis.call('ZRANGE', list_key(P, tube, 'ready'), 0, 0, 'WITHSCORES')
     if top[1] then
-      local pri = tonumber(top[2])
-      if best_member == nil or pri < best_pri or (pri == best_pri and top[1] < best_member) then
-        best_tube, best_member, best_pri = tube, top[1], pri
+      any_ready = true
+      local until_ms = unpause_at(P, tube)
+      if until_ms > now then
+        if wait < 0 or until_ms - now < wait then wait = until_ms - now end
+      else
+        local pri = tonumber(top[2])
+        if best_member == nil or pri < best_pri or (pri == best_pri and top[1] < best_member) then
+          best_tube, best_member, best_pri = tube, top[1], pri
+        end
       end
     end
   end
-  if best_member == nil then return {'NONE', next_due(P, args, 2, now)} end
+  local due = next_due(P, args, 2, now)    -- after the promotions: not yet due
+  if due >= 0 and (wait < 0 or due < wait) then wait = due end
+  local soonest = soonest_deadline(P, holder)
+  if soonest and not any_ready and now >= soonest - SAFETY_MARGIN_MS then
+    return {'DEADLINE_SOON'}
+  end
+  if best_member == nil then
+    if soonest then
+      local margin = soonest - SAFETY_MARGIN_MS - now
+      if margin < 0 then margin = 0 end
+      if wait < 0 or margin < wait then wait = margin end
+    end
+    return {'NONE', wait}
+  end
   local id = tonumber(best_member)
   local key = job_key(P, id)
-  local ttr = tonumber(redis.call('HGET', key, 'ttr'))
-  if ttr < 1 then ttr = 1 end
-  local deadline = now + ttr * 1000
   redis.call('ZREM', list_key(P, best_tube, 'ready'), best_member)
-  redis.call('HSET', key, 'state', 'reserved', 'due', deadline, 'holder', holder)
-  redis.call('HINCRBY', key, 'reserves', 1)
-  redis.call('HINCRBY', P .. ':t:' .. best_tube, 'reserved', 1)
-  redis.call('ZADD', P .. ':reserved', deadline, best_member)
-  redis.call('SADD', P .. ':h:' .. holder, best_member)
+  take(P, key, best_tube, best_member, holder, now)
   return {'OK', id, redis.call('HGET', key, 'body')}
+end
+
+-- reserve_job(P; id, holder) -> {"OK", id, body} | {"NOT_FOUND"}: a ready, delayed or
+-- buried job by id, whatever its tube or a pause; never DEADLINE_SOON.
+local function reserve_job(keys, args)
+  local P, id, holder = keys[1], tonumber(args[1]), args[2]
+  local key, member = job_key(P, id), pad(id)
+  local job = load(key)
+  if job == nil or job.state == 'reserved' then return {'NOT_FOUND'} end
+  unlist(P, key, member, job)
+  take(P, key, job.tube, member, holder, now_ms())
+  return {'OK', id, job.body}
+end
+
+-- pause(P; tube, seconds) -> {"OK"}: reserves skip the tube for `seconds` (0: the
+-- pause ends now); waiting reserves hear of the end through their wait hint.
+local function pause(keys, args)
+  local P, tube, seconds = keys[1], args[1], tonumber(args[2])
+  local hash = P .. ':t:' .. tube
+  redis.call('HSET', hash, 'pause', seconds, 'unpause', now_ms() + seconds * 1000)
+  redis.call('HINCRBY', hash, 'cmd_pause', 1)
+  redis.call('SADD', P .. ':tubes', tube)
+  if seconds == 0 then redis.call('PUBLISH', P .. ':wake', tube) end
+  return {'OK'}
+end
+
+-- tube_counts(P; tube...) -> {"OK", now, then per tube: urgent ready reserved delayed
+-- buried total_jobs cmd_delete cmd_pause pause unpause}: what stats and stats-tube
+-- show (delayed jobs that are due count as ready).
+local function tube_counts(keys, args)
+  local P = keys[1]
+  local now = now_ms()
+  local out = {'OK', now}
+  for i = 1, #args do
+    local tube = args[i]
+    promote_due(P, tube, now)
+    local ready = list_key(P, tube, 'ready')
+    local hash = redis.call('HMGET', P .. ':t:' .. tube, 'reserved', 'total_jobs',
+                            'cmd_delete', 'cmd_pause', 'pause', 'unpause')
+    table.insert(out, redis.call('ZCOUNT', ready, '-inf', 1023))
+    table.insert(out, redis.call('ZCARD', ready))
+    table.insert(out, tonumber(hash[1] or 0))
+    table.insert(out, redis.call('ZCARD', list_key(P, tube, 'delayed')))
+    table.insert(out, redis.call('ZCARD', list_key(P, tube, 'buried')))
+    for j = 2, 6 do table.insert(out, tonumber(hash[j] or 0)) end
+  end
+  return out
+end
+
+-- tubes(P) -> {"OK", name...}: the tubes that ever had jobs or a pause.
+local function tubes(keys, args)
+  local out = {'OK'}
+  for _, name in ipairs(redis.call('SMEMBERS', keys[1] .. ':tubes')) do
+    table.insert(out, name)
+  end
+  return out
+end
+
+-- stats_job(P; id) -> {"OK", now in microseconds, field, value, ...} | {"NOT_FOUND"}
+-- (microseconds: a TTR of 30 s just reserved has 29 s left, as beanstalkd says,
+-- even within the millisecond).
+local function stats_job(keys, args)
+  local P, id = keys[1], tonumber(args[1])
+  local fields = redis.call('HGETALL', job_key(P, id))
+  if #fields == 0 then return {'NOT_FOUND'} end
+  local t = redis.call('TIME')
+  local out = {'OK', tonumber(t[1]) * 1000000 + tonumber(t[2])}
+  for _, value in ipairs(fields) do table.insert(out, value) end
+  return out
+end
+
+-- totals(P) -> {"OK", total_jobs, job_timeouts}
+local function totals(keys, args)
+  local values = redis.call('MGET', keys[1] .. ':total_jobs', keys[1] .. ':job_timeouts')
+  return {'OK', tonumber(values[1] or 0), tonumber(values[2] or 0)}
 end
 
 -- delete(P; id, holder) -> {"OK"} | {"NOT_FOUND"}: a reserved job only by its holder.
@@ -284,6 +405,7 @@ local function expire(keys, args)
     local job = load(key)
     unlist(P, key, member, job)
     redis.call('HINCRBY', key, 'timeouts', 1)
+    redis.call('INCR', P .. ':job_timeouts')
     make_ready(P, key, job.tube, member, job.pri)
   end
   local next = redis.call('ZRANGE', P .. ':reserved', 0, 0, 'WITHSCORES')
@@ -323,3 +445,9 @@ redis.register_function{function_name = 'qs_peek', callback = peek, flags = {'no
 redis.register_function('qs_peek_list', peek_list)
 redis.register_function('qs_expire', expire)
 redis.register_function('qs_release_holder', release_holder)
+redis.register_function('qs_reserve_job', reserve_job)
+redis.register_function('qs_pause', pause)
+redis.register_function('qs_tube_counts', tube_counts)
+redis.register_function{function_name = 'qs_tubes', callback = tubes, flags = {'no-writes'}}
+redis.register_function{function_name = 'qs_stats_job', callback = stats_job, flags = {'no-writes'}}
+redis.register_function{function_name = 'qs_totals', callback = totals, flags = {'no-writes'}}

@@ -15,7 +15,7 @@ from importlib import resources
 
 from redis.exceptions import ResponseError
 
-from qserver.errors import InternalError, NotFound
+from qserver.errors import DeadlineSoon, InternalError, NotFound
 from qserver.store.batch import Batcher
 
 log = logging.getLogger("qserver")
@@ -61,14 +61,18 @@ class RedisStore:
         await self.wakeups.close()
         await self.redis.aclose()
 
-    async def _call(self, name: str, *args) -> list:
-        """FCALL a function; NOT_FOUND and a function's error become the protocol's
-        errors."""
+    async def _fcall(self, name: str, *args) -> list:
+        """FCALL a function in this turn's batch; its error becomes INTERNAL_ERROR."""
         try:
-            reply = await self.batcher.call("FCALL", name, 1, self.key, *args)
+            return await self.batcher.call("FCALL", name, 1, self.key, *args)
         except ResponseError as error:
             log.error("store: %s failed: %s", name, error)
             raise InternalError from None
+
+    async def _call(self, name: str, *args) -> list:
+        """FCALL a function; NOT_FOUND becomes the protocol's error; returns the
+        values after the status word."""
+        reply = await self._fcall(name, *args)
         if reply[0] == b"NOT_FOUND":
             raise NotFound
         return reply[1:]
@@ -86,14 +90,21 @@ class RedisStore:
         return found if isinstance(found, tuple) else None
 
     async def _try_reserve(self, holder: str, tubes):
-        """(id, body), or the ms until one of the tubes' delayed jobs is due (-1)."""
-        reply = await self._call("qs_reserve", holder, *tubes)
-        return (reply[0], reply[1]) if len(reply) == 2 else reply[0]
+        """(id, body), or how many ms a waiting reserve may sleep (-1: until woken);
+        DEADLINE_SOON raised."""
+        reply = await self._fcall("qs_reserve", holder, *tubes)
+        if reply[0] == b"OK":
+            return reply[1], reply[2]
+        if reply[0] == b"DEADLINE_SOON":
+            raise DeadlineSoon
+        return reply[1]
 
     async def reserve_wait(self, holder: str, tubes, timeout: float | None) -> tuple | None:
         """reserve, waiting up to `timeout` seconds (None: for ever) for a job: woken
         when any node makes a job ready in one of the tubes, when a delayed one is
-        due, and at least every REPOLL_SECONDS. None when the time ran out."""
+        due, a pause ends or one of the holder's jobs enters its safety margin
+        (DEADLINE_SOON is raised), and at least every REPOLL_SECONDS. None when the
+        time ran out."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         woken = asyncio.Event()
@@ -116,6 +127,37 @@ class RedisStore:
                     pass
         finally:
             self.wakeups.discard(tubes, woken)
+
+    async def reserve_job(self, job_id: int, holder: str) -> tuple:
+        found_id, body = await self._call("qs_reserve_job", job_id, holder)
+        return found_id, body
+
+    async def pause(self, tube: str, seconds: int) -> None:
+        await self._call("qs_pause", tube, seconds)
+
+    async def tube_counts(self, tubes) -> tuple:
+        """(store time in s, {tube: TubeCounts}) for stats and stats-tube."""
+        reply = await self._call("qs_tube_counts", *tubes)
+        now_ms, values = reply[0], reply[1:]
+        width = len(TubeCounts.__slots__)
+        counts = {tube: TubeCounts(*values[i * width:(i + 1) * width])
+                  for i, tube in enumerate(tubes)}
+        return now_ms / 1000, counts
+
+    async def tubes(self) -> list:
+        """The tubes that ever had jobs or a pause in the store."""
+        return [name.decode() for name in await self._call("qs_tubes")]
+
+    async def stats_job(self, job_id: int) -> tuple:
+        """(store time in s, the job's stored fields)."""
+        reply = await self._call("qs_stats_job", job_id)
+        fields = dict(zip(reply[1::2], reply[2::2]))
+        return reply[0] / 1_000_000, {name.decode(): value for name, value in fields.items()}
+
+    async def totals(self) -> tuple:
+        """(total jobs, job timeouts) of the whole cluster."""
+        total_jobs, timeouts = await self._call("qs_totals")
+        return total_jobs, timeouts
 
     async def delete(self, job_id: int, holder: str) -> None:
         await self._call("qs_delete", job_id, holder)
@@ -175,6 +217,20 @@ class RedisStore:
         if not fields:
             raise NotFound
         return {name.decode(): value for name, value in fields.items()}
+
+
+class TubeCounts:
+    """One tube's figures as the store reports them (qs_tube_counts)."""
+
+    __slots__ = ("urgent", "ready", "reserved", "delayed", "buried", "total_jobs",
+                 "cmd_delete", "cmd_pause", "pause", "unpause")
+
+    def __init__(self, *values):
+        for name, value in zip(self.__slots__, values):
+            setattr(self, name, value)
+
+    def has_jobs(self) -> bool:
+        return bool(self.ready or self.reserved or self.delayed or self.buried)
 
 
 class Wakeups:
