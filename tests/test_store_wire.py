@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import free_port, qserver_argv, start_qserver
+from conftest import ServerProcess, free_port, qserver_argv, start_qserver, start_redis
 from test_ext_durability import kill9
 from test_ext_wire import on_tube as on
 from test_ext_wire import put
@@ -238,3 +238,67 @@ def test_drain_mode_refuses_puts(nodes):
         assert time.monotonic() < deadline
     assert a.cmd(b"put 0 0 60 1\r\nx") == b"DRAINING\r\n"
     assert a.yaml(b"stats")["draining"] == "true"
+
+
+# ------------------------------------------------------------------ the store's faults
+
+def _restart_redis(redis, tmp_path, *extra):
+    """Kill the redis-server with SIGKILL and start another on the same port and
+    directory."""
+    kill9(redis)
+    return ServerProcess([redis.argv[0], "--port", str(redis.port), "--bind", "127.0.0.1",
+                          "--dir", str(tmp_path), "--save", "", "--protected-mode", "no",
+                          *extra], redis.port)
+
+
+def _until_served(c, line: bytes, want: bytes) -> bytes:
+    """Send `line` until the reply starts with `want` (the node reconnects by
+    itself); only INTERNAL_ERROR may come meanwhile."""
+    deadline = time.monotonic() + BOUND
+    while True:
+        reply = c.cmd(line)
+        if reply.startswith(want):
+            return reply
+        assert reply == b"INTERNAL_ERROR\r\n", reply
+        assert time.monotonic() < deadline, "the node did not reconnect"
+        time.sleep(0.05)
+
+
+def test_a_store_restarted_with_aof_always_loses_no_acknowledged_job(tmp_path):
+    redis = start_redis(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    node = start_qserver("--store", f"redis://127.0.0.1:{redis.port}/0")
+    try:
+        c = on(node, b"t")
+        ids = [put(c, b"j%d" % n) for n in range(50)]
+        assert c.cmd(b"reserve") == b"RESERVED %d 2\r\nj0\r\n" % ids[0]
+        assert c.cmd(b"delete %d" % ids[0]) == b"DELETED\r\n"
+        redis = _restart_redis(redis, tmp_path, "--appendonly", "yes",
+                               "--appendfsync", "always")
+        _until_served(c, b"peek %d" % ids[1], b"FOUND")
+        for job in ids[1:]:
+            assert c.cmd(b"peek %d" % job) == b"FOUND %d %d\r\n%s\r\n" % (
+                job, len(b"j%d" % (job - ids[0])), b"j%d" % (job - ids[0]))
+        assert c.cmd(b"peek %d" % ids[0]) == b"NOT_FOUND\r\n"
+        fresh = put(c)
+        assert fresh > ids[-1]                  # the id counter survived too
+    finally:
+        node.stop()
+        redis.stop()
+
+
+def test_a_store_that_went_away_gives_internal_error_then_serves_again(tmp_path):
+    redis = start_redis(tmp_path)
+    node = start_qserver("--store", f"redis://127.0.0.1:{redis.port}/0")
+    try:
+        c = on(node, b"t")
+        put(c)
+        kill9(redis)
+        assert c.cmd(b"put 0 0 60 1\r\nx") == b"INTERNAL_ERROR\r\n"
+        assert c.cmd(b"list-tube-used") == b"USING t\r\n"   # the connection lives on
+        redis = _restart_redis(redis, tmp_path)         # empty: no persistence
+        # It reconnects and loads the function library again by itself.
+        _until_served(c, b"put 0 0 60 1\r\nx", b"INSERTED")
+        assert c.cmd(b"reserve-with-timeout 0").startswith(b"RESERVED")
+    finally:
+        node.stop()
+        redis.stop()

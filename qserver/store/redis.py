@@ -13,10 +13,8 @@ import asyncio
 import logging
 from importlib import resources
 
-from redis.exceptions import ResponseError
-
 from qserver.errors import DeadlineSoon, InternalError, NotFound
-from qserver.store.batch import Batcher
+from qserver.store.batch import Batcher, ReplyError
 
 log = logging.getLogger("qserver")
 
@@ -35,7 +33,8 @@ class RedisStore:
     def __init__(self, client, prefix: str = "qserver"):
         self.redis = client                 # a redis.asyncio.Redis
         self.key = "{%s}" % prefix          # KEYS[1] of every call: the hash tag
-        self.batcher = Batcher(client)      # the calls of a loop turn, one round trip
+        # The calls of a loop turn, one round trip, on a connection of their own.
+        self.batcher = Batcher(_settings(client))
         self.wakeups = Wakeups(client, self.key + ":wake")
         self.tasks = []                     # the subscriber and the TTR reaper
 
@@ -59,15 +58,23 @@ class RedisStore:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.wakeups.close()
+        self.batcher.close()
         await self.redis.aclose()
 
     async def _fcall(self, name: str, *args) -> list:
-        """FCALL a function in this turn's batch; its error becomes INTERNAL_ERROR."""
-        try:
-            return await self.batcher.call("FCALL", name, 1, self.key, *args)
-        except ResponseError as error:
-            log.error("store: %s failed: %s", name, error)
-            raise InternalError from None
+        """FCALL a function in this turn's batch; its error becomes INTERNAL_ERROR.
+        A store that lost the library (restarted without persistence) gets it again
+        and the call is made once more."""
+        for attempt in (1, 2):
+            try:
+                return await self.batcher.call("FCALL", name, 1, self.key, *args)
+            except ReplyError as error:
+                if attempt == 1 and "Function not found" in str(error):
+                    log.warning("store: the function library is gone; loading it again")
+                    await self.load_functions()
+                    continue
+                log.error("store: %s failed: %s", name, error)
+                raise InternalError from None
 
     async def _call(self, name: str, *args) -> list:
         """FCALL a function; NOT_FOUND becomes the protocol's error; returns the
@@ -109,11 +116,17 @@ class RedisStore:
         deadline = None if timeout is None else loop.time() + timeout
         woken = asyncio.Event()
         self.wakeups.add(tubes, woken)
+        waited = False
         try:
             while True:
                 woken.clear()               # before looking: a wake-up from now on counts
                 found = await self._try_reserve(holder, tubes)
                 if isinstance(found, tuple):
+                    if waited:
+                        # A wake-up woke one waiter per job; this one may have taken
+                        # a job of another tube than the one it was woken for: the
+                        # next waiter looks too (one call, not one per waiter).
+                        self.wakeups.pass_on(tubes, woken)
                     return found
                 wait = REPOLL_SECONDS if found < 0 else min(REPOLL_SECONDS, found / 1000)
                 if deadline is not None:
@@ -125,6 +138,7 @@ class RedisStore:
                     await asyncio.wait_for(woken.wait(), wait)
                 except TimeoutError:
                     pass
+                waited = True
         finally:
             self.wakeups.discard(tubes, woken)
 
@@ -219,6 +233,16 @@ class RedisStore:
         return {name.decode(): value for name, value in fields.items()}
 
 
+def _settings(client) -> dict:
+    """Where the batches connect, from the URL redis-py read."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    return {"host": kwargs.get("host", "127.0.0.1"), "port": kwargs.get("port", 6379),
+            "db": kwargs.get("db", 0), "username": kwargs.get("username"),
+            "password": kwargs.get("password"),
+            "tls": pool.connection_class.__name__ == "SSLConnection"}
+
+
 class TubeCounts:
     """One tube's figures as the store reports them (qs_tube_counts)."""
 
@@ -235,14 +259,15 @@ class TubeCounts:
 
 class Wakeups:
     """A node's one subscription to the store's wake channel, on which every change
-    that makes a job ready publishes the tube's name: the waiting reserves that
-    watch that tube look again. Messages lost while the subscription reconnects
-    are made up for by waking every waiter and by their REPOLL_SECONDS."""
+    that makes a job ready publishes the tube's name (once per job): each message
+    wakes the longest-waiting reserve of that tube that is not awake already, which
+    looks again. Messages lost while the subscription reconnects are made up for by
+    waking every waiter and by their REPOLL_SECONDS."""
 
     def __init__(self, client, channel: str):
         self.redis = client
         self.channel = channel
-        self.waiting = {}               # tube name -> set of asyncio.Event
+        self.waiting = {}               # tube name -> {asyncio.Event: None}, oldest first
         self.pubsub = None
         self.task = None
 
@@ -260,19 +285,25 @@ class Wakeups:
 
     def add(self, tubes, event) -> None:
         for tube in tubes:
-            self.waiting.setdefault(tube, set()).add(event)
+            self.waiting.setdefault(tube, {})[event] = None
 
     def discard(self, tubes, event) -> None:
         for tube in tubes:
             events = self.waiting.get(tube)
             if events is not None:
-                events.discard(event)
+                events.pop(event, None)
                 if not events:
                     del self.waiting[tube]
 
-    def _wake(self, tube: str) -> None:
+    def _wake(self, tube: str, besides=None) -> None:
         for event in self.waiting.get(tube, ()):
-            event.set()
+            if not event.is_set() and event is not besides:
+                event.set()
+                return
+
+    def pass_on(self, tubes, own) -> None:
+        for tube in tubes:
+            self._wake(tube, besides=own)
 
     def _wake_all(self) -> None:
         for events in self.waiting.values():
