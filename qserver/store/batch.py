@@ -67,6 +67,23 @@ class RespConnection:
             self.writer.close()
         self.writer = None
 
+    async def send(self, command) -> None:
+        self.writer.write(encode(command))
+
+    async def replies(self):
+        """Every reply (or pushed message) as it comes; ends when the store closes
+        the connection (StoreUnreachable)."""
+        parser, reader = self.parser, self.reader
+        while True:
+            reply = parser.gets()
+            while reply is not False:
+                yield reply
+                reply = parser.gets()
+            data = await reader.read(1 << 16)
+            if not data:
+                raise StoreUnreachable("the store closed the connection")
+            parser.feed(data)
+
     async def execute(self, commands) -> list:
         self.writer.write(b"".join(encode(command) for command in commands))
         replies = []
@@ -85,12 +102,18 @@ class RespConnection:
 
 
 def encode(command) -> bytes:
-    """One command as a RESP array of bulk strings."""
+    """One command as a RESP array of bulk strings (str, int or bytes args)."""
     parts = [b"*%d\r\n" % len(command)]
+    append = parts.append
     for arg in command:
-        if not isinstance(arg, (bytes, bytearray)):
+        cls = arg.__class__
+        if cls is str:
+            arg = arg.encode()
+        elif cls is int:
+            arg = b"%d" % arg
+        elif cls is not bytes:
             arg = str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(parts)
 
 

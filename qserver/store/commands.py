@@ -27,6 +27,7 @@ from qserver.commands import FOUND, RESERVED, CommandTable
 from qserver.errors import (BadFormat, Draining, ExpectedCrlf, InternalError, NotFound,
                             QueueError, TimedOut)
 from qserver.stats import job_pairs, server_pairs, tube_pairs
+from qserver.store.batch import ReplyError
 
 log = logging.getLogger("qserver")
 
@@ -124,6 +125,33 @@ class StoreCommands(CommandTable):
         task.add_done_callback(self.tasks.discard)
         return task
 
+    def _when(self, client, future, make_reply) -> None:
+        """Answer from the store's raw reply to one call, without a task: NOT_FOUND
+        as is, else `make_reply(reply)`; a failed call is INTERNAL_ERROR."""
+        answer = client.answer_later(logged=False)
+        store = self.store
+
+        def done(call):
+            if call.cancelled():
+                return
+            error = call.exception()
+            if error is None:
+                reply = call.result()
+                if reply[0] == b"NOT_FOUND":
+                    answer(NotFound.reply)
+                    return
+                try:
+                    answer(make_reply(reply))
+                except Exception:
+                    log.exception("store reply %r", reply[:1])
+                    answer(InternalError.reply)
+                return
+            if isinstance(error, ReplyError) and "Function not found" in str(error):
+                store.reload_soon()
+            log.error("store call failed: %s", error)
+            answer(InternalError.reply)
+        future.add_done_callback(done)
+
     @staticmethod
     async def _answer(work, answer) -> None:
         try:
@@ -164,11 +192,8 @@ class StoreCommands(CommandTable):
             raise Draining
         session = self.session(client)
         session.producer = True
-        tube = session.use
-        self._later(client, self._put_job(tube, pri, delay, ttr, body))
-
-    async def _put_job(self, tube, pri, delay, ttr, body) -> bytes:
-        return b"INSERTED %d\r\n" % await self.store.put(tube, pri, delay, ttr, body)
+        self._when(client, self.store.call("qs_put", session.use, pri, delay, ttr, body),
+                   _inserted)
 
     def use(self, client, rest):
         name = wire.parse_tube(rest).decode()
@@ -226,42 +251,42 @@ class StoreCommands(CommandTable):
     def delete(self, client, rest):
         job_id = wire.parse_id(rest)
         self.counts["delete"] += 1
-        return self._simple(client, self.store.delete(job_id, self.session(client).holder),
-                            b"DELETED\r\n")
+        self._simple(client, b"DELETED\r\n", "qs_delete", job_id,
+                     self.session(client).holder)
 
     def release(self, client, rest):
         job_id, pri, delay = wire.parse_id_pri_delay(rest)
         self.counts["release"] += 1
-        holder = self.session(client).holder
-        return self._simple(client, self.store.release(job_id, holder, pri, delay),
-                            b"RELEASED\r\n")
+        self._simple(client, b"RELEASED\r\n", "qs_release", job_id,
+                     self.session(client).holder, pri, delay)
 
     def bury(self, client, rest):
         job_id, pri = wire.parse_id_pri(rest)
         self.counts["bury"] += 1
-        holder = self.session(client).holder
-        return self._simple(client, self.store.bury(job_id, holder, pri), b"BURIED\r\n")
+        self._simple(client, b"BURIED\r\n", "qs_bury", job_id, self.session(client).holder,
+                     pri)
 
     def touch(self, client, rest):
         job_id = wire.parse_id(rest)
         self.counts["touch"] += 1
-        holder = self.session(client).holder
-        return self._simple(client, self.store.touch(job_id, holder), b"TOUCHED\r\n")
+        self._simple(client, b"TOUCHED\r\n", "qs_touch", job_id,
+                     self.session(client).holder)
 
-    def _simple(self, client, call, reply: bytes):
-        self._later(client, _then(call, reply))
+    def _simple(self, client, reply: bytes, name: str, *args):
+        """A call whose only replies are `reply` and NOT_FOUND."""
+        self._when(client, self.store.call(name, *args), lambda _: reply)
 
     # -- other commands ---------------------------------------------------------------
 
     def peek(self, client, rest):
         job_id = wire.parse_id(rest)
         self.counts["peek"] += 1
-        self._later(client, _found(self.store.peek(job_id)))
+        self._when(client, self.store.call("qs_peek", job_id), _found)
 
     def _peek_in_used(self, client, counter: str, state: str):
         self.counts[counter] += 1
         tube = self.session(client).use
-        self._later(client, _found(self.store.peek_list(tube, state)))
+        self._when(client, self.store.call("qs_peek_list", tube, state), _found)
 
     def peek_ready(self, client, rest):
         return self._peek_in_used(client, "peek-ready", "ready")
@@ -282,7 +307,7 @@ class StoreCommands(CommandTable):
 
     def kick_job(self, client, rest):
         job_id = wire.parse_id(rest)
-        self._simple(client, self.store.kick_job(job_id), b"KICKED\r\n")
+        self._simple(client, b"KICKED\r\n", "qs_kick_job", job_id)
 
     def pause_tube(self, client, rest):
         name, seconds = wire.parse_pause(rest)
@@ -393,11 +418,9 @@ class StoreCommands(CommandTable):
         return None
 
 
-async def _then(call, reply: bytes) -> bytes:
-    await call
-    return reply
+def _inserted(reply) -> bytes:
+    return b"INSERTED %d\r\n" % reply[1]
 
 
-async def _found(call) -> bytes:
-    job_id, body = await call
-    return wire.job_reply(FOUND, job_id, body)
+def _found(reply) -> bytes:
+    return wire.job_reply(FOUND, reply[1], reply[2])

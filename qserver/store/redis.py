@@ -14,7 +14,7 @@ import logging
 from importlib import resources
 
 from qserver.errors import DeadlineSoon, InternalError, NotFound
-from qserver.store.batch import Batcher, ReplyError
+from qserver.store.batch import Batcher, ReplyError, RespConnection, StoreUnreachable
 
 log = logging.getLogger("qserver")
 
@@ -35,8 +35,9 @@ class RedisStore:
         self.key = "{%s}" % prefix          # KEYS[1] of every call: the hash tag
         # The calls of a loop turn, one round trip, on a connection of their own.
         self.batcher = Batcher(_settings(client))
-        self.wakeups = Wakeups(client, self.key + ":wake")
-        self.tasks = []                     # the subscriber and the TTR reaper
+        self.wakeups = Wakeups(_settings(client), self.key + ":wake")
+        self.tasks = []                     # the TTR reaper, a library reload
+        self.reloading = False
 
     @classmethod
     async def connect(cls, url: str, prefix: str = "qserver") -> "RedisStore":
@@ -60,6 +61,27 @@ class RedisStore:
         await self.wakeups.close()
         self.batcher.close()
         await self.redis.aclose()
+
+    def call(self, name: str, *args) -> asyncio.Future:
+        """FCALL a function in this turn's batch; the future gets the raw reply
+        (status word first). For the commands that answer from a callback."""
+        return self.batcher.call("FCALL", name, 1, self.key, *args)
+
+    def reload_soon(self) -> None:
+        """A call found the library gone: load it again in the background."""
+        if not self.reloading:
+            self.reloading = True
+            log.warning("store: the function library is gone; loading it again")
+            task = asyncio.get_running_loop().create_task(self._reload())
+            self.tasks.append(task)
+
+    async def _reload(self) -> None:
+        try:
+            await self.load_functions()
+        except Exception as error:
+            log.error("store: loading the function library: %s", error)
+        finally:
+            self.reloading = False
 
     async def _fcall(self, name: str, *args) -> list:
         """FCALL a function in this turn's batch; its error becomes INTERNAL_ERROR.
@@ -114,33 +136,34 @@ class RedisStore:
         time ran out."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        woken = asyncio.Event()
-        self.wakeups.add(tubes, woken)
+        waiter = Waiter()
+        self.wakeups.add(tubes, waiter)
         waited = False
         try:
             while True:
-                woken.clear()               # before looking: a wake-up from now on counts
+                waiter.woken = False        # before looking: a wake-up from now on counts
                 found = await self._try_reserve(holder, tubes)
                 if isinstance(found, tuple):
-                    if waited:
-                        # A wake-up woke one waiter per job; this one may have taken
-                        # a job of another tube than the one it was woken for: the
-                        # next waiter looks too (one call, not one per waiter).
-                        self.wakeups.pass_on(tubes, woken)
+                    # A wake-up wakes one waiter per job. One that came while this
+                    # reserve was looking anyway was not needed here, and one this
+                    # reserve waited for may have announced a job of another tube
+                    # than the one it took: either way the next waiter looks too (one
+                    # call, not one per waiter).
+                    if waiter.woken or (waited and len(tubes) > 1):
+                        self.wakeups.pass_on(tubes, waiter)
                     return found
+                if waiter.woken:
+                    continue                # a job came while it looked: look again
                 wait = REPOLL_SECONDS if found < 0 else min(REPOLL_SECONDS, found / 1000)
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return None
                     wait = min(wait, remaining)
-                try:
-                    await asyncio.wait_for(woken.wait(), wait)
-                except TimeoutError:
-                    pass
+                await waiter.sleep(loop, wait)
                 waited = True
         finally:
-            self.wakeups.discard(tubes, woken)
+            self.wakeups.discard(tubes, waiter)
 
     async def reserve_job(self, job_id: int, holder: str) -> tuple:
         found_id, body = await self._call("qs_reserve_job", job_id, holder)
@@ -257,48 +280,86 @@ class TubeCounts:
         return bool(self.ready or self.reserved or self.delayed or self.buried)
 
 
+class Waiter:
+    """A waiting reserve as the wake-ups see it: asleep on a future until woken or
+    its time is up (a plain future and a timer, cheaper than an Event and wait_for,
+    which makes a task each time)."""
+
+    __slots__ = ("future", "woken")
+
+    def __init__(self):
+        self.future = None
+        self.woken = False
+
+    def wake(self) -> None:
+        self.woken = True
+        future = self.future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def sleep(self, loop, seconds: float) -> None:
+        self.future = future = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            self.future = None
+
+
+def _resolve(future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Wakeups:
     """A node's one subscription to the store's wake channel, on which every change
     that makes a job ready publishes the tube's name (once per job): each message
     wakes the longest-waiting reserve of that tube that is not awake already, which
-    looks again. Messages lost while the subscription reconnects are made up for by
-    waking every waiter and by their REPOLL_SECONDS."""
+    looks again. It reads RESP itself, as the batches do (redis-py's pub/sub cost
+    about 20 µs of CPU a message). Messages lost while the subscription reconnects
+    are made up for by waking every waiter and by their REPOLL_SECONDS."""
 
-    def __init__(self, client, channel: str):
-        self.redis = client
+    def __init__(self, settings: dict, channel: str):
+        self.settings = settings
         self.channel = channel
-        self.waiting = {}               # tube name -> {asyncio.Event: None}, oldest first
-        self.pubsub = None
+        self.waiting = {}               # tube name -> {Waiter: None}, oldest first
+        self.connection = None
         self.task = None
 
     async def start(self) -> None:
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await self.pubsub.subscribe(self.channel)
+        """Subscribe (raises if the store cannot be reached), then listen."""
+        await self._subscribe()
         self.task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _subscribe(self) -> None:
+        self.connection = RespConnection(self.settings)
+        await self.connection.open()
+        await self.connection.send(("SUBSCRIBE", self.channel))
 
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        if self.pubsub is not None:
-            await self.pubsub.aclose()
+        if self.connection is not None:
+            self.connection.close()
 
-    def add(self, tubes, event) -> None:
+    def add(self, tubes, waiter) -> None:
         for tube in tubes:
-            self.waiting.setdefault(tube, {})[event] = None
+            self.waiting.setdefault(tube, {})[waiter] = None
 
-    def discard(self, tubes, event) -> None:
+    def discard(self, tubes, waiter) -> None:
         for tube in tubes:
-            events = self.waiting.get(tube)
-            if events is not None:
-                events.pop(event, None)
-                if not events:
+            waiters = self.waiting.get(tube)
+            if waiters is not None:
+                waiters.pop(waiter, None)
+                if not waiters:
                     del self.waiting[tube]
 
     def _wake(self, tube: str, besides=None) -> None:
-        for event in self.waiting.get(tube, ()):
-            if not event.is_set() and event is not besides:
-                event.set()
+        for waiter in self.waiting.get(tube, ()):
+            if not waiter.woken and waiter is not besides:
+                waiter.wake()
                 return
 
     def pass_on(self, tubes, own) -> None:
@@ -306,21 +367,27 @@ class Wakeups:
             self._wake(tube, besides=own)
 
     def _wake_all(self) -> None:
-        for events in self.waiting.values():
-            for event in events:
-                event.set()
+        for waiters in self.waiting.values():
+            for waiter in waiters:
+                waiter.wake()
 
     async def _listen(self) -> None:
         while True:
             try:
-                async for message in self.pubsub.listen():
-                    if message["type"] == "message":
-                        self._wake(message["data"].decode("utf-8", "replace"))
-            except (OSError, ConnectionError) as error:
-                log.warning("store: wake-up subscription lost (%s); resubscribing", error)
-                self._wake_all()
+                async for message in self.connection.replies():
+                    # [b"message", channel, tube]; the subscribe confirmation too.
+                    if message[0] == b"message":
+                        self._wake(message[2].decode("utf-8", "replace"))
+            except (OSError, EOFError, StoreUnreachable) as error:
+                log.warning("store: wake-up subscription lost (%s); subscribing again",
+                            error)
+            self.connection.close()
+            self._wake_all()
+            while True:
                 await asyncio.sleep(0.1)
                 try:
-                    await self.pubsub.subscribe(self.channel)
-                except (OSError, ConnectionError):
-                    pass
+                    await self._subscribe()
+                    break
+                except (OSError, StoreUnreachable):
+                    continue
+            self._wake_all()            # anything may have happened meanwhile
