@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -302,3 +303,113 @@ def test_a_store_that_went_away_gives_internal_error_then_serves_again(tmp_path)
     finally:
         node.stop()
         redis.stop()
+
+
+# ------------------------------------------------------------ a node killed under load
+
+PRODUCERS = WORKERS = 20
+KILLS = 3
+
+
+def test_killing_nodes_under_load_loses_no_acknowledged_change(redis_server, request):
+    """20 producers and 20 workers on two nodes; one node is killed with SIGKILL and
+    started again, three times. Every acknowledged put is still there unless its
+    delete was acknowledged, every acknowledged delete is gone, and no id was given
+    to two jobs. A command whose reply the kill cut off may have happened or not."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    prefix = ("--store-prefix", "kill" + str(free_port()))
+    nodes = [start_qserver("--store", url, *prefix) for _ in range(2)]
+    lock = threading.Lock()
+    put_ok, deleted_ok, unsure, errors = {}, set(), set(), []
+    stop = threading.Event()
+
+    def connect(n):
+        for attempt in range(200):              # bounded: a node is always up
+            node = nodes[(n + attempt) % 2]
+            try:
+                c = node.client()
+                c.sock.settimeout(BOUND)
+                assert c.cmd(b"use k") == b"USING k\r\n"
+                assert c.cmd(b"watch k") == b"WATCHING 2\r\n"
+                return c
+            except OSError:
+                time.sleep(0.01)
+        raise AssertionError("no node to connect to")
+
+    def producer(n):
+        c, count = connect(n), 0
+        try:
+            while not stop.is_set() and count < 100_000:
+                body = b"p%d-%d" % (n, count)
+                count += 1
+                try:
+                    reply = c.cmd(b"put 0 0 60 %d\r\n%s" % (len(body), body))
+                except (OSError, ConnectionError):
+                    c = connect(n)
+                    continue
+                m = re.fullmatch(rb"INSERTED (\d+)\r\n", reply)
+                if m:
+                    with lock:
+                        assert int(m[1]) not in put_ok, "an id given twice"
+                        put_ok[int(m[1])] = body
+                else:
+                    assert reply == b"INTERNAL_ERROR\r\n", reply
+        except BaseException as error:
+            errors.append(error)
+
+    def worker(n):
+        c = connect(n)
+        try:
+            for _ in range(100_000):
+                if stop.is_set():
+                    return
+                job = None
+                try:
+                    reply = c.cmd(b"reserve-with-timeout 1")
+                    m = re.match(rb"RESERVED (\d+) ", reply)
+                    if not m:
+                        continue
+                    job = int(m[1])
+                    if c.cmd(b"delete %d" % job) == b"DELETED\r\n":
+                        with lock:
+                            deleted_ok.add(job)
+                except (OSError, ConnectionError):
+                    if job is not None:         # its delete may or may not have run
+                        with lock:
+                            unsure.add(job)
+                    c = connect(n)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in range(PRODUCERS)]
+    threads += [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
+    try:
+        for t in threads:
+            t.start()
+        for kill in range(KILLS):
+            time.sleep(0.7)
+            victim = kill % 2
+            kill9(nodes[victim])
+            nodes[victim] = start_qserver("--store", url, *prefix)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(BOUND * 3)
+    assert not errors, errors[:3]
+    assert all(not t.is_alive() for t in threads)
+    assert len(put_ok) > 100 and len(deleted_ok) > 50
+    c = nodes[0].client()
+    try:
+        for job, body in put_ok.items():
+            reply = c.cmd(b"peek %d" % job)
+            if job in unsure:
+                continue
+            if job in deleted_ok:
+                assert reply == b"NOT_FOUND\r\n", (job, reply)
+            else:
+                assert reply == b"FOUND %d %d\r\n%s\r\n" % (job, len(body), body), job
+    finally:
+        c.close()
+        for node in nodes:
+            node.stop()
