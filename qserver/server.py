@@ -355,6 +355,8 @@ class Server:
         return False
 
     def connection_opened(self, conn) -> None:
+        if self.store is not None:      # it uses and watches default from now on
+            self.commands.session(conn)
         self.connections.add(conn)
         self.info.current_connections += 1
         self.info.total_connections += 1

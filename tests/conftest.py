@@ -142,8 +142,15 @@ def qserver_argv(*extra) -> list:
     return [sys.executable, "-m", "qserver", *extra]
 
 
+# QSERVER_TEST_STORE=redis://HOST:PORT/DB runs every test's qserver on that store
+# (a key prefix each), to see how far the shared store agrees with the suite.
+TEST_STORE = os.environ.get("QSERVER_TEST_STORE")
+
+
 def start_qserver(*extra) -> ServerProcess:
     port = free_port()
+    if TEST_STORE and "--store" not in extra and "-b" not in extra:
+        extra = (*extra, "--store", TEST_STORE, "--store-prefix", os.urandom(6).hex())
     return ServerProcess(qserver_argv("-l", "127.0.0.1", "-p", str(port), *extra), port)
 
 

@@ -218,3 +218,23 @@ async def test_one_failing_call_does_not_fail_its_batch(store):
                                      return_exceptions=True)
     assert isinstance(good, int) and isinstance(bad, Exception)
     assert await store.peek(good) == (good, b"x")
+
+
+async def test_a_big_kick_goes_in_chunks_from_the_list_it_started_on(store):
+    """kick takes at most 1000 jobs per function call; a kick of more keeps to the
+    buried list it began with, as beanstalkd's does (never the delayed ones too)."""
+    ids = [await store.put("t", 0, 0, 60, b"x") for _ in range(1500)]
+    for job in ids:
+        await store.reserve("n", ["t"])
+        await store.bury(job, "n", 0)
+    delayed = await store.put("t", 0, 3600, 60, b"d")
+    assert await store.kick("t", 5000) == 1500
+    assert (await store.job(delayed))["state"] == b"delayed"
+    assert await store.kick("t", 0) == 0
+    assert await store.kick("t", 5) == 1                # now the delayed one
+
+
+async def test_a_failed_put_uses_up_an_id(store):
+    first = await store.put("t", 0, 0, 60, b"x")
+    store.skip_id()
+    assert await store.put("t", 0, 0, 60, b"y") == first + 2

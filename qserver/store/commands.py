@@ -94,6 +94,8 @@ class StoreCommands(CommandTable):
         session = client.store_session
         if session is None:
             return
+        if client.pending_body is not None:
+            self.store.skip_id()        # a put line was accepted: its id is used up
         self.sessions.discard(session)
         if session.waiting is not None:
             session.waiting.cancel()
@@ -186,10 +188,9 @@ class StoreCommands(CommandTable):
         return self._put(client, body, pri, delay, ttr or 1)
 
     def _put(self, client, body: bytes, pri: int, delay: int, ttr: int):
-        if not body.endswith(wire.CRLF):
-            raise ExpectedCrlf
-        if self.draining:
-            raise Draining
+        if not body.endswith(wire.CRLF) or self.draining:
+            self.store.skip_id()        # the line was accepted: its id is used up
+            raise ExpectedCrlf if not body.endswith(wire.CRLF) else Draining
         session = self.session(client)
         session.producer = True
         self._when(client, self.store.call("qs_put", session.use, pri, delay, ttr, body),
@@ -216,7 +217,11 @@ class StoreCommands(CommandTable):
         if name in watch:
             if len(watch) == 1:
                 return b"NOT_IGNORED\r\n"
-            watch.remove(name)
+            # The last one takes the ignored one's place, as in beanstalkd's lists
+            # (list-tubes-watched shows that order).
+            i = watch.index(name)
+            watch[i] = watch[-1]
+            watch.pop()
         return b"WATCHING %d\r\n" % len(watch)
 
     # -- worker commands --------------------------------------------------------------

@@ -348,19 +348,24 @@ local function kick_one(P, key, member, job)
   make_ready(P, key, job.tube, member, job.pri)
 end
 
--- kick(P; tube, bound) -> {"OK", n}: buried jobs first (oldest first), else delayed.
+-- kick(P; tube, bound, list) -> {"OK", n, list}: buried jobs first (oldest first),
+-- else delayed ones, at most 1000 a call; `list` ("" the first time) keeps the
+-- calls of one kick on the list the first one chose.
 local function kick(keys, args)
-  local P, tube, bound = keys[1], args[1], tonumber(args[2])
-  if bound > 1000 then bound = 1000 end
+  local P, tube, bound, list = keys[1], args[1], tonumber(args[2]), args[3]
   promote_due(P, tube, now_ms())
-  local list = 'buried'
-  if redis.call('ZCARD', list_key(P, tube, 'buried')) == 0 then list = 'delayed' end
+  if list == '' then
+    list = 'buried'
+    if redis.call('ZCARD', list_key(P, tube, 'buried')) == 0 then list = 'delayed' end
+  end
+  if bound <= 0 then return {'OK', 0, list} end
+  if bound > 1000 then bound = 1000 end
   local members = redis.call('ZRANGE', list_key(P, tube, list), 0, bound - 1)
   for _, member in ipairs(members) do
     local key = job_key(P, tonumber(member))
     kick_one(P, key, member, load(key))
   end
-  return {'OK', #members}
+  return {'OK', #members, list}
 end
 
 -- kick_job(P; id) -> {"OK"} | {"NOT_FOUND"}: a buried or delayed job.

@@ -209,8 +209,23 @@ class RedisStore:
         await self._call("qs_touch", job_id, holder)
 
     async def kick(self, tube: str, bound: int) -> int:
-        (count,) = await self._call("qs_kick", tube, bound)
-        return count
+        """Kick up to `bound` jobs, 1000 per call (each call atomic; a function never
+        does unbounded work), all from the list the first call chose."""
+        kicked, chosen = 0, ""
+        while kicked < bound:
+            count, list_name = await self._call("qs_kick", tube, min(bound - kicked, 1000),
+                                                chosen)
+            kicked += count
+            chosen = list_name
+            if count < 1000:
+                break
+        return kicked
+
+    def skip_id(self) -> None:
+        """A put line was accepted and the put then failed: its id is used up, as
+        in beanstalkd (fire and forget; the next puts' calls come after it)."""
+        future = self.batcher.call("INCR", self.key + ":seq")
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def kick_job(self, job_id: int) -> None:
         await self._call("qs_kick_job", job_id)
