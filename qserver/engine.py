@@ -502,24 +502,6 @@ class Engine:
             # A zero pause un-pauses at once and wakes whoever waits on the tube.
             self._process_queue(now)
 
-    def jobs_of(self, tube: Tube) -> list:
-        """Every ready, delayed and buried job of the tube (from its own lists, so
-        the cost follows the tube's size, not the server's)."""
-        jobs = self.jobs
-        found = {}
-        for key in tube.ready:
-            job = jobs.get(key & ID_MASK)
-            if job is not None and job.state == READY and job.tube is tube \
-                    and job.pri == key >> PRI_SHIFT:
-                found[job.id] = job
-        for due, job_id in tube.delayed:
-            job = jobs.get(job_id)
-            if job is not None and job.state == DELAYED and job.tube is tube \
-                    and job.deadline == due:
-                found[job_id] = job
-        found.update(tube.buried)
-        return list(found.values())
-
     def reserved_in(self, tube: Tube) -> list:
         """The tube's reserved jobs (from the TTR schedule, which holds them all)."""
         found = {}

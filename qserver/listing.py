@@ -142,10 +142,6 @@ def _build_turn(engine, tube, index) -> None:
         waiter()
 
 
-def ready_key(job) -> tuple:
-    return (job.pri, job.id)
-
-
 class LedgerIndex:
     """Retained records by expiry (finish time plus the tube's `retain`), per state
     and tube name, built on the first listing of finished jobs."""

@@ -202,12 +202,9 @@ def test_arguments_cannot_smuggle_a_command():
 BODY_COMMANDS = {b"put", b"fail", b"complete", b"progress"}
 
 
-class FakeServer:
-    """Answers the n-th command with replies[n] (None: never answer); records lines."""
-
-    def __init__(self, replies):
-        self.replies = list(replies)
-        self.lines = []
+class LocalServer:
+    """A scripted server on a free loopback port for the length of an `async with`;
+    subclasses write `_serve(reader, writer)`."""
 
     async def __aenter__(self):
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -216,6 +213,14 @@ class FakeServer:
 
     async def __aexit__(self, *exc_info):
         self.server.close()
+
+
+class FakeServer(LocalServer):
+    """Answers the n-th command with replies[n] (None: never answer); records lines."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.lines = []
 
     async def _serve(self, reader, writer):
         try:
@@ -320,21 +325,13 @@ def frame(seq: int, job_id: int, tube: str = "t", event: str = "put", attempt: i
     return b"EVENT %d\r\n%s\r\n" % (len(body), body)
 
 
-class StreamFake:
+class StreamFake(LocalServer):
     """Each connection reads one line (recorded) and gets the next script: the bytes
     to send, then the connection is closed (None: closed without a word)."""
 
     def __init__(self, scripts):
         self.scripts = list(scripts)
         self.lines = []
-
-    async def __aenter__(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info):
-        self.server.close()
 
     async def _serve(self, reader, writer):
         try:

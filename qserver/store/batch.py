@@ -73,21 +73,17 @@ class RespConnection:
     async def replies(self):
         """Every reply (or pushed message) as it comes; ends when the store closes
         the connection (StoreUnreachable)."""
-        parser, reader = self.parser, self.reader
         while True:
-            reply = parser.gets()
+            reply = self.parser.gets()
             while reply is not False:
                 yield reply
-                reply = parser.gets()
-            data = await reader.read(1 << 16)
-            if not data:
-                raise StoreUnreachable("the store closed the connection")
-            parser.feed(data)
+                reply = self.parser.gets()
+            await self._read_more()
 
     async def execute(self, commands) -> list:
         self.writer.write(b"".join(encode(command) for command in commands))
         replies = []
-        parser, reader = self.parser, self.reader
+        parser = self.parser
         while True:
             reply = parser.gets()
             while reply is not False:
@@ -95,10 +91,13 @@ class RespConnection:
                 if len(replies) == len(commands):
                     return replies
                 reply = parser.gets()
-            data = await reader.read(1 << 16)
-            if not data:
-                raise StoreUnreachable("the store closed the connection")
-            parser.feed(data)
+            await self._read_more()
+
+    async def _read_more(self) -> None:
+        data = await self.reader.read(1 << 16)
+        if not data:
+            raise StoreUnreachable("the store closed the connection")
+        self.parser.feed(data)
 
 
 def encode(command) -> bytes:

@@ -438,21 +438,21 @@ local function release_holder(keys, args)
   return {'OK', #members}
 end
 
-redis.register_function('qs_put', put)
-redis.register_function('qs_reserve', reserve)
-redis.register_function('qs_delete', delete)
-redis.register_function('qs_release', release)
-redis.register_function('qs_bury', bury)
-redis.register_function('qs_touch', touch)
-redis.register_function('qs_kick', kick)
-redis.register_function('qs_kick_job', kick_job)
-redis.register_function{function_name = 'qs_peek', callback = peek, flags = {'no-writes'}}
-redis.register_function('qs_peek_list', peek_list)
-redis.register_function('qs_expire', expire)
-redis.register_function('qs_release_holder', release_holder)
-redis.register_function('qs_reserve_job', reserve_job)
-redis.register_function('qs_pause', pause)
-redis.register_function('qs_tube_counts', tube_counts)
-redis.register_function{function_name = 'qs_tubes', callback = tubes, flags = {'no-writes'}}
-redis.register_function{function_name = 'qs_stats_job', callback = stats_job, flags = {'no-writes'}}
-redis.register_function{function_name = 'qs_totals', callback = totals, flags = {'no-writes'}}
+-- (A plain loop: the library's loading code may not use pairs or ipairs.)
+local WRITING = {
+  {'qs_put', put}, {'qs_reserve', reserve}, {'qs_reserve_job', reserve_job},
+  {'qs_delete', delete}, {'qs_release', release}, {'qs_bury', bury},
+  {'qs_touch', touch}, {'qs_kick', kick}, {'qs_kick_job', kick_job},
+  {'qs_peek_list', peek_list}, {'qs_expire', expire},
+  {'qs_release_holder', release_holder}, {'qs_pause', pause},
+  {'qs_tube_counts', tube_counts}}
+-- Read-only: allowed on a replica too.
+local READING = {{'qs_peek', peek}, {'qs_tubes', tubes}, {'qs_stats_job', stats_job},
+                 {'qs_totals', totals}}
+for i = 1, #WRITING do
+  redis.register_function(WRITING[i][1], WRITING[i][2])
+end
+for i = 1, #READING do
+  redis.register_function{function_name = READING[i][1], callback = READING[i][2],
+                          flags = {'no-writes'}}
+end
