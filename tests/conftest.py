@@ -143,14 +143,17 @@ def qserver_argv(*extra) -> list:
 
 
 # QSERVER_TEST_STORE=redis://HOST:PORT/DB runs every test's qserver on that store
-# (a key prefix each), to see how far the shared store agrees with the suite.
+# (a key prefix each), to see how far the shared store agrees with the suite. The
+# conformance modules run on both stores anyway (`each_store`).
 TEST_STORE = os.environ.get("QSERVER_TEST_STORE")
+_store_of_test = None           # set by each_store for the test that runs
 
 
 def start_qserver(*extra) -> ServerProcess:
     port = free_port()
-    if TEST_STORE and "--store" not in extra and "-b" not in extra:
-        extra = (*extra, "--store", TEST_STORE, "--store-prefix", os.urandom(6).hex())
+    store = TEST_STORE or _store_of_test
+    if store and "--store" not in extra and "-b" not in extra:
+        extra = (*extra, "--store", store, "--store-prefix", os.urandom(6).hex())
     return ServerProcess(qserver_argv("-l", "127.0.0.1", "-p", str(port), *extra), port)
 
 
@@ -279,6 +282,29 @@ def redis_server(tmp_path_factory):
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory):
+    """One redis-server for the conformance suites on the store (each qserver has a
+    key prefix of its own)."""
+    server = start_redis(tmp_path_factory.mktemp("shared-redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def each_store(request):
+    """Runs a test once per store: the qservers it starts keep their jobs in memory,
+    then in Redis (a conformance module says `pytestmark =
+    pytest.mark.usefixtures("each_store")`)."""
+    global _store_of_test
+    if request.param == "redis":
+        _store_of_test = f"redis://127.0.0.1:{request.getfixturevalue('shared_redis').port}/0"
+    try:
+        yield request.param
+    finally:
+        _store_of_test = None
 
 
 @pytest.fixture

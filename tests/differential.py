@@ -15,6 +15,7 @@ are compared like any other command.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import socket
@@ -337,7 +338,7 @@ class Runner:
     def __init__(self, pair: Pair, label: str):
         self.pair = pair
         self.label = label
-        self.history = deque(maxlen=6)
+        self.history = deque(maxlen=int(os.environ.get("DIFF_HISTORY", 6)))
         self.count = 0
 
     def run(self, step: Step) -> list:

@@ -10,6 +10,9 @@ import pytest
 
 from differential import Cmd, Pair, Runner, Step, run_random, run_script, warm_up
 
+# The beanstalkd conformance suite: every test runs on both stores.
+pytestmark = pytest.mark.usefixtures("each_store")
+
 SEEDS = range(20)
 STEPS_PER_SEED = 2000
 

@@ -208,6 +208,38 @@ def test_stats_and_list_tubes_are_the_clusters(nodes):
     assert listed.endswith(b"---\n- default\n- one\n- two\n\r\n"), listed
 
 
+def test_a_tube_lives_while_any_node_refers_to_it_and_is_then_forgotten(nodes):
+    a, b = nodes[0].client(), nodes[1].client()
+    assert a.cmd(b"use foo") == b"USING foo\r\n"
+    job = put(a)
+    assert a.cmd(b"pause-tube foo 3600") == b"PAUSED\r\n"
+    assert b.cmd(b"watch foo") == b"WATCHING 2\r\n"
+    assert a.cmd(b"delete %d" % job) == b"DELETED\r\n"
+    assert a.cmd(b"use default") == b"USING default\r\n"
+    # b still watches it: the tube and its figures stay.
+    kept = a.yaml(b"stats-tube foo")
+    assert (kept["total-jobs"], kept["cmd-delete"], kept["pause"]) == ("1", "1", "3600")
+    assert b.cmd(b"ignore foo") == b"WATCHING 1\r\n"
+    # Nobody refers to it and it has no jobs: gone on every node, as in beanstalkd.
+    assert a.cmd(b"stats-tube foo") == b"NOT_FOUND\r\n"
+    assert b"- foo\n" not in b.cmd(b"list-tubes")
+    assert b.cmd(b"use foo") == b"USING foo\r\n"
+    fresh = a.yaml(b"stats-tube foo")
+    assert (fresh["total-jobs"], fresh["cmd-delete"], fresh["cmd-pause-tube"],
+            fresh["pause"]) == ("0", "0", "0", "0")
+
+
+def test_a_tube_with_jobs_outlives_the_connections_that_made_it(nodes):
+    a = nodes[0].client()
+    assert a.cmd(b"use keep") == b"USING keep\r\n"
+    job = put(a)
+    a.close()
+    b = nodes[1].client()
+    assert b.yaml(b"stats-tube keep")["total-jobs"] == "1"
+    assert b.cmd(b"delete %d" % job) == b"DELETED\r\n"
+    assert b.cmd(b"stats-tube keep") == b"NOT_FOUND\r\n"
+
+
 def test_a_paused_tube_is_skipped_until_its_pause_ends(nodes):
     a, b = on(nodes[0], b"t"), on(nodes[1], b"t")
     job = put(a, b"p")

@@ -18,6 +18,9 @@ import pytest
 
 from conftest import WAIT, assert_on_time, start_qserver
 
+# The beanstalkd conformance suite: every test runs on both stores.
+pytestmark = pytest.mark.usefixtures("each_store")
+
 # --------------------------------------------------------------------------- helpers
 
 # value formats of the volatile stats fields; the value is replaced by "*" (kept

@@ -14,6 +14,9 @@ import pytest
 
 from conftest import SOON, WAIT, assert_on_time, start_qserver
 
+# The beanstalkd conformance suite: every test runs on both stores.
+pytestmark = pytest.mark.usefixtures("each_store")
+
 VOLATILE = {
     b"pid": rb"[1-9][0-9]*",
     b"version": rb'"[^"\n]+"',

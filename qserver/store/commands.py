@@ -19,8 +19,8 @@ Imports: `wire`, `errors`, `commands`, `stats`, stdlib (redis-py through
 import asyncio
 import itertools
 import logging
-import os
 import time
+from collections import Counter
 
 from qserver import wire
 from qserver.commands import FOUND, RESERVED, CommandTable
@@ -56,8 +56,12 @@ class StoreCommands(CommandTable):
         self.max_job_size = max_job_size
         self.counts = info.cmd_counts
         # Holders name a connection of this node: node id, connection number.
-        self.node = os.urandom(6).hex()
+        self.node = store.node
         self.numbers = itertools.count(1)
+        # How many uses and watches of this node's connections name each tube: the
+        # store hears when a count leaves or reaches 0 (tube lifetime).
+        self.refs = Counter()
+        store.referred = self.refs.keys
         self.tasks = set()              # store calls in progress (kept referenced)
         self.sessions = set()           # this node's connections' StoreSessions
         self.draining = False           # SIGUSR1: puts answer DRAINING
@@ -86,7 +90,22 @@ class StoreCommands(CommandTable):
             session = client.store_session = StoreSession(
                 f"{self.node}:{next(self.numbers)}")
             self.sessions.add(session)
+            self._refer(session.use)
+            self._refer(session.watch[0])
         return session
+
+    def _refer(self, tube: str) -> None:
+        refs = self.refs
+        refs[tube] += 1
+        if refs[tube] == 1:
+            self.store.refer(tube)
+
+    def _unrefer(self, tube: str) -> None:
+        refs = self.refs
+        refs[tube] -= 1
+        if refs[tube] == 0:
+            del refs[tube]
+            self.store.unrefer(tube)
 
     def closed(self, client) -> None:
         """The connection is gone: stop its waiting reserve, release its jobs (after
@@ -99,7 +118,11 @@ class StoreCommands(CommandTable):
         self.sessions.discard(session)
         if session.waiting is not None:
             session.waiting.cancel()
-        self._spawn(self._release_holder(session.holder))
+        self.store.release_holder_soon(session.holder)
+        # After the release (the batch keeps the order): the jobs it makes ready
+        # keep their tubes alive.
+        for tube in (session.use, *session.watch):
+            self._unrefer(tube)
 
     def input_ended(self, client) -> None:
         """The client shut its sending side: a waiting reserve answers TIMED_OUT at
@@ -107,12 +130,6 @@ class StoreCommands(CommandTable):
         session = client.store_session
         if session is not None and session.waiting is not None:
             session.waiting.cancel(HALF_CLOSED)
-
-    async def _release_holder(self, holder: str) -> None:
-        try:
-            await self.store.release_holder(holder)
-        except Exception as error:      # Redis away: the TTRs will free them
-            log.warning("store: releasing %s's jobs: %s", holder, error)
 
     # -- running a store call ---------------------------------------------------------
 
@@ -181,6 +198,7 @@ class StoreCommands(CommandTable):
             return None
         if tail:
             raise BadFormat
+        self.session(client).producer = True   # from the accepted line, as beanstalkd
         body = client.framer.take_body(size)
         if body is None:
             client.pending_body = (self._put, (pri, delay, ttr or 1))
@@ -191,15 +209,17 @@ class StoreCommands(CommandTable):
         if not body.endswith(wire.CRLF) or self.draining:
             self.store.skip_id()        # the line was accepted: its id is used up
             raise ExpectedCrlf if not body.endswith(wire.CRLF) else Draining
-        session = self.session(client)
-        session.producer = True
-        self._when(client, self.store.call("qs_put", session.use, pri, delay, ttr, body),
+        self._when(client, self.store.call("qs_put", client.store_session.use, pri, delay,
+                                           ttr, body),
                    _inserted)
 
     def use(self, client, rest):
         name = wire.parse_tube(rest).decode()
         self.counts["use"] += 1
-        self.session(client).use = name
+        session = self.session(client)
+        self._refer(name)
+        self._unrefer(session.use)
+        session.use = name
         return b"USING %s\r\n" % rest
 
     def watch(self, client, rest):
@@ -208,6 +228,7 @@ class StoreCommands(CommandTable):
         watch = self.session(client).watch
         if name not in watch:
             watch.append(name)
+            self._refer(name)
         return b"WATCHING %d\r\n" % len(watch)
 
     def ignore(self, client, rest):
@@ -222,6 +243,7 @@ class StoreCommands(CommandTable):
             i = watch.index(name)
             watch[i] = watch[-1]
             watch.pop()
+            self._unrefer(name)
         return b"WATCHING %d\r\n" % len(watch)
 
     # -- worker commands --------------------------------------------------------------
@@ -323,7 +345,7 @@ class StoreCommands(CommandTable):
     async def _pause(self, tube: str, seconds: int) -> bytes:
         if tube not in self._local_tubes():
             _, counts = await self.store.tube_counts([tube])
-            if not counts[tube].has_jobs():
+            if not counts[tube].exists:
                 raise NotFound
         await self.store.pause(tube, seconds)
         return b"PAUSED\r\n"
@@ -339,10 +361,10 @@ class StoreCommands(CommandTable):
         return tubes
 
     def _existing(self, counts: dict) -> list:
-        """The tubes that exist for stats: those with jobs anywhere, and this node's."""
+        """The tubes that exist for stats: the store's, and this node's."""
         local = self._local_tubes()
         return sorted(tube for tube, found in counts.items()
-                      if tube in local or found.has_jobs())
+                      if tube in local or found.exists)
 
     def stats(self, client, rest):
         self.counts["stats"] += 1
@@ -372,17 +394,17 @@ class StoreCommands(CommandTable):
     async def _stats_tube(self, name: str) -> bytes:
         now, counts = await self.store.tube_counts([name])
         found = counts[name]
-        if name not in self._local_tubes() and not found.has_jobs():
+        if name not in self._local_tubes() and not found.exists:
             raise NotFound
         sessions = self.sessions
-        paused = found.unpause / 1000 > now
+        paused = found.unpause / 1e6 > now
         return wire.yaml_mapping(tube_pairs(
             name, (found.urgent, found.ready, found.reserved, found.delayed, found.buried),
             found.total_jobs, sum(s.use == name for s in sessions),
             sum(name in s.watch for s in sessions),
             sum(s.waiting is not None and name in s.watch for s in sessions),
             found.cmd_delete, found.cmd_pause, found.pause if paused else 0,
-            int(found.unpause / 1000 - now) if paused else 0))
+            int(found.unpause / 1e6 - now) if paused else 0))
 
     def stats_job(self, client, rest):
         job_id = wire.parse_id(rest)
@@ -392,11 +414,11 @@ class StoreCommands(CommandTable):
     async def _stats_job(self, job_id: int) -> bytes:
         now, fields = await self.store.stats_job(job_id)
         state = fields["state"].decode()
-        due = int(fields["due"]) / 1000
+        due = int(fields["due"]) / 1e6
         timed = state in ("reserved", "delayed")
         return wire.yaml_mapping(job_pairs(
             job_id, fields["tube"].decode(), state, int(fields["pri"]),
-            int(now - int(fields["created"]) / 1000), int(fields["delay"]),
+            int(now - int(fields["created"]) / 1e6), int(fields["delay"]),
             int(fields["ttr"]), int(due - now) if timed else 0, 0,
             tuple(int(fields[name]) for name in
                   ("reserves", "timeouts", "releases", "buries", "kicks"))))

@@ -13,15 +13,18 @@ primary, Sentinel, or a one-shard cluster). Layout (P = KEYS[1]):
                               reserves timeouts releases buries kicks holder
   P:t:<tube>:ready    ZSET    score pri, member the id padded to 20 digits (equal
                               scores sort by member bytes: (pri, id) order)
-  P:t:<tube>:delayed  ZSET    score due time (ms)
+  P:t:<tube>:delayed  ZSET    score due time (µs)
   P:t:<tube>:buried   ZSET    score bury sequence (kick order)
   P:t:<tube>          HASH    total_jobs cmd_delete reserved
-  P:tubes             SET     tube names that have or had jobs
-  P:reserved          ZSET    score TTR deadline (ms), member padded id
+  P:tubes             SET     the tubes that exist: with jobs, or referred to
+  P:reserved          ZSET    score TTR deadline (µs), member padded id
   P:h:<holder>        SET     padded ids a holder (node:connection) has reserved
+  P:nodes             ZSET    score lease end (µs), member a node's id
+  P:n:<node>          SET     the tubes the node's connections use or watch
+  P:hn:<node>         SET     the node's holders that reserved jobs
   P:bury_seq          STRING  the bury order counter
   P:total_jobs, P:job_timeouts  STRING  stats counters of the whole cluster
-  P:t:<tube> also     pause (s) and unpause (ms): a pause-tube
+  P:t:<tube> also     pause (s) and unpause (µs): a pause-tube
 Times come from the store's clock (TIME), the one clock of every node. Redis 7
 replicates a function's effects, so reading TIME before writing is allowed.
 A reply is a status word first ("OK", "NOT_FOUND", ...), then values.
@@ -31,17 +34,51 @@ A reply is a status word first ("OK", "NOT_FOUND", ...), then values.
 -- a second); past it put fails rather than hand out a wrong id.
 local MAX_ID = 9007199254740992
 
-local function now_ms()
+-- Times are microseconds of the store's clock: two changes a millisecond apart
+-- keep their order as in beanstalkd (a delay of 2^32-1 s still fits below 2^53).
+local SECOND = 1000000
+local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * SECOND + tonumber(t[2])
+end
+
+-- A wait hint for the node: whole milliseconds, rounded up (-1 stays -1).
+local function in_ms(us)
+  if us < 0 then return -1 end
+  return math.ceil(us / 1000)
 end
 
 local function pad(id)
   return string.format('%020d', id)
 end
 
-local function job_key(P, id) return P .. ':j:' .. id end
+-- (string.format, not `..`: Lua 5.1 writes numbers of 15 digits or more with an
+-- exponent.)
+local function job_key(P, id) return P .. ':j:' .. string.format('%d', id) end
 local function list_key(P, tube, list) return P .. ':t:' .. tube .. ':' .. list end
+local function node_of(holder) return string.match(holder, '^[^:]*') end
+
+-- Tube lifetime (protocol.md, "Tube lifetime"): a tube exists while it has jobs
+-- or a connection of a live node uses or watches it; then it is forgotten with its
+-- counters and pause, as beanstalkd forgets it. "default" always exists.
+local function referred(P, tube, now)
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. ':nodes', now, '+inf')) do
+    if redis.call('SISMEMBER', P .. ':n:' .. node, tube) == 1 then return true end
+  end
+  return false
+end
+
+local function forget_if_unused(P, tube, now)
+  if tube == 'default' then return end
+  local hash = P .. ':t:' .. tube
+  if tonumber(redis.call('HGET', hash, 'reserved') or 0) > 0 then return end
+  for _, list in ipairs({'ready', 'delayed', 'buried'}) do
+    if redis.call('EXISTS', list_key(P, tube, list)) == 1 then return end
+  end
+  if referred(P, tube, now) then return end
+  redis.call('DEL', hash)
+  redis.call('SREM', P .. ':tubes', tube)
+end
 
 -- Delayed jobs of a tube whose time has come become ready (at most 1000 per call:
 -- a function never does unbounded work).
@@ -91,7 +128,7 @@ local function put(keys, args)
   if id >= MAX_ID then
     return redis.error_reply('qserver: job ids have reached 2^53, past which Lua cannot hold them exactly')
   end
-  local now = now_ms()
+  local now = now_us()
   local key, member = job_key(P, id), pad(id)
   redis.call('HSET', key, 'tube', tube, 'pri', pri, 'delay', delay, 'ttr', ttr,
              'body', body, 'created', now, 'bury', 0, 'reserves', 0, 'timeouts', 0,
@@ -100,15 +137,15 @@ local function put(keys, args)
   redis.call('INCR', P .. ':total_jobs')
   redis.call('SADD', P .. ':tubes', tube)
   if delay > 0 then
-    redis.call('HSET', key, 'state', 'delayed', 'due', now + delay * 1000)
-    redis.call('ZADD', list_key(P, tube, 'delayed'), now + delay * 1000, member)
+    redis.call('HSET', key, 'state', 'delayed', 'due', now + delay * SECOND)
+    redis.call('ZADD', list_key(P, tube, 'delayed'), now + delay * SECOND, member)
   else
     make_ready(P, key, tube, member, pri)
   end
   return {'OK', id}
 end
 
--- Milliseconds until the soonest of `tubes`' delayed jobs is due, or -1.
+-- Microseconds until the soonest of `tubes`' delayed jobs is due, or -1.
 local function next_due(P, tubes, first, now)
   local soonest = -1
   for i = first, #tubes do
@@ -122,7 +159,7 @@ local function next_due(P, tubes, first, now)
   return soonest
 end
 
--- The soonest TTR deadline (ms) of the jobs `holder` has reserved, or nil.
+-- The soonest TTR deadline (µs) of the jobs `holder` has reserved, or nil.
 local function soonest_deadline(P, holder)
   local soonest
   for _, member in ipairs(redis.call('SMEMBERS', P .. ':h:' .. holder)) do
@@ -132,17 +169,18 @@ local function soonest_deadline(P, holder)
   return soonest
 end
 
-local SAFETY_MARGIN_MS = 1000   -- DEADLINE_SOON: the last second of a TTR
+local SAFETY_MARGIN_US = SECOND  -- DEADLINE_SOON: the last second of a TTR
 
 local function take(P, key, tube, member, holder, now)
   local ttr = tonumber(redis.call('HGET', key, 'ttr'))
   if ttr < 1 then ttr = 1 end
-  local deadline = now + ttr * 1000
+  local deadline = now + ttr * SECOND
   redis.call('HSET', key, 'state', 'reserved', 'due', deadline, 'holder', holder)
   redis.call('HINCRBY', key, 'reserves', 1)
   redis.call('HINCRBY', P .. ':t:' .. tube, 'reserved', 1)
   redis.call('ZADD', P .. ':reserved', deadline, member)
   redis.call('SADD', P .. ':h:' .. holder, member)
+  redis.call('SADD', P .. ':hn:' .. node_of(holder), holder)
 end
 
 local function unpause_at(P, tube)
@@ -157,7 +195,7 @@ end
 -- holder's jobs entering its safety margin (-1: nothing of the kind).
 local function reserve(keys, args)
   local P, holder = keys[1], args[1]
-  local now = now_ms()
+  local now = now_us()
   local best_tube, best_member, best_pri
   local any_ready = false
   local wait = -1
@@ -167,9 +205,9 @@ local function reserve(keys, args)
     local top = redis.call('ZRANGE', list_key(P, tube, 'ready'), 0, 0, 'WITHSCORES')
     if top[1] then
       any_ready = true
-      local until_ms = unpause_at(P, tube)
-      if until_ms > now then
-        if wait < 0 or until_ms - now < wait then wait = until_ms - now end
+      local until_us = unpause_at(P, tube)
+      if until_us > now then
+        if wait < 0 or until_us - now < wait then wait = until_us - now end
       else
         local pri = tonumber(top[2])
         if best_member == nil or pri < best_pri or (pri == best_pri and top[1] < best_member) then
@@ -181,16 +219,16 @@ local function reserve(keys, args)
   local due = next_due(P, args, 2, now)    -- after the promotions: not yet due
   if due >= 0 and (wait < 0 or due < wait) then wait = due end
   local soonest = soonest_deadline(P, holder)
-  if soonest and not any_ready and now >= soonest - SAFETY_MARGIN_MS then
+  if soonest and not any_ready and now >= soonest - SAFETY_MARGIN_US then
     return {'DEADLINE_SOON'}
   end
   if best_member == nil then
     if soonest then
-      local margin = soonest - SAFETY_MARGIN_MS - now
+      local margin = soonest - SAFETY_MARGIN_US - now
       if margin < 0 then margin = 0 end
       if wait < 0 or margin < wait then wait = margin end
     end
-    return {'NONE', wait}
+    return {'NONE', in_ms(wait)}
   end
   local id = tonumber(best_member)
   local key = job_key(P, id)
@@ -207,7 +245,7 @@ local function reserve_job(keys, args)
   local job = load(key)
   if job == nil or job.state == 'reserved' then return {'NOT_FOUND'} end
   unlist(P, key, member, job)
-  take(P, key, job.tube, member, holder, now_ms())
+  take(P, key, job.tube, member, holder, now_us())
   return {'OK', id, job.body}
 end
 
@@ -216,7 +254,7 @@ end
 local function pause(keys, args)
   local P, tube, seconds = keys[1], args[1], tonumber(args[2])
   local hash = P .. ':t:' .. tube
-  redis.call('HSET', hash, 'pause', seconds, 'unpause', now_ms() + seconds * 1000)
+  redis.call('HSET', hash, 'pause', seconds, 'unpause', now_us() + seconds * SECOND)
   redis.call('HINCRBY', hash, 'cmd_pause', 1)
   redis.call('SADD', P .. ':tubes', tube)
   if seconds == 0 then redis.call('PUBLISH', P .. ':wake', tube) end
@@ -224,11 +262,11 @@ local function pause(keys, args)
 end
 
 -- tube_counts(P; tube...) -> {"OK", now, then per tube: urgent ready reserved delayed
--- buried total_jobs cmd_delete cmd_pause pause unpause}: what stats and stats-tube
--- show (delayed jobs that are due count as ready).
+-- buried total_jobs cmd_delete cmd_pause pause unpause exists}: what stats and
+-- stats-tube show (delayed jobs that are due count as ready).
 local function tube_counts(keys, args)
   local P = keys[1]
-  local now = now_ms()
+  local now = now_us()
   local out = {'OK', now}
   for i = 1, #args do
     local tube = args[i]
@@ -242,11 +280,12 @@ local function tube_counts(keys, args)
     table.insert(out, redis.call('ZCARD', list_key(P, tube, 'delayed')))
     table.insert(out, redis.call('ZCARD', list_key(P, tube, 'buried')))
     for j = 2, 6 do table.insert(out, tonumber(hash[j] or 0)) end
+    table.insert(out, redis.call('SISMEMBER', P .. ':tubes', tube))
   end
   return out
 end
 
--- tubes(P) -> {"OK", name...}: the tubes that ever had jobs or a pause.
+-- tubes(P) -> {"OK", name...}: the tubes that exist (see forget_if_unused).
 local function tubes(keys, args)
   local out = {'OK'}
   for _, name in ipairs(redis.call('SMEMBERS', keys[1] .. ':tubes')) do
@@ -262,8 +301,7 @@ local function stats_job(keys, args)
   local P, id = keys[1], tonumber(args[1])
   local fields = redis.call('HGETALL', job_key(P, id))
   if #fields == 0 then return {'NOT_FOUND'} end
-  local t = redis.call('TIME')
-  local out = {'OK', tonumber(t[1]) * 1000000 + tonumber(t[2])}
+  local out = {'OK', now_us()}
   for _, value in ipairs(fields) do table.insert(out, value) end
   return out
 end
@@ -285,6 +323,7 @@ local function delete(keys, args)
   unlist(P, key, pad(id), job)
   redis.call('DEL', key)
   redis.call('HINCRBY', P .. ':t:' .. job.tube, 'cmd_delete', 1)
+  forget_if_unused(P, job.tube, now_us())
   return {'OK'}
 end
 
@@ -301,7 +340,7 @@ local function release(keys, args)
   redis.call('HSET', key, 'pri', pri, 'delay', delay, 'holder', '')
   redis.call('HINCRBY', key, 'releases', 1)
   if delay > 0 then
-    local due = now_ms() + delay * 1000
+    local due = now_us() + delay * SECOND
     redis.call('HSET', key, 'state', 'delayed', 'due', due)
     redis.call('ZADD', list_key(P, job.tube, 'delayed'), due, member)
   else
@@ -336,7 +375,7 @@ local function touch(keys, args)
   end
   local ttr = job.ttr
   if ttr < 1 then ttr = 1 end
-  local deadline = now_ms() + ttr * 1000
+  local deadline = now_us() + ttr * SECOND
   redis.call('HSET', key, 'due', deadline)
   redis.call('ZADD', P .. ':reserved', deadline, member)
   return {'OK'}
@@ -353,7 +392,7 @@ end
 -- calls of one kick on the list the first one chose.
 local function kick(keys, args)
   local P, tube, bound, list = keys[1], args[1], tonumber(args[2]), args[3]
-  promote_due(P, tube, now_ms())
+  promote_due(P, tube, now_us())
   if list == '' then
     list = 'buried'
     if redis.call('ZCARD', list_key(P, tube, 'buried')) == 0 then list = 'delayed' end
@@ -391,7 +430,7 @@ end
 -- peek_list(P; tube, "ready"|"delayed"|"buried") -> {"OK", id, body} | {"NOT_FOUND"}
 local function peek_list(keys, args)
   local P, tube, list = keys[1], args[1], args[2]
-  promote_due(P, tube, now_ms())
+  promote_due(P, tube, now_us())
   local top = redis.call('ZRANGE', list_key(P, tube, list), 0, 0)
   if not top[1] then return {'NOT_FOUND'} end
   local id = tonumber(top[1])
@@ -403,7 +442,7 @@ end
 -- is reserved); idempotent, any node may run it.
 local function expire(keys, args)
   local P, limit = keys[1], tonumber(args[1])
-  local now = now_ms()
+  local now = now_us()
   local due = redis.call('ZRANGEBYSCORE', P .. ':reserved', '-inf', now, 'LIMIT', 0, limit)
   for _, member in ipairs(due) do
     local key = job_key(P, tonumber(member))
@@ -419,12 +458,10 @@ local function expire(keys, args)
     wait = tonumber(next[2]) - now
     if wait < 0 then wait = 0 end
   end
-  return {'OK', #due, wait}
+  return {'OK', #due, in_ms(wait)}
 end
 
--- release_holder(P; holder) -> {"OK", n}: a closed connection's jobs are ready again.
-local function release_holder(keys, args)
-  local P, holder = keys[1], args[1]
+local function release_jobs_of(P, holder)
   local members = redis.call('SMEMBERS', P .. ':h:' .. holder)
   for _, member in ipairs(members) do
     local key = job_key(P, tonumber(member))
@@ -435,7 +472,67 @@ local function release_holder(keys, args)
     end
   end
   redis.call('DEL', P .. ':h:' .. holder)
-  return {'OK', #members}
+  redis.call('SREM', P .. ':hn:' .. node_of(holder), holder)
+  return #members
+end
+
+-- release_holder(P; holder) -> {"OK", n}: a closed connection's jobs are ready again.
+local function release_holder(keys, args)
+  return {'OK', release_jobs_of(keys[1], args[1])}
+end
+
+-- A node whose lease ran out is gone (killed, or cut off from the store for longer
+-- than its lease): its connections' jobs are ready again, as if they had closed,
+-- and its tubes are forgotten unless something else keeps them.
+local function reap_node(P, node, now)
+  for _, holder in ipairs(redis.call('SMEMBERS', P .. ':hn:' .. node)) do
+    release_jobs_of(P, holder)
+  end
+  redis.call('DEL', P .. ':hn:' .. node)
+  local tubes = redis.call('SMEMBERS', P .. ':n:' .. node)
+  redis.call('DEL', P .. ':n:' .. node)
+  redis.call('ZREM', P .. ':nodes', node)
+  for _, tube in ipairs(tubes) do forget_if_unused(P, tube, now) end
+end
+
+-- beat(P; node, lease ms, tube...) -> {"OK", reaped}: the node is alive for `lease`
+-- ms more and its connections refer to exactly `tube...` (tubes it no longer names
+-- may be forgotten); nodes whose lease ran out are reaped (a few per call).
+local function beat(keys, args)
+  local P, node, lease = keys[1], args[1], tonumber(args[2])
+  local now = now_us()
+  local dead = redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', now - 1, 'LIMIT', 0, 10)
+  for _, gone in ipairs(dead) do
+    if gone ~= node then reap_node(P, gone, now) end
+  end
+  redis.call('ZADD', P .. ':nodes', now + lease * 1000, node)
+  local set = P .. ':n:' .. node
+  local before = redis.call('SMEMBERS', set)
+  redis.call('DEL', set)
+  for i = 3, #args do
+    redis.call('SADD', set, args[i])
+    redis.call('SADD', P .. ':tubes', args[i])
+  end
+  for _, tube in ipairs(before) do forget_if_unused(P, tube, now) end
+  return {'OK', #dead}
+end
+
+-- refer(P; node, tube) -> {"OK"}: a connection of the node uses or watches the tube
+-- (the first one of the node to do so).
+local function refer(keys, args)
+  local P, node, tube = keys[1], args[1], args[2]
+  redis.call('SADD', P .. ':n:' .. node, tube)
+  redis.call('SADD', P .. ':tubes', tube)
+  return {'OK'}
+end
+
+-- unrefer(P; node, tube) -> {"OK"}: the node's last connection to refer to the
+-- tube stopped; the tube is forgotten if nothing else keeps it.
+local function unrefer(keys, args)
+  local P, node, tube = keys[1], args[1], args[2]
+  redis.call('SREM', P .. ':n:' .. node, tube)
+  forget_if_unused(P, tube, now_us())
+  return {'OK'}
 end
 
 -- (A plain loop: the library's loading code may not use pairs or ipairs.)
@@ -445,7 +542,8 @@ local WRITING = {
   {'qs_touch', touch}, {'qs_kick', kick}, {'qs_kick_job', kick_job},
   {'qs_peek_list', peek_list}, {'qs_expire', expire},
   {'qs_release_holder', release_holder}, {'qs_pause', pause},
-  {'qs_tube_counts', tube_counts}}
+  {'qs_tube_counts', tube_counts}, {'qs_beat', beat}, {'qs_refer', refer},
+  {'qs_unrefer', unrefer}}
 -- Read-only: allowed on a replica too.
 local READING = {{'qs_peek', peek}, {'qs_tubes', tubes}, {'qs_stats_job', stats_job},
                  {'qs_totals', totals}}

@@ -11,6 +11,7 @@ Imports: `errors`, stdlib, redis-py (this module is imported only in store mode)
 
 import asyncio
 import logging
+import os
 from importlib import resources
 
 from qserver.errors import DeadlineSoon, InternalError, NotFound
@@ -23,6 +24,11 @@ LIBRARY_FILE = "functions.lua"
 # and the TTR reaper runs at least this often.
 REPOLL_SECONDS = 1.0
 EXPIRE_BATCH = 100              # TTR expiries per function call (bounded work)
+# A node renews its lease in the store every BEAT_SECONDS; one that has not for
+# LEASE_SECONDS is taken for dead: its connections' jobs are ready again and the
+# tubes only it referred to are forgotten (protocol.md, "Several nodes").
+BEAT_SECONDS = 1.0
+LEASE_SECONDS = 10.0
 
 
 def library_code() -> str:
@@ -38,6 +44,8 @@ class RedisStore:
         self.wakeups = Wakeups(_settings(client), self.key + ":wake")
         self.tasks = []                     # the TTR reaper, a library reload
         self.reloading = False
+        self.node = os.urandom(6).hex()     # this node's name in the store
+        self.referred = tuple               # () -> the tubes this node's clients use
 
     @classmethod
     async def connect(cls, url: str, prefix: str = "qserver") -> "RedisStore":
@@ -47,8 +55,10 @@ class RedisStore:
         import redis.asyncio as aioredis
         store = cls(aioredis.from_url(url), prefix)
         await store.load_functions()
+        await store.beat()
         await store.wakeups.start()
-        store.tasks = [asyncio.get_running_loop().create_task(store._reap())]
+        loop = asyncio.get_running_loop()
+        store.tasks = [loop.create_task(store._reap()), loop.create_task(store._beat())]
         return store
 
     async def load_functions(self) -> None:
@@ -175,11 +185,11 @@ class RedisStore:
     async def tube_counts(self, tubes) -> tuple:
         """(store time in s, {tube: TubeCounts}) for stats and stats-tube."""
         reply = await self._call("qs_tube_counts", *tubes)
-        now_ms, values = reply[0], reply[1:]
+        now_us, values = reply[0], reply[1:]
         width = len(TubeCounts.__slots__)
         counts = {tube: TubeCounts(*values[i * width:(i + 1) * width])
                   for i, tube in enumerate(tubes)}
-        return now_ms / 1000, counts
+        return now_us / 1e6, counts
 
     async def tubes(self) -> list:
         """The tubes that ever had jobs or a pause in the store."""
@@ -224,8 +234,7 @@ class RedisStore:
     def skip_id(self) -> None:
         """A put line was accepted and the put then failed: its id is used up, as
         in beanstalkd (fire and forget; the next puts' calls come after it)."""
-        future = self.batcher.call("INCR", self.key + ":seq")
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._forget_reply(self.batcher.call("INCR", self.key + ":seq"))
 
     async def kick_job(self, job_id: int) -> None:
         await self._call("qs_kick_job", job_id)
@@ -258,6 +267,46 @@ class RedisStore:
             wait = REPOLL_SECONDS if wait_ms < 0 else min(REPOLL_SECONDS, wait_ms / 1000)
             await asyncio.sleep(wait)
 
+    async def beat(self) -> int:
+        """Renew this node's lease and say which tubes it refers to; reap the nodes
+        whose lease ran out (how many: the reply)."""
+        (reaped,) = await self._call("qs_beat", self.node, int(LEASE_SECONDS * 1000),
+                                     *self.referred())
+        return reaped
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(BEAT_SECONDS)
+            try:
+                await self.beat()
+            except (InternalError, OSError, ConnectionError) as error:
+                log.warning("store: renewing the node's lease: %s", error)
+
+    def refer(self, tube: str) -> None:
+        """The first of this node's connections uses or watches `tube` (fire and
+        forget, in order with the calls that follow; the next beat repeats it)."""
+        self._forget_reply(self.batcher.call("FCALL", "qs_refer", 1, self.key, self.node,
+                                             tube))
+
+    def unrefer(self, tube: str) -> None:
+        """The last of this node's connections to refer to `tube` stopped."""
+        self._forget_reply(self.batcher.call("FCALL", "qs_unrefer", 1, self.key,
+                                             self.node, tube))
+
+    def release_holder_soon(self, holder: str) -> None:
+        """A connection closed: its reserved jobs are ready again, in order with the
+        calls that follow (Redis away: their TTRs or the node's lease free them)."""
+        future = self.batcher.call("FCALL", "qs_release_holder", 1, self.key, holder)
+
+        def done(call):
+            if not call.cancelled() and call.exception() is not None:
+                log.warning("store: releasing %s's jobs: %s", holder, call.exception())
+        future.add_done_callback(done)
+
+    @staticmethod
+    def _forget_reply(future) -> None:
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
     async def release_holder(self, holder: str) -> int:
         """A connection closed: its reserved jobs are ready again at once."""
         (count,) = await self._call("qs_release_holder", holder)
@@ -285,14 +334,11 @@ class TubeCounts:
     """One tube's figures as the store reports them (qs_tube_counts)."""
 
     __slots__ = ("urgent", "ready", "reserved", "delayed", "buried", "total_jobs",
-                 "cmd_delete", "cmd_pause", "pause", "unpause")
+                 "cmd_delete", "cmd_pause", "pause", "unpause", "exists")
 
     def __init__(self, *values):
         for name, value in zip(self.__slots__, values):
             setattr(self, name, value)
-
-    def has_jobs(self) -> bool:
-        return bool(self.ready or self.reserved or self.delayed or self.buried)
 
 
 class Waiter:
