@@ -182,21 +182,29 @@ EXT_COMMANDS = LIFECYCLE_COMMANDS + STEERING_COMMANDS
 
 def job_info(job, history, meta, max_attempts: int, now: float, wall: float) -> str:
     """job-info's YAML: the stats-job fields, then the lifecycle's and put-ex's."""
-    pairs = job_stats(job, now, wall)
-    progress = history.progress if history is not None else None
-    result = history.result if history is not None else None
-    pairs += [
-        ("attempts", history.attempts if history is not None else 0),
+    return job_info_text(
+        job_stats(job, now, wall), history.attempts if history is not None else 0,
+        max_attempts, history.progress if history is not None else None,
+        history.result if history is not None else None, _key_text(meta),
+        _tags_text(meta), meta is not None and meta.cancelled,
+        history.failures if history is not None else ())
+
+
+def job_info_text(stats: list, attempts: int, max_attempts: int, progress, result,
+                  key: str, tags: str, cancelled: bool, failures) -> str:
+    """job-info's YAML from the figures of whichever store holds the job: `stats` are
+    stats-job's pairs, `failures` (wall-clock time, reason bytes) oldest first."""
+    pairs = stats + [
+        ("attempts", attempts),
         ("max-attempts", max_attempts),
         ("progress", "~" if progress is None else yaml_bytes(progress)),
         ("result-bytes", 0 if result is None else len(result)),
-        ("key", _key_text(meta)),
-        ("tags", _tags_text(meta)),
-        ("cancelled", "true" if meta is not None and meta.cancelled else "false"),
+        ("key", key),
+        ("tags", tags),
+        ("cancelled", "true" if cancelled else "false"),
     ]
     lines = ["---\n"]
-    lines += [f"{key}: {value}\n" for key, value in pairs]
-    failures = history.failures if history is not None else ()
+    lines += [f"{name}: {value}\n" for name, value in pairs]
     if not failures:
         lines.append("failures: []\n")
     else:
@@ -216,22 +224,24 @@ def policy_info(tube_name: str, policy, configured: bool) -> list:
 def ext_stats(engine, counts: dict) -> list:
     lifecycle, steering = engine.lifecycle, engine.steering
     totals = lifecycle.totals
+    return ext_pairs(counts, (totals.failures, totals.retries, totals.dead_letters,
+                              totals.completions, len(lifecycle.ledger),
+                              len(lifecycle.policies)),
+                     (steering.totals.duplicates, engine.flusher.total,
+                      steering.totals.cancelled_removed,
+                      steering.totals.cancelled_flagged))
+
+
+def ext_pairs(counts: dict, lifecycle: tuple, steering: tuple) -> list:
+    """stats-ext from the figures of whichever store: the command counts, then the
+    lifecycle's (failures, retries, dead letters, completions, retained, configured
+    tubes) and the steering's (duplicates, flushed, cancelled, cancel-flagged)."""
     pairs = [(f"cmd-{name}", counts[name]) for name in LIFECYCLE_COMMANDS]
-    pairs += [
-        ("job-failures", totals.failures),
-        ("job-retries", totals.retries),
-        ("job-dead-letters", totals.dead_letters),
-        ("job-completions", totals.completions),
-        ("current-retained", len(lifecycle.ledger)),
-        ("configured-tubes", len(lifecycle.policies)),
-    ]
+    pairs += zip(("job-failures", "job-retries", "job-dead-letters", "job-completions",
+                  "current-retained", "configured-tubes"), lifecycle)
     pairs += [(f"cmd-{name}", counts[name]) for name in STEERING_COMMANDS]
-    pairs += [
-        ("job-duplicates", steering.totals.duplicates),
-        ("jobs-flushed", engine.flusher.total),
-        ("jobs-cancelled", steering.totals.cancelled_removed),
-        ("jobs-cancel-flagged", steering.totals.cancelled_flagged),
-    ]
+    pairs += zip(("job-duplicates", "jobs-flushed", "jobs-cancelled",
+                  "jobs-cancel-flagged"), steering)
     return pairs
 
 

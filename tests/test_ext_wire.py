@@ -17,6 +17,9 @@ import yaml
 
 from conftest import Client, start_qserver
 
+# The lifecycle conformance suite: every test runs on both stores.
+pytestmark = pytest.mark.usefixtures("each_store")
+
 EVENT_BOUND = 60.0          # seconds: generous bound for anything we wait for
 
 STATS_KEYS = [

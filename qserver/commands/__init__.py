@@ -107,6 +107,26 @@ class CommandTable:
                 return handler(client, rest)
         raise UnknownCommand
 
+    def with_body(self, client, rest: bytes, finish):
+        """An extension command `<word> <id> <bytes>` followed by a body: read the body
+        as put does (too big: thrown away, JOB_TOO_BIG) and call
+        finish(client, body without CRLF, id) once it is here."""
+        job_id, size = wire.parse_id_size(rest)
+        if size > self.max_job_size:
+            client.framer.discard_body(size)
+            return None
+        body = client.framer.take_body(size)
+        if body is None:
+            client.pending_body = (self._body_then, (finish, job_id))
+            return None
+        return self._body_then(client, body, finish, job_id)
+
+    @staticmethod
+    def _body_then(client, body: bytes, finish, job_id: int):
+        if not body.endswith(wire.CRLF):
+            raise ExpectedCrlf
+        return finish(client, body[:-2], job_id)
+
     def finish_body(self, client, body: bytes):
         """The body of a put (or an extension command) arrived later than its line
         (with its trailer bytes)."""
@@ -156,26 +176,6 @@ class Commands(CommandTable):
                                    SteeringCommands(self).table()):
             self.with_args.update(with_args)
             self.no_args.update(no_args)
-
-    def with_body(self, client, rest: bytes, finish):
-        """An extension command `<word> <id> <bytes>` followed by a body: read the body
-        as put does (too big: thrown away, JOB_TOO_BIG) and call
-        finish(client, body without CRLF, id) once it is here."""
-        job_id, size = wire.parse_id_size(rest)
-        if size > self.max_job_size:
-            client.framer.discard_body(size)
-            return None
-        body = client.framer.take_body(size)
-        if body is None:
-            client.pending_body = (self._body_then, (finish, job_id))
-            return None
-        return self._body_then(client, body, finish, job_id)
-
-    @staticmethod
-    def _body_then(client, body: bytes, finish, job_id: int):
-        if not body.endswith(wire.CRLF):
-            raise ExpectedCrlf
-        return finish(client, body[:-2], job_id)
 
     def _store(self, client, body: bytes, job_id, pri, delay, ttr) -> bytes:
         """Make the job from a complete body; raises the put's error replies."""

@@ -10,8 +10,9 @@ command order while the calls of all clients in one loop turn share one round tr
 the jobs a closed connection held are released at once (`release_holder`).
 
 Served: every beanstalkd command (protocol.md, "Several nodes", says where a shared
-store differs: counts per node or per cluster, tube order); the extensions answer
-UNKNOWN_COMMAND until issue 12 brings them over.
+store differs: counts per node or per cluster, tube order) and the lifecycle
+extension (`store.lifecycle`, merged in); the other extensions answer
+UNKNOWN_COMMAND for now.
 Imports: `wire`, `errors`, `commands`, `stats`, stdlib (redis-py through
 `store.redis`).
 """
@@ -26,8 +27,10 @@ from qserver import wire
 from qserver.commands import FOUND, RESERVED, CommandTable
 from qserver.errors import (BadFormat, Draining, ExpectedCrlf, InternalError, NotFound,
                             QueueError, TimedOut)
-from qserver.stats import job_pairs, server_pairs, tube_pairs
+from qserver.stats import server_pairs, tube_pairs
 from qserver.store.batch import ReplyError
+from qserver.store.lifecycle import StoreLifecycle
+from qserver.store.redis import job_stats_pairs
 
 log = logging.getLogger("qserver")
 
@@ -81,6 +84,10 @@ class StoreCommands(CommandTable):
             b"stats": self.stats, b"list-tubes": self.list_tubes,
         }
         self.by_prefix = self.prefix_table()
+        # Extension words are new words: exact lookups only, never by prefix.
+        with_args, no_args = StoreLifecycle(self).table()
+        self.with_args.update(with_args)
+        self.no_args.update(no_args)
 
     # -- connections ----------------------------------------------------------------
 
@@ -94,11 +101,25 @@ class StoreCommands(CommandTable):
             self._refer(session.watch[0])
         return session
 
-    def _refer(self, tube: str) -> None:
+    def _refer(self, tube: str):
+        """Count a use or watch of `tube`; the store's call when it is the node's
+        first (a reply that names the tube waits for it: then every node sees
+        the tube), else None."""
         refs = self.refs
         refs[tube] += 1
         if refs[tube] == 1:
-            self.store.refer(tube)
+            return self.store.refer(tube)
+        return None
+
+    @staticmethod
+    def _after(client, call, reply: bytes):
+        """`reply` once the store has heard of the tube (whatever it answered: a
+        failed call is repeated by the next beat)."""
+        if call is None:
+            return reply
+        answer = client.answer_later(logged=False)
+        call.add_done_callback(lambda _: answer(reply))
+        return None
 
     def _unrefer(self, tube: str) -> None:
         refs = self.refs
@@ -144,7 +165,7 @@ class StoreCommands(CommandTable):
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def _when(self, client, future, make_reply) -> None:
+    def when(self, client, future, make_reply) -> None:
         """Answer from the store's raw reply to one call, without a task: NOT_FOUND
         as is, else `make_reply(reply)`; a failed call is INTERNAL_ERROR."""
         answer = client.answer_later(logged=False)
@@ -209,7 +230,7 @@ class StoreCommands(CommandTable):
         if not body.endswith(wire.CRLF) or self.draining:
             self.store.skip_id()        # the line was accepted: its id is used up
             raise ExpectedCrlf if not body.endswith(wire.CRLF) else Draining
-        self._when(client, self.store.call("qs_put", client.store_session.use, pri, delay,
+        self.when(client, self.store.call("qs_put", client.store_session.use, pri, delay,
                                            ttr, body),
                    _inserted)
 
@@ -217,19 +238,20 @@ class StoreCommands(CommandTable):
         name = wire.parse_tube(rest).decode()
         self.counts["use"] += 1
         session = self.session(client)
-        self._refer(name)
+        call = self._refer(name)
         self._unrefer(session.use)
         session.use = name
-        return b"USING %s\r\n" % rest
+        return self._after(client, call, b"USING %s\r\n" % rest)
 
     def watch(self, client, rest):
         name = wire.parse_tube(rest).decode()
         self.counts["watch"] += 1
         watch = self.session(client).watch
+        call = None
         if name not in watch:
             watch.append(name)
-            self._refer(name)
-        return b"WATCHING %d\r\n" % len(watch)
+            call = self._refer(name)
+        return self._after(client, call, b"WATCHING %d\r\n" % len(watch))
 
     def ignore(self, client, rest):
         name = wire.parse_tube(rest).decode()
@@ -278,42 +300,42 @@ class StoreCommands(CommandTable):
     def delete(self, client, rest):
         job_id = wire.parse_id(rest)
         self.counts["delete"] += 1
-        self._simple(client, b"DELETED\r\n", "qs_delete", job_id,
+        self.simple(client, b"DELETED\r\n", "qs_delete", job_id,
                      self.session(client).holder)
 
     def release(self, client, rest):
         job_id, pri, delay = wire.parse_id_pri_delay(rest)
         self.counts["release"] += 1
-        self._simple(client, b"RELEASED\r\n", "qs_release", job_id,
+        self.simple(client, b"RELEASED\r\n", "qs_release", job_id,
                      self.session(client).holder, pri, delay)
 
     def bury(self, client, rest):
         job_id, pri = wire.parse_id_pri(rest)
         self.counts["bury"] += 1
-        self._simple(client, b"BURIED\r\n", "qs_bury", job_id, self.session(client).holder,
+        self.simple(client, b"BURIED\r\n", "qs_bury", job_id, self.session(client).holder,
                      pri)
 
     def touch(self, client, rest):
         job_id = wire.parse_id(rest)
         self.counts["touch"] += 1
-        self._simple(client, b"TOUCHED\r\n", "qs_touch", job_id,
+        self.simple(client, b"TOUCHED\r\n", "qs_touch", job_id,
                      self.session(client).holder)
 
-    def _simple(self, client, reply: bytes, name: str, *args):
+    def simple(self, client, reply: bytes, name: str, *args):
         """A call whose only replies are `reply` and NOT_FOUND."""
-        self._when(client, self.store.call(name, *args), lambda _: reply)
+        self.when(client, self.store.call(name, *args), lambda _: reply)
 
     # -- other commands ---------------------------------------------------------------
 
     def peek(self, client, rest):
         job_id = wire.parse_id(rest)
         self.counts["peek"] += 1
-        self._when(client, self.store.call("qs_peek", job_id), _found)
+        self.when(client, self.store.call("qs_peek", job_id), _found)
 
     def _peek_in_used(self, client, counter: str, state: str):
         self.counts[counter] += 1
         tube = self.session(client).use
-        self._when(client, self.store.call("qs_peek_list", tube, state), _found)
+        self.when(client, self.store.call("qs_peek_list", tube, state), _found)
 
     def peek_ready(self, client, rest):
         return self._peek_in_used(client, "peek-ready", "ready")
@@ -334,7 +356,7 @@ class StoreCommands(CommandTable):
 
     def kick_job(self, client, rest):
         job_id = wire.parse_id(rest)
-        self._simple(client, b"KICKED\r\n", "qs_kick_job", job_id)
+        self.simple(client, b"KICKED\r\n", "qs_kick_job", job_id)
 
     def pause_tube(self, client, rest):
         name, seconds = wire.parse_pause(rest)
@@ -413,15 +435,7 @@ class StoreCommands(CommandTable):
 
     async def _stats_job(self, job_id: int) -> bytes:
         now, fields = await self.store.stats_job(job_id)
-        state = fields["state"].decode()
-        due = int(fields["due"]) / 1e6
-        timed = state in ("reserved", "delayed")
-        return wire.yaml_mapping(job_pairs(
-            job_id, fields["tube"].decode(), state, int(fields["pri"]),
-            int(now - int(fields["created"]) / 1e6), int(fields["delay"]),
-            int(fields["ttr"]), int(due - now) if timed else 0, 0,
-            tuple(int(fields[name]) for name in
-                  ("reserves", "timeouts", "releases", "buries", "kicks"))))
+        return wire.yaml_mapping(job_stats_pairs(job_id, now, fields))
 
     def list_tubes(self, client, rest):
         self.counts["list-tubes"] += 1

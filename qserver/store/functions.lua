@@ -119,6 +119,137 @@ local function load(key)
           pri = fields[4], ttr = tonumber(fields[5]), body = fields[6]}
 end
 
+-- == Job lifecycle (protocol.md, "Job lifecycle"): keys of its own ==
+--   P:policy:<tube>  HASH  config-tube values by name; the tube is configured
+--                          while it exists (policies belong to the tube name)
+--   P:policies       SET   configured tube names
+--   P:f:<id>         LIST  the job's last failures, each "<unix seconds> <reason>"
+--   P:r:<id>         HASH  a retained record: the job's fields but the body, state
+--                          completed or dead, result, expires (µs)
+--   P:retained       ZSET  score the record's expiry (µs), member padded id
+--   P:ext            HASH  failures retries dead_letters completions (the cluster's)
+-- and in a job's hash: attempts, progress.
+local FAILURES_KEPT = 5
+local REASON_LIMIT = 4096
+
+local function id_text(id) return string.format('%d', id) end
+
+-- The tube's policy, or nil when config-tube never set anything on it.
+local function policy_of(P, tube)
+  local key = P .. ':policy:' .. tube
+  if redis.call('EXISTS', key) == 0 then return nil end
+  local v = redis.call('HMGET', key, 'max-attempts', 'backoff', 'dead-letter', 'retain')
+  return {max_attempts = tonumber(v[1] or 0), backoff = v[2] or 'none',
+          dead_letter = v[3] or 'bury', retain = tonumber(v[4] or 0)}
+end
+
+-- Whole seconds before the next attempt after failure number `attempts`: none,
+-- fixed:S, or exp:BASE:CAP with equal jitter in [ceil(D/2), D], D = min(CAP,
+-- BASE*2^(attempts-1)) (math.random is not seeded alike per call in Redis 7).
+local function retry_delay(backoff, attempts)
+  if backoff == 'none' then return 0 end
+  local kind, a, b = string.match(backoff, '^(%a+):(%d+):?(%d*)$')
+  if kind == 'fixed' then return tonumber(a) end
+  local base, cap = tonumber(a), tonumber(b)
+  local exponent = attempts - 1
+  if exponent < 0 then exponent = 0 end
+  local full = cap
+  if exponent < 32 then full = math.min(cap, base * 2 ^ exponent) end
+  local low = full - math.floor(full / 2)
+  return math.min(full, low + math.floor(math.random() * (full - low + 1)))
+end
+
+local function bury_job(P, key, tube, member)
+  local seq = redis.call('INCR', P .. ':bury_seq')
+  redis.call('HSET', key, 'state', 'buried', 'bury', seq, 'due', 0, 'holder', '')
+  redis.call('HINCRBY', key, 'buries', 1)
+  redis.call('ZADD', list_key(P, tube, 'buried'), seq, member)
+end
+
+-- A job in no list goes back: delayed `delay` seconds, or ready.
+local function schedule(P, key, tube, member, pri, delay, now)
+  redis.call('HSET', key, 'delay', delay, 'holder', '')
+  if delay > 0 then
+    local due = now + delay * SECOND
+    redis.call('HSET', key, 'state', 'delayed', 'due', due)
+    redis.call('ZADD', list_key(P, tube, 'delayed'), due, member)
+  else
+    make_ready(P, key, tube, member, pri)
+  end
+end
+
+-- A finished job (in no list) leaves; with `retain` seconds its record stays
+-- readable (job-info, peek-result) with state `state` and `result`.
+local function finish(P, key, id, tube, state, result, retain, now)
+  redis.call('HINCRBY', P .. ':t:' .. tube, 'cmd_delete', 1)
+  if retain > 0 then
+    local record = P .. ':r:' .. id_text(id)
+    local expires = now + retain * SECOND
+    redis.call('RENAME', key, record)
+    redis.call('HDEL', record, 'body')
+    redis.call('HSET', record, 'state', state, 'holder', '', 'expires', expires)
+    if result then redis.call('HSET', record, 'result', result) end
+    redis.call('ZADD', P .. ':retained', expires, pad(id))
+  else
+    redis.call('DEL', key, P .. ':f:' .. id_text(id))
+  end
+  forget_if_unused(P, tube, now)
+end
+
+local function count_failure(P, key, id, reason, now)
+  redis.call('HINCRBY', key, 'attempts', 1)
+  local list = P .. ':f:' .. id_text(id)
+  redis.call('RPUSH', list, id_text(math.floor(now / SECOND)) .. ' ' ..
+             string.sub(reason, 1, REASON_LIMIT))
+  redis.call('LTRIM', list, -FAILURES_KEPT, -1)
+  redis.call('HINCRBY', P .. ':ext', 'failures', 1)
+end
+
+-- A reservation of the job ended in failure (the job is in no list now): count it
+-- and let its tube's policy decide (the state machine of "Job lifecycle").
+-- Returns fail's reply word and argument.
+local function failed(P, key, id, member, job, reason, now)
+  count_failure(P, key, id, reason, now)
+  local policy = policy_of(P, job.tube)
+  if policy == nil then
+    bury_job(P, key, job.tube, member)
+    return 'BURIED'
+  end
+  local attempts = tonumber(redis.call('HGET', key, 'attempts'))
+  if policy.max_attempts == 0 or attempts < policy.max_attempts then
+    local delay = retry_delay(policy.backoff, attempts)
+    redis.call('HINCRBY', P .. ':ext', 'retries', 1)
+    schedule(P, key, job.tube, member, job.pri, delay, now)
+    return 'RETRYING', delay
+  end
+  redis.call('HINCRBY', P .. ':ext', 'dead_letters', 1)
+  if policy.dead_letter == 'bury' then
+    bury_job(P, key, job.tube, member)
+    return 'BURIED'
+  end
+  if policy.dead_letter == 'delete' then
+    finish(P, key, id, job.tube, 'dead', nil, policy.retain, now)
+    return 'DELETED'
+  end
+  local target = string.sub(policy.dead_letter, 6)     -- "tube:NAME"
+  redis.call('HSET', key, 'attempts', 0, 'tube', target)
+  redis.call('HINCRBY', P .. ':t:' .. target, 'total_jobs', 1)
+  redis.call('SADD', P .. ':tubes', target)
+  make_ready(P, key, target, member, job.pri)
+  forget_if_unused(P, job.tube, now)
+  return 'MOVED', target
+end
+
+-- A reservation ended without a word from its worker (TTR, connection gone): in a
+-- configured tube a counted failure, else the job is ready again as in beanstalkd.
+local function ended_silently(P, key, id, member, job, reason, now)
+  if redis.call('EXISTS', P .. ':policy:' .. job.tube) == 1 then
+    failed(P, key, id, member, job, reason, now)
+  else
+    make_ready(P, key, job.tube, member, job.pri)
+  end
+end
+
 -- put(P; tube, pri, delay s, ttr s, body) -> {"OK", id}
 local function put(keys, args)
   local P = keys[1]
@@ -321,9 +452,7 @@ local function delete(keys, args)
     return {'NOT_FOUND'}
   end
   unlist(P, key, pad(id), job)
-  redis.call('DEL', key)
-  redis.call('HINCRBY', P .. ':t:' .. job.tube, 'cmd_delete', 1)
-  forget_if_unused(P, job.tube, now_us())
+  finish(P, key, id, job.tube, nil, nil, 0, now_us())
   return {'OK'}
 end
 
@@ -337,15 +466,9 @@ local function release(keys, args)
     return {'NOT_FOUND'}
   end
   unlist(P, key, member, job)
-  redis.call('HSET', key, 'pri', pri, 'delay', delay, 'holder', '')
+  redis.call('HSET', key, 'pri', pri)
   redis.call('HINCRBY', key, 'releases', 1)
-  if delay > 0 then
-    local due = now_us() + delay * SECOND
-    redis.call('HSET', key, 'state', 'delayed', 'due', due)
-    redis.call('ZADD', list_key(P, job.tube, 'delayed'), due, member)
-  else
-    make_ready(P, key, job.tube, member, pri)
-  end
+  schedule(P, key, job.tube, member, pri, delay, now_us())
   return {'OK'}
 end
 
@@ -358,10 +481,8 @@ local function bury(keys, args)
     return {'NOT_FOUND'}
   end
   unlist(P, key, member, job)
-  local seq = redis.call('INCR', P .. ':bury_seq')
-  redis.call('HSET', key, 'pri', pri, 'state', 'buried', 'bury', seq, 'due', 0, 'holder', '')
-  redis.call('HINCRBY', key, 'buries', 1)
-  redis.call('ZADD', list_key(P, job.tube, 'buried'), seq, member)
+  redis.call('HSET', key, 'pri', pri)
+  bury_job(P, key, job.tube, member)
   return {'OK'}
 end
 
@@ -437,6 +558,16 @@ local function peek_list(keys, args)
   return {'OK', id, redis.call('HGET', job_key(P, id), 'body')}
 end
 
+-- Retained records past their expiry go (at most `limit` per call).
+local function expire_records(P, now, limit)
+  local gone = redis.call('ZRANGEBYSCORE', P .. ':retained', '-inf', now, 'LIMIT', 0, limit)
+  for _, member in ipairs(gone) do
+    local id = id_text(tonumber(member))
+    redis.call('DEL', P .. ':r:' .. id, P .. ':f:' .. id)
+    redis.call('ZREM', P .. ':retained', member)
+  end
+end
+
 -- expire(P; limit) -> {"OK", n, ms}: reserved jobs past their TTR go back to ready
 -- (at most `limit` per call), and how long until the next TTR runs out (-1: no job
 -- is reserved); idempotent, any node may run it.
@@ -450,8 +581,9 @@ local function expire(keys, args)
     unlist(P, key, member, job)
     redis.call('HINCRBY', key, 'timeouts', 1)
     redis.call('INCR', P .. ':job_timeouts')
-    make_ready(P, key, job.tube, member, job.pri)
+    ended_silently(P, key, tonumber(member), member, job, 'TTR expired', now)
   end
+  expire_records(P, now, limit)
   local next = redis.call('ZRANGE', P .. ':reserved', 0, 0, 'WITHSCORES')
   local wait = -1
   if next[1] then
@@ -468,7 +600,7 @@ local function release_jobs_of(P, holder)
     local job = load(key)
     if job ~= nil and job.state == 'reserved' and job.holder == holder then
       unlist(P, key, member, job)
-      make_ready(P, key, job.tube, member, job.pri)
+      ended_silently(P, key, tonumber(member), member, job, 'connection closed', now_us())
     end
   end
   redis.call('DEL', P .. ':h:' .. holder)
@@ -535,6 +667,111 @@ local function unrefer(keys, args)
   return {'OK'}
 end
 
+-- == The lifecycle commands ==
+
+-- config(P; tube, name, value) -> {"OK"}: one policy value (checked by the node).
+local function config(keys, args)
+  local P, tube = keys[1], args[1]
+  redis.call('HSET', P .. ':policy:' .. tube, args[2], args[3])
+  redis.call('SADD', P .. ':policies', tube)
+  return {'OK'}
+end
+
+-- policy(P; tube) -> {"OK", name, value, ...}: the values set (none: unconfigured).
+local function policy(keys, args)
+  local out = {'OK'}
+  for _, value in ipairs(redis.call('HGETALL', keys[1] .. ':policy:' .. args[1])) do
+    table.insert(out, value)
+  end
+  return out
+end
+
+local function held_by(job, holder)
+  return job ~= nil and job.state == 'reserved' and job.holder == holder
+end
+
+-- fail(P; id, holder, reason) -> {"OK", word[, argument]} | {"NOT_FOUND"}
+local function fail(keys, args)
+  local P, id, holder = keys[1], tonumber(args[1]), args[2]
+  local key, member = job_key(P, id), pad(id)
+  local job = load(key)
+  if not held_by(job, holder) then return {'NOT_FOUND'} end
+  unlist(P, key, member, job)
+  local word, argument = failed(P, key, id, member, job, args[3], now_us())
+  return {'OK', word, argument}
+end
+
+-- complete(P; id, holder, result) -> {"OK"} | {"NOT_FOUND"}: removed as by delete;
+-- the record is kept the tube's `retain` seconds.
+local function complete(keys, args)
+  local P, id, holder = keys[1], tonumber(args[1]), args[2]
+  local key, member = job_key(P, id), pad(id)
+  local job = load(key)
+  if not held_by(job, holder) then return {'NOT_FOUND'} end
+  unlist(P, key, member, job)
+  redis.call('HINCRBY', P .. ':ext', 'completions', 1)
+  local policy = policy_of(P, job.tube)
+  finish(P, key, id, job.tube, 'completed', args[3], policy and policy.retain or 0, now_us())
+  return {'OK'}
+end
+
+-- progress(P; id, holder, data) -> {"OK"} | {"NOT_FOUND"}: kept, and the TTR starts
+-- again as by touch.
+local function progress(keys, args)
+  local P, id, holder = keys[1], tonumber(args[1]), args[2]
+  local key, member = job_key(P, id), pad(id)
+  local job = load(key)
+  if not held_by(job, holder) then return {'NOT_FOUND'} end
+  local ttr = job.ttr
+  if ttr < 1 then ttr = 1 end
+  local deadline = now_us() + ttr * SECOND
+  redis.call('HSET', key, 'progress', args[3], 'due', deadline)
+  redis.call('ZADD', P .. ':reserved', deadline, member)
+  return {'OK'}
+end
+
+-- job_info(P; id) -> {"OK", now µs, max_attempts, {field, value, ...}, {failure...}}
+-- | {"NOT_FOUND"}: a live job, or a retained record until it expires.
+local function job_info(keys, args)
+  local P, id = keys[1], tonumber(args[1])
+  local now = now_us()
+  local fields = redis.call('HGETALL', job_key(P, id))
+  if #fields == 0 then
+    local record = P .. ':r:' .. id_text(id)
+    if tonumber(redis.call('HGET', record, 'expires') or 0) <= now then
+      return {'NOT_FOUND'}
+    end
+    fields = redis.call('HGETALL', record)
+  end
+  local tube
+  for i = 1, #fields, 2 do
+    if fields[i] == 'tube' then tube = fields[i + 1] end
+  end
+  local policy = policy_of(P, tube)
+  return {'OK', now, policy and policy.max_attempts or 0, fields,
+          redis.call('LRANGE', P .. ':f:' .. id_text(id), 0, -1)}
+end
+
+-- peek_result(P; id) -> {"OK", id, result} | {"NOT_FOUND"}
+local function peek_result(keys, args)
+  local P, id = keys[1], tonumber(args[1])
+  local record = P .. ':r:' .. id_text(id)
+  local found = redis.call('HMGET', record, 'expires', 'result')
+  if tonumber(found[1] or 0) <= now_us() or not found[2] then return {'NOT_FOUND'} end
+  return {'OK', id, found[2]}
+end
+
+-- ext_totals(P) -> {"OK", failures, retries, dead_letters, completions, retained,
+-- configured tubes}: the cluster's figures of stats-ext.
+local function ext_totals(keys, args)
+  local P = keys[1]
+  local v = redis.call('HMGET', P .. ':ext', 'failures', 'retries', 'dead_letters',
+                       'completions')
+  local retained = redis.call('ZCOUNT', P .. ':retained', '(' .. id_text(now_us()), '+inf')
+  return {'OK', tonumber(v[1] or 0), tonumber(v[2] or 0), tonumber(v[3] or 0),
+          tonumber(v[4] or 0), retained, redis.call('SCARD', P .. ':policies')}
+end
+
 -- (A plain loop: the library's loading code may not use pairs or ipairs.)
 local WRITING = {
   {'qs_put', put}, {'qs_reserve', reserve}, {'qs_reserve_job', reserve_job},
@@ -543,10 +780,12 @@ local WRITING = {
   {'qs_peek_list', peek_list}, {'qs_expire', expire},
   {'qs_release_holder', release_holder}, {'qs_pause', pause},
   {'qs_tube_counts', tube_counts}, {'qs_beat', beat}, {'qs_refer', refer},
-  {'qs_unrefer', unrefer}}
+  {'qs_unrefer', unrefer}, {'qs_config', config}, {'qs_fail', fail},
+  {'qs_complete', complete}, {'qs_progress', progress}}
 -- Read-only: allowed on a replica too.
 local READING = {{'qs_peek', peek}, {'qs_tubes', tubes}, {'qs_stats_job', stats_job},
-                 {'qs_totals', totals}}
+                 {'qs_totals', totals}, {'qs_policy', policy}, {'qs_job_info', job_info},
+                 {'qs_peek_result', peek_result}, {'qs_ext_totals', ext_totals}}
 for i = 1, #WRITING do
   redis.register_function(WRITING[i][1], WRITING[i][2])
 end

@@ -15,6 +15,7 @@ import os
 from importlib import resources
 
 from qserver.errors import DeadlineSoon, InternalError, NotFound
+from qserver.stats import job_pairs
 from qserver.store.batch import Batcher, ReplyError, RespConnection, StoreUnreachable
 
 log = logging.getLogger("qserver")
@@ -282,11 +283,12 @@ class RedisStore:
             except (InternalError, OSError, ConnectionError) as error:
                 log.warning("store: renewing the node's lease: %s", error)
 
-    def refer(self, tube: str) -> None:
-        """The first of this node's connections uses or watches `tube` (fire and
-        forget, in order with the calls that follow; the next beat repeats it)."""
-        self._forget_reply(self.batcher.call("FCALL", "qs_refer", 1, self.key, self.node,
-                                             tube))
+    def refer(self, tube: str) -> asyncio.Future:
+        """The first of this node's connections uses or watches `tube` (in order with
+        the calls that follow; if it fails, the next beat repeats it)."""
+        future = self.batcher.call("FCALL", "qs_refer", 1, self.key, self.node, tube)
+        self._forget_reply(future)
+        return future
 
     def unrefer(self, tube: str) -> None:
         """The last of this node's connections to refer to `tube` stopped."""
@@ -328,6 +330,23 @@ def _settings(client) -> dict:
             "db": kwargs.get("db", 0), "username": kwargs.get("username"),
             "password": kwargs.get("password"),
             "tls": pool.connection_class.__name__ == "SSLConnection"}
+
+
+def job_stats_pairs(job_id: int, now: float, fields: dict) -> list:
+    """stats-job's pairs from a job's hash in the store (or a retained record's,
+    whose time-left counts down to its expiry); `now` in store seconds."""
+    state = fields["state"].decode()
+    if state in ("reserved", "delayed"):
+        time_left = int(int(fields["due"]) / 1e6 - now)
+    elif state in ("completed", "dead"):
+        time_left = int(int(fields["expires"]) / 1e6 - now)
+    else:
+        time_left = 0
+    return job_pairs(
+        job_id, fields["tube"].decode(), state, int(fields["pri"]),
+        int(now - int(fields["created"]) / 1e6), int(fields["delay"]), int(fields["ttr"]),
+        time_left, 0, tuple(int(fields[name]) for name in
+                            ("reserves", "timeouts", "releases", "buries", "kicks")))
 
 
 class TubeCounts:
