@@ -248,25 +248,45 @@ def ext_pairs(counts: dict, lifecycle: tuple, steering: tuple) -> list:
 def job_page(jobs: list, next_cursor, histories: dict, meta: dict, now: float,
              wall: float) -> str:
     """list-jobs' YAML: the next cursor, then one short mapping per job."""
-    lines = ["---\n", "next: %s\n" % ("~" if next_cursor is None else yaml_quote(next_cursor))]
-    lines.append("jobs:\n" if jobs else "jobs: []\n")
     timed = (RESERVED, DELAYED, COMPLETED, DEAD)
+    rows = []
     for job in jobs:
         history = histories.get(job.id)
         job_meta = meta.get(job.id)
+        rows.append((job.id, STATE_NAMES[job.state], job.pri, int(wall - job.created),
+                     job.delay, int(job.deadline - now) if job.state in timed else 0,
+                     history.attempts if history is not None else 0,
+                     _key_text(job_meta), _tags_text(job_meta),
+                     max(0, len(job.body) - 2)))
+    return job_page_text(rows, next_cursor)
+
+
+def job_page_text(rows: list, next_cursor) -> str:
+    """list-jobs' YAML from rows of (id, state name, pri, age, delay, time-left,
+    attempts, key text, tags text, size), whichever store they come from."""
+    lines = ["---\n", "next: %s\n" % ("~" if next_cursor is None else yaml_quote(next_cursor))]
+    lines.append("jobs:\n" if rows else "jobs: []\n")
+    for job_id, state, pri, age, delay, time_left, attempts, key, tags, size in rows:
         lines.append(
-            f"- id: {job.id}\n  state: {STATE_NAMES[job.state]}\n  pri: {job.pri}\n"
-            f"  age: {int(wall - job.created)}\n  delay: {job.delay}\n"
-            f"  time-left: {int(job.deadline - now) if job.state in timed else 0}\n"
-            f"  attempts: {history.attempts if history is not None else 0}\n"
-            f"  key: {_key_text(job_meta)}\n  tags: {_tags_text(job_meta)}\n"
-            f"  size: {max(0, len(job.body) - 2)}\n")
+            f"- id: {job_id}\n  state: {state}\n  pri: {pri}\n  age: {age}\n"
+            f"  delay: {delay}\n  time-left: {time_left}\n  attempts: {attempts}\n"
+            f"  key: {key}\n  tags: {tags}\n  size: {size}\n")
     return "".join(lines)
 
 
+def key_text(key) -> str:
+    """A unique key (bytes or None) as job-info and list-jobs show it."""
+    return "~" if key is None else yaml_bytes(key)
+
+
+def tags_text(tags) -> str:
+    """Tags (bytes each) as a YAML flow list."""
+    return "[" + ", ".join(yaml_bytes(t) for t in tags) + "]"
+
+
 def _key_text(meta) -> str:
-    return "~" if meta is None or meta.key is None else yaml_bytes(meta.key)
+    return key_text(meta.key if meta is not None else None)
 
 
 def _tags_text(meta) -> str:
-    return "[" + ", ".join(yaml_bytes(t) for t in meta.tags) + "]" if meta else "[]"
+    return tags_text(meta.tags) if meta else "[]"

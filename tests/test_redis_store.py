@@ -203,8 +203,9 @@ async def test_reserve_wait_times_out_and_zero_means_one_look(store):
 async def test_the_calls_of_one_loop_turn_go_in_one_round_trip_in_order(store):
     before = store.batcher.round_trips
     ids = await asyncio.gather(*(store.put("t", 0, 0, 60, b"%d" % n) for n in range(100)))
-    # One batch (two if the TTR reaper's call was on its way when they were made).
-    assert store.batcher.round_trips - before <= 2 and store.batcher.largest >= 100
+    # One batch (more only if the TTR reaper's or the lease's call was on its way
+    # when they were made).
+    assert store.batcher.round_trips - before <= 3 and store.batcher.largest >= 100
     assert list(ids) == list(range(ids[0], ids[0] + 100))      # in the order made
     # A put and a reserve made in one turn: the reserve sees the put.
     put, got = await asyncio.gather(store.put("u", 0, 0, 60, b"p"),

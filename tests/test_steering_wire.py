@@ -22,6 +22,9 @@ from test_ext_wire import (EVENT_BOUND, EXT_KEYS, STATS_JOB_KEYS, STATS_KEYS,
 from test_ext_wire import small_z  # noqa: F401  (a fixture: -z 16)
 from test_wire_errors import wait_draining
 
+# The steering conformance suite: every test runs on both stores.
+pytestmark = pytest.mark.usefixtures("each_store")
+
 LONG_LINE = 4096            # put-ex, config-tube and cancel-tag lines, CRLF included
 LINE = 224                  # every other line
 

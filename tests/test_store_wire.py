@@ -134,14 +134,23 @@ def test_a_half_closed_client_waiting_in_reserve_hears_timed_out(nodes):
     assert a.expect_closed()
 
 
-def test_bad_input_is_answered_at_once_and_extensions_are_not_served_yet(nodes):
+def test_bad_input_is_answered_at_once(nodes):
     a = nodes[0].client()
     assert a.cmd(b"put 0 0 60 x") == b"BAD_FORMAT\r\n"
     assert a.cmd(b"delete") == b"UNKNOWN_COMMAND\r\n"
     assert a.cmd(b"release 1") == b"BAD_FORMAT\r\n"
     assert a.cmd(b"put 0 0 60 3\r\nabcd") == b"EXPECTED_CRLF\r\n"
-    assert a.cmd(b"job-info 1") == b"UNKNOWN_COMMAND\r\n"      # not served yet
+    # "d" and the CRLF after it were read as the start of the next line.
+    assert a.cmd(b"job-info 1") == b"UNKNOWN_COMMAND\r\n"
     assert a.cmd(b"list-tube-used") == b"USING default\r\n"
+
+
+def test_what_the_store_does_not_serve_yet_is_refused_and_the_stream_goes_on(nodes):
+    a = nodes[0].client()
+    # Per-key concurrency: the body is read, then refused.
+    assert a.cmd(b"put-ex 0 0 60 1 lock=k\r\nx") == b"BAD_FORMAT\r\n"
+    assert a.cmd(b"subscribe * now") == b"UNKNOWN_COMMAND\r\n"
+    assert a.cmd(b"put-ex 0 0 60 1 key=k\r\nx") == b"INSERTED 1\r\n"
 
 
 # ------------------------------------------------------------------------ the flags
@@ -448,3 +457,26 @@ def test_killing_nodes_under_load_loses_no_acknowledged_change(redis_server, req
         c.close()
         for node in nodes:
             node.stop()
+
+
+def test_keys_tags_flushes_and_listings_are_the_clusters(nodes):
+    a, b = on(nodes[0], b"s"), on(nodes[1], b"s")
+    assert a.cmd(b"put-ex 0 0 60 1 key=k tag=g\r\nx") == b"INSERTED 1\r\n"
+    assert b.cmd(b"put-ex 0 0 60 1 key=k\r\ny") == b"DUPLICATE 1\r\n"
+    assert b.cmd(b"put-ex 5 0 60 1 tag=g\r\ny") == b"INSERTED 2\r\n"
+    assert a.cmd(b"reserve-job 2") == b"RESERVED 2 1\r\ny\r\n"
+    assert b.cmd(b"cancel-tag g") == b"CANCELLED 1 1\r\n"       # 1 removed, 2 flagged
+    assert a.cmd(b"touch 2") == b"CANCELLED\r\n"
+    assert a.cmd(b"release 2 5 0") == b"RELEASED\r\n"
+    put(a, b"z", pri=1)
+    page = b.cmd(b"list-jobs s ready 0 1")
+    assert page.startswith(b"OK ") and b"next: \"r:1:3\"\n" in page and b"- id: 3\n" in page
+    assert b"- id: 2\n" in b.cmd(b"list-jobs s ready r:1:3 10")
+    assert a.cmd(b"put-ex 0 0 60 1 key=k\r\nx") == b"INSERTED 4\r\n"   # its holder went
+    assert b.cmd(b"flush-tube s") == b"FLUSHED 3\r\n"
+    for job in (2, 3, 4):
+        assert a.cmd(b"peek %d" % job) == b"NOT_FOUND\r\n"
+    assert a.cmd(b"put-ex 0 0 60 1 key=k\r\nx") == b"INSERTED 5\r\n"   # flushed: free
+    stats = a.yaml(b"stats-ext")
+    assert (stats["job-duplicates"], stats["jobs-flushed"], stats["jobs-cancelled"],
+            stats["jobs-cancel-flagged"]) == ("1", "3", "1", "1")

@@ -36,9 +36,9 @@ class SteeringCommands:
         # Bad options are answered after the body is read, so the stream stays in
         # sync (the numbers told us how long the body is).
         try:
-            key, tags, lock = _options(wire.parse_options(tail))
+            key, tags, lock = put_options(wire.parse_options(tail))
         except BadFormat:
-            finish, args = _refuse, ()
+            finish, args = refuse_body, ()
         else:
             finish, args = self._store, (pri, delay, ttr or 1, key, tags, lock)
         self.engine.mark_producer(client.session)
@@ -77,7 +77,7 @@ class SteeringCommands:
         return None
 
     def cancel_tag(self, client, rest):
-        tag = _value(rest)
+        tag = tag_value(rest)
         self.counts["cancel-tag"] += 1
         removed, flagged = self.steering.cancel_tag(tag)
         return b"CANCELLED %d %d\r\n" % (removed, flagged)
@@ -134,11 +134,11 @@ def _flushed(flush) -> bytes:
     return b"FLUSHED %d\r\n" % flush.count()
 
 
-def _refuse(client, body: bytes):
+def refuse_body(client, body: bytes):
     raise BadFormat
 
 
-def _options(options: list) -> tuple:
+def put_options(options: list) -> tuple:
     """The key and the lock (at most one each) and the distinct tags (at most
     MAX_TAGS)."""
     single = {b"key": None, b"lock": None}
@@ -156,7 +156,7 @@ def _options(options: list) -> tuple:
     return single[b"key"], tuple(tags), single[b"lock"]
 
 
-def _value(rest: bytes) -> bytes:
+def tag_value(rest: bytes) -> bytes:
     """A tag as put-ex takes it: 1-200 printable ASCII bytes, no spaces."""
     if not 0 < len(rest) <= 200 or not all(0x21 <= b <= 0x7E for b in rest):
         raise BadFormat

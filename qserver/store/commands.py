@@ -10,9 +10,9 @@ command order while the calls of all clients in one loop turn share one round tr
 the jobs a closed connection held are released at once (`release_holder`).
 
 Served: every beanstalkd command (protocol.md, "Several nodes", says where a shared
-store differs: counts per node or per cluster, tube order) and the lifecycle
-extension (`store.lifecycle`, merged in); the other extensions answer
-UNKNOWN_COMMAND for now.
+store differs: counts per node or per cluster, tube order) and the extensions'
+(`store.lifecycle`, `store.steering`, merged in), but for per-key concurrency and
+`subscribe`, not on the store yet.
 Imports: `wire`, `errors`, `commands`, `stats`, stdlib (redis-py through
 `store.redis`).
 """
@@ -25,17 +25,20 @@ from collections import Counter
 
 from qserver import wire
 from qserver.commands import FOUND, RESERVED, CommandTable
-from qserver.errors import (BadFormat, Draining, ExpectedCrlf, InternalError, NotFound,
-                            QueueError, TimedOut)
+from qserver.errors import (BadFormat, Cancelled, Draining, ExpectedCrlf, InternalError,
+                            NotFound, QueueError, TimedOut)
 from qserver.stats import server_pairs, tube_pairs
 from qserver.store.batch import ReplyError
 from qserver.store.lifecycle import StoreLifecycle
+from qserver.store.steering import StoreSteering
 from qserver.store.redis import job_stats_pairs
 
 log = logging.getLogger("qserver")
 
 DEFAULT_TUBE = "default"
 HALF_CLOSED = "half-closed"     # why a waiting reserve was cancelled: say TIMED_OUT
+# A function's status words that are the protocol's error replies as they are.
+REFUSALS = {b"NOT_FOUND": NotFound.reply, b"CANCELLED": Cancelled.reply}
 
 
 class StoreSession:
@@ -85,9 +88,10 @@ class StoreCommands(CommandTable):
         }
         self.by_prefix = self.prefix_table()
         # Extension words are new words: exact lookups only, never by prefix.
-        with_args, no_args = StoreLifecycle(self).table()
-        self.with_args.update(with_args)
-        self.no_args.update(no_args)
+        for with_args, no_args in (StoreLifecycle(self).table(),
+                                   StoreSteering(self).table()):
+            self.with_args.update(with_args)
+            self.no_args.update(no_args)
 
     # -- connections ----------------------------------------------------------------
 
@@ -154,7 +158,7 @@ class StoreCommands(CommandTable):
 
     # -- running a store call ---------------------------------------------------------
 
-    def _later(self, client, work):
+    def later(self, client, work):
         """Answer `work` (a coroutine giving reply bytes) when it is done."""
         answer = client.answer_later(logged=False)
         return self._spawn(self._answer(work, answer))
@@ -167,7 +171,8 @@ class StoreCommands(CommandTable):
 
     def when(self, client, future, make_reply) -> None:
         """Answer from the store's raw reply to one call, without a task: NOT_FOUND
-        as is, else `make_reply(reply)`; a failed call is INTERNAL_ERROR."""
+        and CANCELLED as they are, else `make_reply(reply)`; a failed call is
+        INTERNAL_ERROR."""
         answer = client.answer_later(logged=False)
         store = self.store
 
@@ -177,8 +182,9 @@ class StoreCommands(CommandTable):
             error = call.exception()
             if error is None:
                 reply = call.result()
-                if reply[0] == b"NOT_FOUND":
-                    answer(NotFound.reply)
+                refused = REFUSALS.get(reply[0])
+                if refused is not None:
+                    answer(refused)
                     return
                 try:
                     answer(make_reply(reply))
@@ -275,7 +281,7 @@ class StoreCommands(CommandTable):
             timeout = 0
         session = self.session(client)
         session.worker = True
-        session.waiting = self._later(client, self._reserve_job(session, timeout))
+        session.waiting = self.later(client, self._reserve_job(session, timeout))
 
     async def _reserve_job(self, session, timeout) -> bytes:
         try:
@@ -290,7 +296,7 @@ class StoreCommands(CommandTable):
     def reserve_job(self, client, rest):
         job_id = wire.parse_id(rest)
         session = self.session(client)
-        self._later(client, self._reserve_by_id(session, job_id))
+        self.later(client, self._reserve_by_id(session, job_id))
 
     async def _reserve_by_id(self, session, job_id: int) -> bytes:
         found = await self.store.reserve_job(job_id, session.holder)
@@ -349,7 +355,7 @@ class StoreCommands(CommandTable):
     def kick(self, client, rest):
         bound = wire.parse_kick_bound(rest)
         self.counts["kick"] += 1
-        self._later(client, self._kick(self.session(client).use, bound))
+        self.later(client, self._kick(self.session(client).use, bound))
 
     async def _kick(self, tube: str, bound: int) -> bytes:
         return b"KICKED %d\r\n" % await self.store.kick(tube, bound)
@@ -362,7 +368,7 @@ class StoreCommands(CommandTable):
         name, seconds = wire.parse_pause(rest)
         self.counts["pause-tube"] += 1
         wire.parse_tube(name)           # checked after counting, as beanstalkd does
-        self._later(client, self._pause(name.decode(), seconds))
+        self.later(client, self._pause(name.decode(), seconds))
 
     async def _pause(self, tube: str, seconds: int) -> bytes:
         if tube not in self._local_tubes():
@@ -390,7 +396,7 @@ class StoreCommands(CommandTable):
 
     def stats(self, client, rest):
         self.counts["stats"] += 1
-        self._later(client, self._stats())
+        self.later(client, self._stats())
 
     async def _stats(self) -> bytes:
         names = sorted(set(await self.store.tubes()) | self._local_tubes())
@@ -411,7 +417,7 @@ class StoreCommands(CommandTable):
     def stats_tube(self, client, rest):
         name = wire.parse_tube(rest).decode()
         self.counts["stats-tube"] += 1
-        self._later(client, self._stats_tube(name))
+        self.later(client, self._stats_tube(name))
 
     async def _stats_tube(self, name: str) -> bytes:
         now, counts = await self.store.tube_counts([name])
@@ -431,7 +437,7 @@ class StoreCommands(CommandTable):
     def stats_job(self, client, rest):
         job_id = wire.parse_id(rest)
         self.counts["stats-job"] += 1
-        self._later(client, self._stats_job(job_id))
+        self.later(client, self._stats_job(job_id))
 
     async def _stats_job(self, job_id: int) -> bytes:
         now, fields = await self.store.stats_job(job_id)
@@ -439,7 +445,7 @@ class StoreCommands(CommandTable):
 
     def list_tubes(self, client, rest):
         self.counts["list-tubes"] += 1
-        self._later(client, self._list_tubes())
+        self.later(client, self._list_tubes())
 
     async def _list_tubes(self) -> bytes:
         names = sorted(set(await self.store.tubes()) | self._local_tubes())

@@ -52,6 +52,8 @@ local function pad(id)
   return string.format('%020d', id)
 end
 
+local function id_text(id) return string.format('%d', id) end
+
 -- (string.format, not `..`: Lua 5.1 writes numbers of 15 digits or more with an
 -- exponent.)
 local function job_key(P, id) return P .. ':j:' .. string.format('%d', id) end
@@ -71,8 +73,7 @@ end
 local function forget_if_unused(P, tube, now)
   if tube == 'default' then return end
   local hash = P .. ':t:' .. tube
-  if tonumber(redis.call('HGET', hash, 'reserved') or 0) > 0 then return end
-  for _, list in ipairs({'ready', 'delayed', 'buried'}) do
+  for _, list in ipairs({'ready', 'delayed', 'buried', 'reserved'}) do
     if redis.call('EXISTS', list_key(P, tube, list)) == 1 then return end
   end
   if referred(P, tube, now) then return end
@@ -107,16 +108,80 @@ local function unlist(P, key, member, job)
     redis.call('ZREM', list_key(P, tube, state), member)
   elseif state == 'reserved' then
     redis.call('ZREM', P .. ':reserved', member)
+    redis.call('ZREM', list_key(P, tube, 'reserved'), member)
     redis.call('SREM', P .. ':h:' .. job.holder, member)
-    redis.call('HINCRBY', P .. ':t:' .. tube, 'reserved', -1)
   end
 end
 
 local function load(key)
-  local fields = redis.call('HMGET', key, 'tube', 'state', 'holder', 'pri', 'ttr', 'body')
+  local fields = redis.call('HMGET', key, 'tube', 'state', 'holder', 'pri', 'ttr', 'body',
+                            'cancelled')
   if not fields[1] then return nil end
   return {tube = fields[1], state = fields[2], holder = fields[3] or '',
-          pri = fields[4], ttr = tonumber(fields[5]), body = fields[6]}
+          pri = fields[4], ttr = tonumber(fields[5]), body = fields[6],
+          cancelled = fields[7]}
+end
+
+-- A job flushed but not yet removed (flush-tube takes a tube's lists away at once
+-- and removes their jobs in steps): in a list state, but not in its tube's list.
+-- Nothing may see or touch it.
+local function hidden(P, job, member)
+  local state = job.state
+  return (state == 'ready' or state == 'delayed' or state == 'buried') and
+    not redis.call('ZSCORE', list_key(P, job.tube, state), member)
+end
+
+-- The job, unless it is gone or flushed.
+local function find(P, key, member)
+  local job = load(key)
+  if job == nil or hidden(P, job, member) then return nil end
+  return job
+end
+
+local function restart_ttr(P, key, member, job)
+  local ttr = job.ttr
+  if ttr < 1 then ttr = 1 end
+  local deadline = now_us() + ttr * SECOND
+  redis.call('HSET', key, 'due', deadline)
+  redis.call('ZADD', P .. ':reserved', deadline, member)
+  redis.call('ZADD', list_key(P, job.tube, 'reserved'), deadline, member)
+end
+
+-- == Steering (protocol.md, "put-ex", "cancel-tag", "flush-tube") ==
+--   P:k:<tube>:<key>  STRING  the id of the live job or retained record that holds
+--                             the unique key
+--   P:tag:<tag>       SET     padded ids of the live jobs with the tag
+--   job hash (and record) fields: key, tags (space-separated), cancelled
+local function key_name(P, tube, key) return P .. ':k:' .. tube .. ':' .. key end
+
+-- The id of the live job or unexpired record holding `unique` in `tube`, or nil (a
+-- flushed job's key is free at once).
+local function key_holder(P, tube, unique, now)
+  local name = key_name(P, tube, unique)
+  local holder = redis.call('GET', name)
+  if not holder then return nil end
+  local job = load(job_key(P, tonumber(holder)))
+  if job ~= nil then
+    if not hidden(P, job, pad(tonumber(holder))) then return holder end
+  elseif tonumber(redis.call('HGET', P .. ':r:' .. holder, 'expires') or 0) > now then
+    return holder
+  end
+  redis.call('DEL', name)
+  return nil
+end
+
+-- Drop a leaving job's tags, and its key unless a record keeps it.
+local function unindex(P, key, member, keep_key)
+  local meta = redis.call('HMGET', key, 'tube', 'key', 'tags')
+  if meta[2] and not keep_key then
+    local name = key_name(P, meta[1], meta[2])
+    if redis.call('GET', name) == id_text(tonumber(member)) then redis.call('DEL', name) end
+  end
+  if meta[3] then
+    for tag in string.gmatch(meta[3], '%S+') do
+      redis.call('SREM', P .. ':tag:' .. tag, member)
+    end
+  end
 end
 
 -- == Job lifecycle (protocol.md, "Job lifecycle"): keys of its own ==
@@ -132,7 +197,6 @@ end
 local FAILURES_KEPT = 5
 local REASON_LIMIT = 4096
 
-local function id_text(id) return string.format('%d', id) end
 
 -- The tube's policy, or nil when config-tube never set anything on it.
 local function policy_of(P, tube)
@@ -180,20 +244,41 @@ end
 
 -- A finished job (in no list) leaves; with `retain` seconds its record stays
 -- readable (job-info, peek-result) with state `state` and `result`.
+-- A job in no list is gone for good (delete, cancel-tag, flush-tube: no record).
+local function remove_job(P, key, id, tube, now)
+  unindex(P, key, pad(id), false)
+  redis.call('DEL', key, P .. ':f:' .. id_text(id))
+  forget_if_unused(P, tube, now)
+end
+
 local function finish(P, key, id, tube, state, result, retain, now)
   redis.call('HINCRBY', P .. ':t:' .. tube, 'cmd_delete', 1)
-  if retain > 0 then
-    local record = P .. ':r:' .. id_text(id)
-    local expires = now + retain * SECOND
-    redis.call('RENAME', key, record)
-    redis.call('HDEL', record, 'body')
-    redis.call('HSET', record, 'state', state, 'holder', '', 'expires', expires)
-    if result then redis.call('HSET', record, 'result', result) end
-    redis.call('ZADD', P .. ':retained', expires, pad(id))
-  else
-    redis.call('DEL', key, P .. ':f:' .. id_text(id))
+  if retain <= 0 then
+    remove_job(P, key, id, tube, now)
+    return
   end
+  unindex(P, key, pad(id), true)        -- the record keeps its key taken
+  local record = P .. ':r:' .. id_text(id)
+  local expires = now + retain * SECOND
+  redis.call('RENAME', key, record)
+  redis.call('HDEL', record, 'body')
+  redis.call('HSET', record, 'state', state, 'holder', '', 'expires', expires)
+  if result then redis.call('HSET', record, 'result', result) end
+  redis.call('ZADD', P .. ':retained', expires, pad(id))
+  redis.call('ZADD', P .. ':rt:' .. tube .. ':' .. state, expires, pad(id))
   forget_if_unused(P, tube, now)
+end
+
+-- A job going to another tube takes its unique key along, unless a job there
+-- holds that key already.
+local function move_key(P, key, id, from, to, now)
+  local unique = redis.call('HGET', key, 'key')
+  if not unique then return end
+  local old = key_name(P, from, unique)
+  if redis.call('GET', old) == id_text(id) then redis.call('DEL', old) end
+  if not key_holder(P, to, unique, now) then
+    redis.call('SET', key_name(P, to, unique), id_text(id))
+  end
 end
 
 local function count_failure(P, key, id, reason, now)
@@ -232,6 +317,7 @@ local function failed(P, key, id, member, job, reason, now)
     return 'DELETED'
   end
   local target = string.sub(policy.dead_letter, 6)     -- "tube:NAME"
+  move_key(P, key, id, job.tube, target, now)
   redis.call('HSET', key, 'attempts', 0, 'tube', target)
   redis.call('HINCRBY', P .. ':t:' .. target, 'total_jobs', 1)
   redis.call('SADD', P .. ':tubes', target)
@@ -251,19 +337,17 @@ local function ended_silently(P, key, id, member, job, reason, now)
 end
 
 -- put(P; tube, pri, delay s, ttr s, body) -> {"OK", id}
-local function put(keys, args)
-  local P = keys[1]
+-- A new job from put's arguments (tube, pri, delay, ttr, body) and its extra
+-- fields (put-ex's), listed; its id, or nil past 2^53.
+local function new_job(P, args, now, ...)
   local tube, pri, delay, ttr, body = args[1], tonumber(args[2]), tonumber(args[3]),
     tonumber(args[4]), args[5]
   local id = redis.call('INCR', P .. ':seq')
-  if id >= MAX_ID then
-    return redis.error_reply('qserver: job ids have reached 2^53, past which Lua cannot hold them exactly')
-  end
-  local now = now_us()
+  if id >= MAX_ID then return nil end
   local key, member = job_key(P, id), pad(id)
   redis.call('HSET', key, 'tube', tube, 'pri', pri, 'delay', delay, 'ttr', ttr,
              'body', body, 'created', now, 'bury', 0, 'reserves', 0, 'timeouts', 0,
-             'releases', 0, 'buries', 0, 'kicks', 0, 'holder', '')
+             'releases', 0, 'buries', 0, 'kicks', 0, 'holder', '', ...)
   redis.call('HINCRBY', P .. ':t:' .. tube, 'total_jobs', 1)
   redis.call('INCR', P .. ':total_jobs')
   redis.call('SADD', P .. ':tubes', tube)
@@ -273,6 +357,14 @@ local function put(keys, args)
   else
     make_ready(P, key, tube, member, pri)
   end
+  return id
+end
+
+local TOO_MANY_IDS = 'qserver: job ids have reached 2^53, past which Lua cannot hold them exactly'
+
+local function put(keys, args)
+  local id = new_job(keys[1], args, now_us())
+  if id == nil then return redis.error_reply(TOO_MANY_IDS) end
   return {'OK', id}
 end
 
@@ -308,8 +400,8 @@ local function take(P, key, tube, member, holder, now)
   local deadline = now + ttr * SECOND
   redis.call('HSET', key, 'state', 'reserved', 'due', deadline, 'holder', holder)
   redis.call('HINCRBY', key, 'reserves', 1)
-  redis.call('HINCRBY', P .. ':t:' .. tube, 'reserved', 1)
   redis.call('ZADD', P .. ':reserved', deadline, member)
+  redis.call('ZADD', list_key(P, tube, 'reserved'), deadline, member)
   redis.call('SADD', P .. ':h:' .. holder, member)
   redis.call('SADD', P .. ':hn:' .. node_of(holder), holder)
 end
@@ -373,7 +465,7 @@ end
 local function reserve_job(keys, args)
   local P, id, holder = keys[1], tonumber(args[1]), args[2]
   local key, member = job_key(P, id), pad(id)
-  local job = load(key)
+  local job = find(P, key, member)
   if job == nil or job.state == 'reserved' then return {'NOT_FOUND'} end
   unlist(P, key, member, job)
   take(P, key, job.tube, member, holder, now_us())
@@ -407,7 +499,7 @@ local function tube_counts(keys, args)
                             'cmd_delete', 'cmd_pause', 'pause', 'unpause')
     table.insert(out, redis.call('ZCOUNT', ready, '-inf', 1023))
     table.insert(out, redis.call('ZCARD', ready))
-    table.insert(out, tonumber(hash[1] or 0))
+    table.insert(out, redis.call('ZCARD', list_key(P, tube, 'reserved')))
     table.insert(out, redis.call('ZCARD', list_key(P, tube, 'delayed')))
     table.insert(out, redis.call('ZCARD', list_key(P, tube, 'buried')))
     for j = 2, 6 do table.insert(out, tonumber(hash[j] or 0)) end
@@ -430,8 +522,8 @@ end
 -- even within the millisecond).
 local function stats_job(keys, args)
   local P, id = keys[1], tonumber(args[1])
+  if find(P, job_key(P, id), pad(id)) == nil then return {'NOT_FOUND'} end
   local fields = redis.call('HGETALL', job_key(P, id))
-  if #fields == 0 then return {'NOT_FOUND'} end
   local out = {'OK', now_us()}
   for _, value in ipairs(fields) do table.insert(out, value) end
   return out
@@ -447,7 +539,7 @@ end
 local function delete(keys, args)
   local P, id, holder = keys[1], tonumber(args[1]), args[2]
   local key = job_key(P, id)
-  local job = load(key)
+  local job = find(P, key, pad(id))
   if job == nil or (job.state == 'reserved' and job.holder ~= holder) then
     return {'NOT_FOUND'}
   end
@@ -494,11 +586,8 @@ local function touch(keys, args)
   if job == nil or job.state ~= 'reserved' or job.holder ~= holder then
     return {'NOT_FOUND'}
   end
-  local ttr = job.ttr
-  if ttr < 1 then ttr = 1 end
-  local deadline = now_us() + ttr * SECOND
-  redis.call('HSET', key, 'due', deadline)
-  redis.call('ZADD', P .. ':reserved', deadline, member)
+  if job.cancelled then return {'CANCELLED'} end
+  restart_ttr(P, key, member, job)
   return {'OK'}
 end
 
@@ -532,7 +621,7 @@ end
 local function kick_job(keys, args)
   local P, id = keys[1], tonumber(args[1])
   local key = job_key(P, id)
-  local job = load(key)
+  local job = find(P, key, pad(id))
   if job == nil or (job.state ~= 'buried' and job.state ~= 'delayed') then
     return {'NOT_FOUND'}
   end
@@ -543,9 +632,9 @@ end
 -- peek(P; id) -> {"OK", id, body} | {"NOT_FOUND"}
 local function peek(keys, args)
   local P, id = keys[1], tonumber(args[1])
-  local body = redis.call('HGET', job_key(P, id), 'body')
-  if not body then return {'NOT_FOUND'} end
-  return {'OK', id, body}
+  local job = find(P, job_key(P, id), pad(id))
+  if job == nil then return {'NOT_FOUND'} end
+  return {'OK', id, job.body}
 end
 
 -- peek_list(P; tube, "ready"|"delayed"|"buried") -> {"OK", id, body} | {"NOT_FOUND"}
@@ -558,19 +647,37 @@ local function peek_list(keys, args)
   return {'OK', id, redis.call('HGET', job_key(P, id), 'body')}
 end
 
+-- Flushes started `age` µs ago or more and not finished: their node may be gone,
+-- and any node finishes them (flush_step).
+local function orphan_flushes(P, now, age)
+  local out = {}
+  for _, flush in ipairs(redis.call('SMEMBERS', P .. ':flushes')) do
+    local started = tonumber(redis.call('HGET', P .. ':fl:' .. flush, 'started') or 0)
+    if now - started >= age then table.insert(out, flush) end
+  end
+  return out
+end
+
 -- Retained records past their expiry go (at most `limit` per call).
 local function expire_records(P, now, limit)
   local gone = redis.call('ZRANGEBYSCORE', P .. ':retained', '-inf', now, 'LIMIT', 0, limit)
   for _, member in ipairs(gone) do
     local id = id_text(tonumber(member))
-    redis.call('DEL', P .. ':r:' .. id, P .. ':f:' .. id)
+    local record = P .. ':r:' .. id
+    local found = redis.call('HMGET', record, 'tube', 'state', 'key')
+    if found[3] and redis.call('GET', key_name(P, found[1], found[3])) == id then
+      redis.call('DEL', key_name(P, found[1], found[3]))
+    end
+    if found[1] then redis.call('ZREM', P .. ':rt:' .. found[1] .. ':' .. found[2], member) end
+    redis.call('DEL', record, P .. ':f:' .. id)
     redis.call('ZREM', P .. ':retained', member)
   end
 end
 
--- expire(P; limit) -> {"OK", n, ms}: reserved jobs past their TTR go back to ready
--- (at most `limit` per call), and how long until the next TTR runs out (-1: no job
--- is reserved); idempotent, any node may run it.
+-- expire(P; limit, orphan age µs) -> {"OK", n, ms, flush...}: reserved jobs past
+-- their TTR go back to ready (at most `limit` per call), how long until the next
+-- TTR runs out (-1: no job is reserved), and the flushes left unfinished that
+-- long; idempotent, any node may run it.
 local function expire(keys, args)
   local P, limit = keys[1], tonumber(args[1])
   local now = now_us()
@@ -590,7 +697,11 @@ local function expire(keys, args)
     wait = tonumber(next[2]) - now
     if wait < 0 then wait = 0 end
   end
-  return {'OK', #due, in_ms(wait)}
+  local out = {'OK', #due, in_ms(wait)}
+  for _, flush in ipairs(orphan_flushes(P, now, tonumber(args[2]))) do
+    table.insert(out, flush)
+  end
+  return out
 end
 
 local function release_jobs_of(P, holder)
@@ -708,6 +819,7 @@ local function complete(keys, args)
   local key, member = job_key(P, id), pad(id)
   local job = load(key)
   if not held_by(job, holder) then return {'NOT_FOUND'} end
+  if job.cancelled then return {'CANCELLED'} end
   unlist(P, key, member, job)
   redis.call('HINCRBY', P .. ':ext', 'completions', 1)
   local policy = policy_of(P, job.tube)
@@ -722,11 +834,9 @@ local function progress(keys, args)
   local key, member = job_key(P, id), pad(id)
   local job = load(key)
   if not held_by(job, holder) then return {'NOT_FOUND'} end
-  local ttr = job.ttr
-  if ttr < 1 then ttr = 1 end
-  local deadline = now_us() + ttr * SECOND
-  redis.call('HSET', key, 'progress', args[3], 'due', deadline)
-  redis.call('ZADD', P .. ':reserved', deadline, member)
+  if job.cancelled then return {'CANCELLED'} end
+  redis.call('HSET', key, 'progress', args[3])
+  restart_ttr(P, key, member, job)
   return {'OK'}
 end
 
@@ -735,7 +845,10 @@ end
 local function job_info(keys, args)
   local P, id = keys[1], tonumber(args[1])
   local now = now_us()
-  local fields = redis.call('HGETALL', job_key(P, id))
+  local fields = {}
+  if find(P, job_key(P, id), pad(id)) ~= nil then
+    fields = redis.call('HGETALL', job_key(P, id))
+  end
   if #fields == 0 then
     local record = P .. ':r:' .. id_text(id)
     if tonumber(redis.call('HGET', record, 'expires') or 0) <= now then
@@ -766,10 +879,181 @@ end
 local function ext_totals(keys, args)
   local P = keys[1]
   local v = redis.call('HMGET', P .. ':ext', 'failures', 'retries', 'dead_letters',
-                       'completions')
+                       'completions', 'duplicates', 'flushed', 'cancelled_removed',
+                       'cancelled_flagged')
   local retained = redis.call('ZCOUNT', P .. ':retained', '(' .. id_text(now_us()), '+inf')
   return {'OK', tonumber(v[1] or 0), tonumber(v[2] or 0), tonumber(v[3] or 0),
-          tonumber(v[4] or 0), retained, redis.call('SCARD', P .. ':policies')}
+          tonumber(v[4] or 0), retained, redis.call('SCARD', P .. ':policies'),
+          tonumber(v[5] or 0), tonumber(v[6] or 0), tonumber(v[7] or 0),
+          tonumber(v[8] or 0)}
+end
+
+-- == The steering commands ==
+
+-- put_ex(P; tube, pri, delay, ttr, body, key, tags) -> {"OK", id} | {"DUPLICATE",
+-- id}: key "" for none, tags space-separated ("" for none); the id is taken only
+-- when the job is made.
+local function put_ex(keys, args)
+  local P, tube, unique, tags = keys[1], args[1], args[6], args[7]
+  local now = now_us()
+  if unique ~= '' then
+    local holder = key_holder(P, tube, unique, now)
+    if holder then
+      redis.call('HINCRBY', P .. ':ext', 'duplicates', 1)
+      return {'DUPLICATE', tonumber(holder)}
+    end
+  end
+  local extra = {}
+  if unique ~= '' then table.insert(extra, 'key'); table.insert(extra, unique) end
+  if tags ~= '' then table.insert(extra, 'tags'); table.insert(extra, tags) end
+  local id = new_job(P, args, now, unpack(extra))
+  if id == nil then return redis.error_reply(TOO_MANY_IDS) end
+  if unique ~= '' then redis.call('SET', key_name(P, tube, unique), id_text(id)) end
+  for tag in string.gmatch(tags, '%S+') do
+    redis.call('SADD', P .. ':tag:' .. tag, pad(id))
+  end
+  return {'OK', id}
+end
+
+-- cancel_tag(P; tag) -> {"OK", removed, flagged}: the tag's jobs that are not
+-- reserved are removed, the reserved ones flagged (touch, progress and complete
+-- then answer CANCELLED). One atomic step for the whole tag.
+local function cancel_tag(keys, args)
+  local P = keys[1]
+  local now = now_us()
+  local removed, flagged = 0, 0
+  for _, member in ipairs(redis.call('SMEMBERS', P .. ':tag:' .. args[1])) do
+    local id = tonumber(member)
+    local key = job_key(P, id)
+    local job = find(P, key, member)
+    if job ~= nil and job.state == 'reserved' then
+      redis.call('HSET', key, 'cancelled', 1)
+      flagged = flagged + 1
+    elseif job ~= nil then
+      unlist(P, key, member, job)
+      remove_job(P, key, id, job.tube, now)
+      removed = removed + 1
+    end
+  end
+  redis.call('HINCRBY', P .. ':ext', 'cancelled_removed', removed)
+  redis.call('HINCRBY', P .. ':ext', 'cancelled_flagged', flagged)
+  return {'OK', removed, flagged}
+end
+
+-- flush_start(P; tube) -> {"OK", flush, n}: the tube's ready, delayed and buried
+-- lists are taken away at once (O(1) renames: from now on their jobs are hidden,
+-- see `hidden`); flush_step removes them. flush 0: there was nothing.
+local FLUSH_LISTS = {'ready', 'delayed', 'buried'}
+
+local function flush_start(keys, args)
+  local P, tube = keys[1], args[1]
+  local now = now_us()
+  promote_due(P, tube, now)
+  local flush = redis.call('INCR', P .. ':flush_seq')
+  local count = 0
+  for _, list in ipairs(FLUSH_LISTS) do
+    local n = redis.call('ZCARD', list_key(P, tube, list))
+    if n > 0 then
+      redis.call('RENAME', list_key(P, tube, list), P .. ':fl:' .. flush .. ':' .. list)
+      count = count + n
+    end
+  end
+  if count == 0 then return {'OK', 0, 0} end
+  redis.call('HSET', P .. ':fl:' .. flush, 'tube', tube, 'started', now)
+  redis.call('SADD', P .. ':flushes', flush)
+  redis.call('HINCRBY', P .. ':ext', 'flushed', count)
+  return {'OK', flush, count}
+end
+
+-- flush_step(P; flush, limit) -> {"OK", left}: up to `limit` of the flush's jobs
+-- are removed (no record, no cmd-delete); idempotent, any node may run it.
+local function flush_step(keys, args)
+  local P, flush, limit = keys[1], args[1], tonumber(args[2])
+  local tube = redis.call('HGET', P .. ':fl:' .. flush, 'tube')
+  if not tube then return {'OK', 0} end
+  local now = now_us()
+  local left = 0
+  for _, list in ipairs(FLUSH_LISTS) do
+    local name = P .. ':fl:' .. flush .. ':' .. list
+    for _, member in ipairs(redis.call('ZRANGE', name, 0, limit - 1)) do
+      local id = tonumber(member)
+      redis.call('ZREM', name, member)
+      remove_job(P, job_key(P, id), id, tube, now)
+      limit = limit - 1
+    end
+    left = left + redis.call('ZCARD', name)
+  end
+  if left == 0 then
+    redis.call('DEL', P .. ':fl:' .. flush)
+    redis.call('SREM', P .. ':flushes', flush)
+    forget_if_unused(P, tube, now)
+  end
+  return {'OK', left}
+end
+
+-- The zset of a tube's jobs in one state, in the state's own order (list-jobs).
+local function state_list(P, tube, letter)
+  if letter == 'r' then return list_key(P, tube, 'ready') end
+  if letter == 'd' then return list_key(P, tube, 'delayed') end
+  if letter == 's' then return list_key(P, tube, 'reserved') end
+  if letter == 'b' then return list_key(P, tube, 'buried') end
+  if letter == 'h' then return list_key(P, tube, 'held') end
+  if letter == 'c' then return P .. ':rt:' .. tube .. ':completed' end
+  return P .. ':rt:' .. tube .. ':dead'
+end
+
+-- The rank just after (score, id) in a zset, whether or not that entry is still
+-- there (a cursor's job may have gone): added for a moment if it is not.
+local function rank_after(name, score, member)
+  local added = redis.call('ZADD', name, 'NX', score, member)
+  local rank = redis.call('ZRANK', name, member)
+  if added == 1 then redis.call('ZREM', name, member) end
+  return rank + 1
+end
+
+-- list_jobs(P; tube, letters, after letter, after score, after id, limit) ->
+-- {"OK", now µs, next ("" on the last page), {letter, fields...}...}: one page of
+-- a tube's jobs, walking the states named by `letters` in order.
+local function list_jobs(keys, args)
+  local P, tube, letters, after, limit = keys[1], args[1], args[2], args[3], tonumber(args[6])
+  local now = now_us()
+  promote_due(P, tube, now)
+  local out, shown, last = {'OK', now, ''}, 0, nil
+  local started = after == ''
+  for i = 1, #letters do
+    local letter = string.sub(letters, i, i)
+    local name = state_list(P, tube, letter)
+    local first = 0
+    if letter == after then
+      first = rank_after(name, args[4], pad(tonumber(args[5])))
+      started = true
+    end
+    if started and redis.call('EXISTS', name) == 1 then
+      local found = redis.call('ZRANGE', name, first, first + limit - shown - 1, 'WITHSCORES')
+      for j = 1, #found, 2 do
+        local id = tonumber(found[j])
+        local key = job_key(P, id)
+        if letter == 'c' or letter == 'x' then key = P .. ':r:' .. id_text(id) end
+        local f = redis.call('HMGET', key, 'state', 'pri', 'created', 'delay', 'due',
+                             'expires', 'attempts', 'key', 'tags')
+        table.insert(out, {letter, id, f[1], f[2], f[3], f[4], f[5] or 0, f[6] or 0,
+                           f[7] or 0, f[8] or '', f[9] or '',
+                           redis.call('HSTRLEN', key, 'body')})
+        shown = shown + 1
+        last = {letter, found[j + 1], id, name, first + (j + 1) / 2}
+      end
+      if shown == limit then
+        local more = redis.call('ZCARD', name) > last[5]
+        for k = i + 1, #letters do
+          if more then break end
+          more = redis.call('EXISTS', state_list(P, tube, string.sub(letters, k, k))) == 1
+        end
+        if more then out[3] = last[1] .. ':' .. last[2] .. ':' .. id_text(last[3]) end
+        return out
+      end
+    end
+  end
+  return out
 end
 
 -- (A plain loop: the library's loading code may not use pairs or ipairs.)
@@ -781,7 +1065,9 @@ local WRITING = {
   {'qs_release_holder', release_holder}, {'qs_pause', pause},
   {'qs_tube_counts', tube_counts}, {'qs_beat', beat}, {'qs_refer', refer},
   {'qs_unrefer', unrefer}, {'qs_config', config}, {'qs_fail', fail},
-  {'qs_complete', complete}, {'qs_progress', progress}}
+  {'qs_complete', complete}, {'qs_progress', progress}, {'qs_put_ex', put_ex},
+  {'qs_cancel_tag', cancel_tag}, {'qs_flush_start', flush_start},
+  {'qs_flush_step', flush_step}, {'qs_list_jobs', list_jobs}}
 -- Read-only: allowed on a replica too.
 local READING = {{'qs_peek', peek}, {'qs_tubes', tubes}, {'qs_stats_job', stats_job},
                  {'qs_totals', totals}, {'qs_policy', policy}, {'qs_job_info', job_info},

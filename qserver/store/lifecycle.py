@@ -12,7 +12,7 @@ from qserver import wire
 from qserver.commands.lifecycle import COMPLETED, CONFIGURED, TOUCHED
 from qserver.errors import BadFormat
 from qserver.policy import DEFAULT, Policy, PolicyError
-from qserver.stats import ext_pairs, job_info_text, policy_info
+from qserver.stats import ext_pairs, job_info_text, key_text, policy_info, tags_text
 from qserver.store.redis import job_stats_pairs
 
 
@@ -87,7 +87,8 @@ class StoreLifecycle:
 
     def _stats_ext_reply(self, reply) -> bytes:
         # Command counts are this node's; the job figures are the cluster's.
-        return wire.yaml_mapping(ext_pairs(self.counts, tuple(reply[1:7]), (0, 0, 0, 0)))
+        return wire.yaml_mapping(ext_pairs(self.counts, tuple(reply[1:7]),
+                                           tuple(reply[7:11])))
 
 
 def _policy_reply(tube: str, values: list) -> bytes:
@@ -114,5 +115,6 @@ def _job_info_reply(job_id: int, reply) -> bytes:
         kept.append((int(when), reason))
     return wire.yaml_reply(job_info_text(
         job_stats_pairs(job_id, now_us / 1e6, fields), int(fields.get("attempts", 0)),
-        max_attempts, fields.get("progress"), fields.get("result"), "~", "[]", False,
-        kept))
+        max_attempts, fields.get("progress"), fields.get("result"),
+        key_text(fields.get("key")), tags_text(fields.get("tags", b"").split()),
+        fields.get("cancelled") is not None, kept))

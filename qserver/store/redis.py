@@ -30,6 +30,8 @@ EXPIRE_BATCH = 100              # TTR expiries per function call (bounded work)
 # tubes only it referred to are forgotten (protocol.md, "Several nodes").
 BEAT_SECONDS = 1.0
 LEASE_SECONDS = 10.0
+FLUSH_STEP = 1000               # a flush's jobs removed per function call
+ORPHAN_FLUSH_SECONDS = 30.0     # a flush unfinished this long is taken over
 
 
 def library_code() -> str:
@@ -116,6 +118,13 @@ class RedisStore:
         if reply[0] == b"NOT_FOUND":
             raise NotFound
         return reply[1:]
+
+    values = _call                      # for the extension rooms
+
+    async def finish_flush(self, flush: int) -> None:
+        """Remove a flush's jobs, FLUSH_STEP per call (each call atomic)."""
+        while (await self._call("qs_flush_step", flush, FLUSH_STEP))[0]:
+            pass
 
     # -- the job operations ---------------------------------------------------------
 
@@ -251,7 +260,7 @@ class RedisStore:
 
     async def expire(self, limit: int = EXPIRE_BATCH) -> int:
         """Put reserved jobs past their TTR back to ready (any node may call it)."""
-        count, _ = await self._call("qs_expire", limit)
+        count, _, *_ = await self._call("qs_expire", limit, int(ORPHAN_FLUSH_SECONDS * 1e6))
         return count
 
     async def _reap(self) -> None:
@@ -259,7 +268,11 @@ class RedisStore:
         least every REPOLL_SECONDS (another node may have reserved meanwhile)."""
         while True:
             try:
-                count, wait_ms = await self._call("qs_expire", EXPIRE_BATCH)
+                count, wait_ms, *orphans = await self._call(
+                    "qs_expire", EXPIRE_BATCH, int(ORPHAN_FLUSH_SECONDS * 1e6))
+                # Flushes whose node stopped driving them (killed mid-flush).
+                for flush in orphans:
+                    await self.finish_flush(int(flush))
             except (InternalError, OSError, ConnectionError) as error:
                 log.warning("store: TTR reaper: %s", error)
                 count, wait_ms = 0, -1

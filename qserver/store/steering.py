@@ -1,0 +1,122 @@
+"""The steering extension commands on the shared store (protocol.md, "Extensions"
+and "Several nodes"): put-ex with unique keys and tags, flush-tube, cancel-tag and
+list-jobs, each change one Redis Function (functions.lua, "Steering"). Lines and
+replies are the in-memory table's (`commands.steering`, `listing`).
+
+Not served on the store yet: per-key concurrency (a `put-ex` with `lock=` answers
+BAD_FORMAT after its body) and `subscribe` (UNKNOWN_COMMAND).
+Imports: `wire`, `errors`, `listing`, `stats`, `commands.steering`.
+"""
+
+from qserver import wire
+from qserver.commands.steering import put_options, refuse_body, tag_value
+from qserver.errors import BadFormat, Draining, ExpectedCrlf
+from qserver.listing import STATES, parse_request
+from qserver.stats import job_page_text, key_text, tags_text
+
+_LETTERS = {state: letter for _, state, letter in STATES}
+_STATE_NAMES = {letter: name for name, _, letter in STATES}
+_TIMED = {"reserved": "due", "delayed": "due", "completed": "expires", "dead": "expires"}
+
+
+class StoreSteering:
+    def __init__(self, commands):
+        self.commands = commands        # store.commands.StoreCommands: calls, bodies
+        self.store = commands.store
+        self.counts = commands.counts
+
+    def table(self) -> tuple[dict, dict]:
+        """(commands with arguments, commands without), by command word."""
+        return {
+            b"put-ex": self.put_ex, b"flush-tube": self.flush_tube,
+            b"cancel-tag": self.cancel_tag, b"list-jobs": self.list_jobs,
+        }, {}
+
+    def put_ex(self, client, rest):
+        pri, delay, ttr, size, tail = wire.parse_put(rest)
+        self.counts["put-ex"] += 1
+        if size > self.commands.max_job_size:
+            client.framer.discard_body(size)
+            return None
+        # Bad options are answered after the body is read, so the stream stays in
+        # step (the numbers told us how long the body is).
+        try:
+            key, tags, lock = put_options(wire.parse_options(tail))
+        except BadFormat:
+            finish, args = refuse_body, ()
+        else:
+            finish, args = self._put, (pri, delay, ttr or 1, key, tags)
+            if lock is not None:        # per-key concurrency: not on the store yet
+                finish, args = refuse_body, ()
+        self.commands.session(client).producer = True
+        body = client.framer.take_body(size)
+        if body is None:
+            client.pending_body = (finish, args)
+            return None
+        return finish(client, body, *args)
+
+    def _put(self, client, body: bytes, pri, delay, ttr, key, tags):
+        if not body.endswith(wire.CRLF):
+            raise ExpectedCrlf
+        if self.commands.draining:
+            raise Draining
+        self.commands.when(client, self.store.call(
+            "qs_put_ex", client.store_session.use, pri, delay, ttr, body, key or b"",
+            b" ".join(tags)), _inserted_or_duplicate)
+
+    def flush_tube(self, client, rest):
+        name = wire.parse_tube(rest).decode()
+        self.counts["flush-tube"] += 1
+        self.commands.later(client, self._flush(name))
+
+    async def _flush(self, tube: str) -> bytes:
+        flush, count = await self.store.values("qs_flush_start", tube)
+        if flush:
+            await self.store.finish_flush(flush)
+        return b"FLUSHED %d\r\n" % count
+
+    def cancel_tag(self, client, rest):
+        tag = tag_value(rest)
+        self.counts["cancel-tag"] += 1
+        self.commands.when(client, self.store.call("qs_cancel_tag", tag),
+                           lambda reply: b"CANCELLED %d %d\r\n" % (reply[1], reply[2]))
+
+    def list_jobs(self, client, rest):
+        parts = rest.split(b" ")
+        if len(parts) != 4 or not parts[3].isdigit() or len(parts[3]) > 4:
+            raise BadFormat
+        tube = wire.parse_tube(parts[0]).decode()
+        self.counts["list-jobs"] += 1
+        try:
+            state, cursor = parts[1].decode("ascii"), parts[2].decode("ascii")
+        except UnicodeDecodeError:
+            raise BadFormat from None
+        states, after, limit = parse_request(state, cursor, int(parts[3]))
+        letters = "".join(_LETTERS[state] for state in states)
+        after_letter, score, after_id = "", 0, 0
+        if after is not None:
+            after_letter, (score, after_id) = _LETTERS[after[0]], after[1]
+        self.commands.when(client, self.store.call(
+            "qs_list_jobs", tube, letters, after_letter, score, after_id, limit), _page)
+
+
+def _inserted_or_duplicate(reply) -> bytes:
+    if reply[0] == b"DUPLICATE":
+        return b"DUPLICATE %d\r\n" % reply[1]
+    return b"INSERTED %d\r\n" % reply[1]
+
+
+def _page(reply) -> bytes:
+    """list-jobs' reply from the store's rows (qs_list_jobs)."""
+    _, now_us, next_cursor, *found = reply
+    now = now_us / 1e6
+    rows = []
+    for letter, job_id, _, pri, created, delay, due, expires, attempts, key, tags, size \
+            in found:
+        state = _STATE_NAMES[letter.decode()]
+        timed = _TIMED.get(state)
+        time_left = int(int(due if timed == "due" else expires) / 1e6 - now) if timed else 0
+        rows.append((job_id, state, int(pri), int(now - int(created) / 1e6), int(delay),
+                     time_left, int(attempts), key_text(key or None),
+                     tags_text(tags.split()), max(0, size - 2)))
+    return wire.yaml_reply(job_page_text(rows, next_cursor.decode() or None))
