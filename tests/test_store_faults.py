@@ -1,0 +1,327 @@
+"""The shared store's faults (protocol.md, "Several nodes", "Faults"), against real
+processes: redis-server killed with SIGKILL under load and started again (AOF,
+appendfsync always), a replica promoted by Sentinel under load, and the id fence
+that keeps a promoted replica from giving again the ids its old primary gave.
+
+Under load 20 producers and 20 workers run on two qserver nodes; every loop is
+bounded and every wait polls for an event. A reply that acknowledges a change
+(INSERTED, DELETED, BURIED) must hold afterwards; INTERNAL_ERROR means the outcome
+is unknown (protocol.md), and so does a connection cut off before its reply.
+"""
+
+import asyncio
+import re
+import threading
+import time
+
+import pytest
+
+from conftest import (ServerProcess, redis_command, redis_server_path, start_qserver,
+                      start_redis, start_sentinel)
+from test_ext_durability import kill9
+
+BOUND = 10.0                # a wait for something that takes milliseconds
+RECOVER = 60.0              # a wait for Sentinel to notice and fail over (seconds)
+PRODUCERS = WORKERS = 20
+TUBE = b"f"
+
+
+def poll(what: str, check, bound: float = BOUND, every: float = 0.05):
+    """Call `check` until it returns something true (returned); AssertionError
+    naming `what` after `bound` seconds. Exceptions count as not yet."""
+    deadline = time.monotonic() + bound
+    while True:
+        try:
+            got = check()
+        except (OSError, RuntimeError, ConnectionError):
+            got = None
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what}: not within {bound} s"
+        time.sleep(every)
+
+
+class Load:
+    """Producers putting and workers reserving then deleting (or, one job in ten,
+    burying) on the nodes in `nodes` (a list the test may change as it goes),
+    recording what the nodes acknowledged."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+        self.lock = threading.Lock()
+        self.put_ok = {}                # id -> body, INSERTED
+        self.deleted_ok = set()         # DELETED
+        self.buried_ok = set()          # BURIED
+        self.unsure = set()             # its delete or bury's outcome is unknown
+        self.internal_errors = 0
+        self.problems = []              # anything a node should never answer
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._producer, args=(n,))
+                        for n in range(PRODUCERS)]
+        self.threads += [threading.Thread(target=self._worker, args=(n,))
+                         for n in range(WORKERS)]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(BOUND * 3)
+
+    def counts(self) -> tuple:
+        with self.lock:
+            return len(self.put_ok), len(self.deleted_ok) + len(self.buried_ok)
+
+    def progresses(self, what: str, bound: float = RECOVER, puts: int = 100,
+                   done: int = 50) -> None:
+        """Wait until `puts` more puts and `done` more deletes or buries have been
+        acknowledged from now: the nodes serve."""
+        put0, done0 = self.counts()
+        poll(what, lambda: (self.counts()[0] >= put0 + puts
+                            and self.counts()[1] >= done0 + done), bound)
+
+    def _connect(self, n):
+        for attempt in range(200):              # bounded: a node is always up
+            node = self.nodes[(n + attempt) % len(self.nodes)]
+            try:
+                c = node.client()
+                c.sock.settimeout(BOUND * 2)
+                assert c.cmd(b"use " + TUBE) == b"USING " + TUBE + b"\r\n"
+                assert c.cmd(b"watch " + TUBE) == b"WATCHING 2\r\n"
+                return c
+            except (OSError, ConnectionError):
+                time.sleep(0.01)
+        raise AssertionError("no node to connect to")
+
+    def _unexpected(self, what, reply) -> None:
+        if reply == b"INTERNAL_ERROR\r\n":
+            with self.lock:
+                self.internal_errors += 1
+            time.sleep(0.01)                    # the store is away: no busy loop
+        else:
+            self.problems.append((what, reply))
+
+    def _producer(self, n):
+        c = self._connect(n)
+        try:
+            for count in range(100_000):
+                if self.stop.is_set():
+                    return
+                body = b"p%d-%d" % (n, count)
+                try:
+                    reply = c.cmd(b"put 0 0 60 %d\r\n%s" % (len(body), body))
+                except (OSError, ConnectionError):
+                    c.close()
+                    c = self._connect(n)
+                    continue
+                m = re.fullmatch(rb"INSERTED (\d+)\r\n", reply)
+                if m:
+                    with self.lock:
+                        if int(m[1]) in self.put_ok:
+                            self.problems.append(("an id given twice", int(m[1])))
+                        self.put_ok[int(m[1])] = body
+                else:
+                    self._unexpected("put", reply)
+        except BaseException as error:
+            self.problems.append(error)
+
+    def _worker(self, n):
+        c = self._connect(n)
+        try:
+            for _ in range(100_000):
+                if self.stop.is_set():
+                    return
+                job = None
+                try:
+                    reply = c.cmd(b"reserve-with-timeout 1")
+                    m = re.match(rb"RESERVED (\d+) ", reply)
+                    if not m:
+                        if reply != b"TIMED_OUT\r\n":
+                            self._unexpected("reserve", reply)
+                        continue
+                    job = int(m[1])
+                    if job % 10 == 0:
+                        reply, want, done = c.cmd(b"bury %d 0" % job), b"BURIED\r\n", \
+                            self.buried_ok
+                    else:
+                        reply, want, done = c.cmd(b"delete %d" % job), b"DELETED\r\n", \
+                            self.deleted_ok
+                    with self.lock:
+                        (done if reply == want else self.unsure).add(job)
+                    if reply != want:
+                        self._unexpected("bury or delete", reply)
+                except (OSError, ConnectionError):
+                    if job is not None:         # its delete may or may not have run
+                        with self.lock:
+                            self.unsure.add(job)
+                    c.close()
+                    c = self._connect(n)
+        except BaseException as error:
+            self.problems.append(error)
+
+    def check_nothing_acknowledged_was_lost(self, node) -> None:
+        """Each acknowledged put is there with its body unless its delete was
+        acknowledged, and buried if its bury was; an acknowledged delete's job is
+        gone."""
+        c = node.client()
+        c.sock.settimeout(BOUND * 2)
+        try:
+            for job, body in sorted(self.put_ok.items()):
+                if job in self.unsure:
+                    continue
+                reply = c.cmd(b"peek %d" % job)
+                if job in self.deleted_ok:
+                    assert reply == b"NOT_FOUND\r\n", (job, reply)
+                    continue
+                assert reply == b"FOUND %d %d\r\n%s\r\n" % (job, len(body), body), \
+                    (job, reply)
+                if job in self.buried_ok:
+                    assert c.yaml(b"stats-job %d" % job)["state"] == "buried", job
+        finally:
+            c.close()
+
+
+def start_nodes(*flags, count: int = 2) -> list:
+    """`count` qserver nodes with `flags`, each serving (it answers only once its
+    store is connected: the listener is bound before)."""
+    nodes = []
+    try:
+        for _ in range(count):
+            nodes.append(start_qserver(*flags))
+            c = nodes[-1].client()
+            c.sock.settimeout(BOUND * 2)
+            assert c.cmd(b"list-tube-used") == b"USING default\r\n"
+            c.close()
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
+
+
+def assert_alive_without_tracebacks(nodes) -> None:
+    for node in nodes:
+        assert node.proc.poll() is None, node.stderr_text()[-2000:]
+        assert "Traceback" not in node.stderr_text(), node.stderr_text()[-4000:]
+
+
+# ----------------------------------------------------------- redis-server killed
+
+REDIS_KILLS = 3
+
+
+def _redis_aof(directory, port=None):
+    """A redis-server with appendonly yes and appendfsync always; on `port` and
+    `directory` again after a kill."""
+    extra = ("--appendonly", "yes", "--appendfsync", "always")
+    if port is None:
+        return start_redis(directory, *extra)
+    return ServerProcess([redis_server_path(), "--port", str(port), "--bind",
+                          "127.0.0.1", "--dir", str(directory), "--save", "",
+                          "--protected-mode", "no", *extra], port)
+
+
+def _subdir(tmp_path, name):
+    path = tmp_path / name
+    path.mkdir()
+    return path
+
+
+def test_killing_redis_under_load_loses_no_acknowledged_change(tmp_path):
+    """redis-server (appendonly yes, appendfsync always) is killed with SIGKILL and
+    started again on the same port and directory, three times, under 20 producers
+    and 20 workers on two nodes: the nodes answer INTERNAL_ERROR meanwhile, connect
+    again by themselves and serve; nothing acknowledged is lost, no id is given
+    twice, and no node exits or logs a traceback."""
+    redis = _redis_aof(tmp_path)
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    nodes = start_nodes("--store", url)
+    try:
+        with Load(nodes) as load:
+            load.progresses("load before the first kill")
+            for kill in range(REDIS_KILLS):
+                errors_before = load.internal_errors
+                kill9(redis)
+                poll("INTERNAL_ERROR while Redis is down",
+                     lambda: load.internal_errors > errors_before)
+                redis = _redis_aof(tmp_path, redis.port)
+                load.progresses(f"load after restart {kill + 1}")
+        assert not load.problems, load.problems[:5]
+        assert all(not t.is_alive() for t in load.threads)
+        assert_alive_without_tracebacks(nodes)
+        load.check_nothing_acknowledged_was_lost(nodes[0])
+        print(f"acknowledged: {len(load.put_ok)} puts, {len(load.deleted_ok)} deletes,"
+              f" {len(load.buried_ok)} buries; {len(load.unsure)} unsure, "
+              f"{load.internal_errors} INTERNAL_ERROR")
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.stop()
+
+
+# --------------------------------------------------------------------- the id fence
+
+def test_a_primary_that_lost_the_last_ids_does_not_give_them_again(tmp_path):
+    """A replica cut off before the primary's last puts, then used as the primary
+    (as a failover would): its id counter is behind, so the first connection to it
+    makes the counter jump by ID_MARGIN, once, and no id is given twice."""
+    from qserver.store.redis import ID_MARGIN, RedisStore
+    primary = start_redis(_subdir(tmp_path, "p"))
+    replica = start_redis(_subdir(tmp_path, "r"), "--replicaof", "127.0.0.1",
+                          str(primary.port))
+
+    async def scenario():
+        old = await RedisStore.connect(f"redis://127.0.0.1:{primary.port}/0", "fence")
+        first = [await old.put("t", 0, 0, 60, b"x") for _ in range(3)]
+        offset = redis_command(primary.port, "INFO", "replication")
+        want = int(re.search(r"master_repl_offset:(\d+)", offset)[1])
+        poll("the replica has the first puts", lambda: int(re.search(
+            r"slave_repl_offset:(\d+)",
+            redis_command(replica.port, "INFO", "replication"))[1]) >= want)
+        assert redis_command(replica.port, "REPLICAOF", "NO", "ONE") == "OK"
+        lost = [await old.put("t", 0, 0, 60, b"lost") for _ in range(3)]
+        await old.close()
+        new = await RedisStore.connect(f"redis://127.0.0.1:{replica.port}/0", "fence")
+        again = await RedisStore.connect(f"redis://127.0.0.1:{replica.port}/0", "fence")
+        after = [await new.put("t", 0, 0, 60, b"y"), await again.put("t", 0, 0, 60, b"z")]
+        await new.close()
+        await again.close()
+        return first, lost, after
+
+    try:
+        first, lost, after = asyncio.run(scenario())
+    finally:
+        primary.stop()
+        replica.stop()
+    assert lost == [first[-1] + 1, first[-1] + 2, first[-1] + 3]
+    # Without the fence the next id would be first[-1] + 1, one of the lost ones.
+    assert after == [first[-1] + ID_MARGIN + 1, first[-1] + ID_MARGIN + 2]
+
+
+def test_a_restarted_redis_jumps_the_ids_once_for_all_nodes(tmp_path):
+    """A restart gives Redis a new replication id: the first node to connect again
+    makes the counter jump, the other one finds the jump made."""
+    from qserver.store.redis import ID_MARGIN
+    redis = _redis_aof(tmp_path)
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    nodes = start_nodes("--store", url)
+    try:
+        a, b = nodes[0].client(), nodes[1].client()
+        before = int(a.cmd(b"put 0 0 60 1\r\na").split()[1])
+        kill9(redis)
+        redis = _redis_aof(tmp_path, redis.port)
+        ids = []
+        for c in (a, b, a, b):
+            reply = poll("a put after the restart",
+                         lambda: re.fullmatch(rb"INSERTED (\d+)\r\n",
+                                              c.cmd(b"put 0 0 60 1\r\nb")))
+            ids.append(int(reply[1]))
+        assert ids == [before + ID_MARGIN + n for n in (1, 2, 3, 4)]
+        assert_alive_without_tracebacks(nodes)
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.stop()
