@@ -11,13 +11,14 @@ is unknown (protocol.md), and so does a connection cut off before its reply.
 
 import asyncio
 import re
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import (ServerProcess, redis_command, redis_server_path, start_qserver,
-                      start_redis, start_sentinel)
+from conftest import (ServerProcess, free_port, qserver_argv, redis_command,
+                      redis_server_path, start_qserver, start_redis, start_sentinel)
 from test_ext_durability import kill9
 
 BOUND = 10.0                # a wait for something that takes milliseconds
@@ -433,3 +434,49 @@ def test_nodes_follow_a_sentinel_failover_under_load(tmp_path, wait_replicas):
         for node in nodes:
             node.stop()
         redis.stop()
+
+
+# ------------------------------------------------------------------ small pieces
+
+def test_a_sentinel_url_whose_sentinels_cannot_be_reached_stops_the_start():
+    port = free_port()                          # nothing listens there
+    done = subprocess.run(qserver_argv("-l", "127.0.0.1", "-p", str(free_port()),
+                                       "--store", f"redis+sentinel://u:secret@127.0.0.1:"
+                                       f"{port}/mymaster/0"),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3
+    assert "no sentinel gave the primary" in done.stderr
+    assert "secret" not in done.stderr
+
+
+async def test_a_silent_subscription_is_pinged_then_made_again(monkeypatch):
+    """A store that keeps the wake-up connection open but stops answering (a host
+    gone without a FIN) is found out by a PING and subscribed to again."""
+    from qserver.store import redis as store_redis
+    monkeypatch.setattr(store_redis, "KEEPALIVE_SECONDS", 0.1)
+    seen = []                                   # what each connection received
+
+    async def mute(reader, writer):
+        got = bytearray()
+        seen.append(got)
+        data = await reader.read(1000)          # SUBSCRIBE: confirmed, then silence
+        got += data
+        writer.write(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nw\r\n:1\r\n")
+        while data:
+            data = await reader.read(1000)
+            got += data
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    wakeups = store_redis.Wakeups({"host": "127.0.0.1", "port": port}, "w")
+    try:
+        await wakeups.start()
+        deadline = time.monotonic() + BOUND
+        while len(seen) < 2:
+            assert time.monotonic() < deadline, "not subscribed again"
+            await asyncio.sleep(0.05)
+        assert b"PING" in seen[0]
+    finally:
+        await wakeups.close()
+        server.close()
