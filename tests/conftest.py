@@ -183,12 +183,12 @@ def start_sentinel(directory, primary_port: int, master: str = "mymaster",
                    ) -> ServerProcess:
     """A redis-sentinel on a free loopback port watching the primary on
     `primary_port` as `master`, with a quorum of 1 and short timeouts, its config
-    file (which Sentinel rewrites) in `directory`."""
+    file (which Sentinel rewrites) and its log in `directory`."""
     port = free_port()
     conf = os.path.join(str(directory), "sentinel.conf")
     with open(conf, "w") as f:
         f.write(f"port {port}\nbind 127.0.0.1\nprotected-mode no\n"
-                f"dir {directory}\n"
+                f"dir {directory}\nlogfile {directory}/sentinel.log\n"
                 f"sentinel monitor {master} 127.0.0.1 {primary_port} 1\n"
                 f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
                 f"sentinel failover-timeout {master} {failover_timeout_ms}\n"

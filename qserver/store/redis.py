@@ -16,7 +16,7 @@ from importlib import resources
 from qserver.errors import DeadlineSoon, InternalError, NotFound
 from qserver.store import parse_url
 from qserver.store.batch import (CALL_TIMEOUT, Batcher, ReplyError, RespConnection,
-                                 StoreUnreachable)
+                                 StoreUnreachable, locate_primary)
 
 log = logging.getLogger("qserver")
 
@@ -34,6 +34,12 @@ ID_MARGIN = 10_000_000
 # subscribes again when the PING gets no answer within as long again (a store that
 # vanished without closing the connection).
 KEEPALIVE_SECONDS = 5.0
+# With Sentinel, how often a node asks the sentinels which server is the primary.
+# A failover does not always close the connections to the old primary (SENTINEL
+# FAILOVER, a partition): Sentinel demotes a live old primary only some seconds
+# later, and what it acknowledges meanwhile is lost. Asking twice a second bounds
+# that window to about half a second (and --store-wait-replicas closes it).
+PRIMARY_CHECK_SECONDS = 0.5
 
 
 def library_code() -> str:
@@ -65,8 +71,29 @@ class RedisStore:
         store = cls(parse_url(url), prefix, wait_replicas, url)
         await store.batcher.connect()
         await store.wakeups.start()
-        store.tasks = [asyncio.get_running_loop().create_task(store._reap())]
+        loop = asyncio.get_running_loop()
+        store.tasks = [loop.create_task(store._reap())]
+        if store.settings["sentinels"]:
+            store.tasks.append(loop.create_task(store._follow_primary()))
         return store
+
+    async def _follow_primary(self) -> None:
+        """Ask the sentinels every PRIMARY_CHECK_SECONDS which server is the
+        primary; a connection to another one is closed, and connects again to the
+        one named (the batch in flight, if any, answers INTERNAL_ERROR)."""
+        while True:
+            await asyncio.sleep(PRIMARY_CHECK_SECONDS)
+            try:
+                named = await locate_primary(self.settings)
+            except StoreUnreachable as error:
+                log.debug("store: asking the sentinels: %s", error)
+                continue
+            for connection in (self.batcher.connection, self.wakeups.connection):
+                if connection is not None and connection.is_open and \
+                        connection.address not in (None, named):
+                    log.warning("store: the sentinels name %s:%s the primary; leaving "
+                                "%s:%s", *named, *connection.address)
+                    connection.close()
 
     async def _prepare(self, connection) -> None:
         """Each new connection to the primary, before its first batch: load the
@@ -393,6 +420,7 @@ class Wakeups:
         self.waiting = {}               # tube name -> {Waiter: None}, oldest first
         self.connection = None
         self.task = None
+        self.heard = self.silent = False    # _keepalive's view of the connection
 
     async def start(self) -> None:
         """Subscribe (raises if the store cannot be reached), then listen."""
@@ -465,30 +493,47 @@ class Wakeups:
                 try:
                     await self._subscribe()
                     break
-                except (OSError, TimeoutError, StoreUnreachable, ReplyError) as error:
-                    log.debug("store: subscribing: %s", error)
+                except Exception as error:   # not reachable yet, or refusing
+                    log.debug("store: subscribing: %r", error)
                     continue
             self._wake_all()            # anything may have happened meanwhile
 
     async def _read_messages(self) -> None:
-        """Wake waiters for each message until the connection fails: silence for
-        KEEPALIVE_SECONDS sends a PING, and silence for as long again after it
-        means the store is gone without having closed the connection."""
+        """Wake waiters for each message until the connection fails (a watchdog
+        task closes it when the store stays silent, see _keepalive)."""
         connection = self.connection
+        watchdog = asyncio.get_running_loop().create_task(self._keepalive(connection))
+        try:
+            while True:
+                message = await connection.next_reply()
+                self.heard = True
+                if not isinstance(message, list):
+                    raise StoreUnreachable(f"the store said {message!r}")
+                # [b"message", channel, tube]; [b"pong", b""] answers a PING.
+                if message[0] == b"message":
+                    self._wake(message[2].decode("utf-8", "replace"))
+        except StoreUnreachable:
+            if self.silent:
+                raise StoreUnreachable("no answer to PING") from None
+            raise
+        finally:
+            watchdog.cancel()
+
+    async def _keepalive(self, connection) -> None:
+        """Silence for KEEPALIVE_SECONDS sends a PING; silence for as long again
+        means the store is gone without closing the connection (a host lost, a
+        network cut): close it, and the reader subscribes again. (A timer per
+        message would cost more than this one per connection.)"""
+        self.heard, self.silent = True, False
         pinged = False
         while True:
-            try:
-                async with asyncio.timeout(KEEPALIVE_SECONDS):
-                    message = await connection.next_reply()
-            except TimeoutError:
-                if pinged:
-                    raise StoreUnreachable("no answer to PING") from None
+            await asyncio.sleep(KEEPALIVE_SECONDS)
+            if self.heard:
+                self.heard = pinged = False
+            elif pinged:
+                self.silent = True
+                connection.close()      # the reader sees the connection end
+                return
+            else:
                 await connection.send(("PING",))
                 pinged = True
-                continue
-            pinged = False
-            if not isinstance(message, list):
-                raise StoreUnreachable(f"the store said {message!r}")
-            # [b"message", channel, tube]; [b"pong", b""] answers a PING.
-            if message[0] == b"message":
-                self._wake(message[2].decode("utf-8", "replace"))
