@@ -520,3 +520,51 @@ async def test_a_silent_subscription_is_pinged_then_made_again(monkeypatch):
     finally:
         await wakeups.close()
         server.close()
+
+
+def test_without_enough_replicas_a_change_answers_internal_error_yet_was_applied(
+        redis_server):
+    """--store-wait-replicas 1 on a store with no replica: WAIT hears from none
+    within its timeout, so the put answers INTERNAL_ERROR; it was applied on the
+    primary all the same (its outcome is unknown, not "failed")."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    prefix = ("--store-prefix", "nowait")
+    (plain,) = start_nodes("--store", url, *prefix, count=1)
+    (waiting,) = start_nodes("--store", url, *prefix, "--store-wait-replicas", "1",
+                             count=1)
+    try:
+        w, p = waiting.client(), plain.client()
+        w.sock.settimeout(BOUND)
+        assert w.cmd(b"use x") == b"USING x\r\n"
+        assert w.cmd(b"put 0 0 60 7\r\nwaiting") == b"INTERNAL_ERROR\r\n"
+        assert p.cmd(b"use x") == b"USING x\r\n"
+        assert re.fullmatch(rb"FOUND \d+ 7\r\nwaiting\r\n", p.cmd(b"peek-ready"))
+    finally:
+        waiting.stop()
+        plain.stop()
+
+
+@pytest.mark.parametrize("url, settings", [
+    ("redis://u:p%40ss@h:7000/2", {"host": "h", "port": 7000, "db": 2, "username": "u",
+                                   "password": "p@ss", "tls": False, "sentinels": None}),
+    ("rediss://secret@h", {"host": "h", "port": 6379, "db": 0, "username": None,
+                           "password": "secret", "tls": True}),
+    ("redis+sentinel://s1,s2:26380/mymaster/3",
+     {"sentinels": [("s1", 26379), ("s2", 26380)], "master": "mymaster", "db": 3,
+      "tls": False}),
+    ("rediss+sentinel://:pw@[::1]:26379/m", {"sentinels": [("::1", 26379)],
+                                             "master": "m", "password": "pw",
+                                             "tls": True})])
+def test_store_urls_are_read(url, settings):
+    from qserver.store import parse_url
+    got = parse_url(url)
+    assert {name: got[name] for name in settings} == settings
+
+
+def test_the_store_flags_reach_the_config():
+    from qserver.cli import parse_config
+    config = parse_config(["--store", "redis+sentinel://h:26379/m/0",
+                           "--store-wait-replicas", "2"])
+    assert (config.store, config.store_wait_replicas) == \
+        ("redis+sentinel://h:26379/m/0", 2)
+    assert parse_config([]).store_wait_replicas == 0
