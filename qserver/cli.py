@@ -121,12 +121,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="URL", type=_store_url,
                    help="keep the jobs in a shared store instead of this process, so "
                         "several qserver nodes serve the same tubes: "
-                        "redis://[USER:PASSWORD@]HOST:PORT/DB or rediss://... "
-                        "(experimental: see protocol.md, \"Several nodes\"; not "
-                        "with -b)")
+                        "redis://[USER:PASSWORD@]HOST:PORT/DB, rediss://... (TLS), "
+                        "or redis+sentinel://[USER:PASSWORD@]H1:PORT,H2:PORT/MASTER/DB "
+                        "to follow the primary that Sentinel names through "
+                        "failovers (experimental: see protocol.md, \"Several "
+                        "nodes\"; not with -b)")
     p.add_argument("--store-prefix", metavar="NAME", default="qserver",
                    help="name of this cluster's keys in the store, so several "
                         "clusters can share one Redis (default qserver)")
+    p.add_argument("--store-wait-replicas", metavar="N", type=_size, default=0,
+                   help="answer a store command only once N replicas have it "
+                        "(Redis WAIT, 1 s timeout; fewer in time: INTERNAL_ERROR, "
+                        "outcome unknown), so a failover cannot lose it "
+                        "(default 0: asynchronous replication, a failover may lose "
+                        "the last acknowledged changes)")
     p.add_argument("--salvage-log", action="store_true",
                    help="start even if the log is corrupt in the middle, skipping "
                         "and reporting the damaged records")
@@ -145,12 +153,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _store_url(text: str) -> str:
-    scheme = text.partition("://")[0]
-    if scheme in ("redis", "rediss"):
-        return text
-    if scheme == "redis+sentinel":
-        raise argparse.ArgumentTypeError("Sentinel URLs are not supported yet")
-    raise argparse.ArgumentTypeError(f"{text!r} is not a redis:// or rediss:// URL")
+    from qserver.store import parse_url     # stdlib only; loaded with --store alone
+    try:
+        parse_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def parse_config(argv) -> Config:
@@ -196,7 +204,8 @@ def _parse(argv) -> tuple:
                     metrics=args.metrics,
                     max_connections=args.max_connections or None,
                     unix_mode=args.unix_mode, event_window=max(1, args.event_window),
-                    store=args.store, store_prefix=args.store_prefix)
+                    store=args.store, store_prefix=args.store_prefix,
+                    store_wait_replicas=args.store_wait_replicas)
     return config, listen_given
 
 

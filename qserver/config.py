@@ -31,6 +31,7 @@ _DEFAULTS = {
     "event_window": 100_000,             # events kept for subscribe (resume, GAP)
     "store": None,                       # --store URL: jobs in a shared Redis
     "store_prefix": "qserver",           # the hash tag of this cluster's keys
+    "store_wait_replicas": 0,            # WAIT for this many replicas per batch
 }
 # New settings go into _DEFAULTS above (Config is a plain class, not a dataclass).
 

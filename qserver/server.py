@@ -542,10 +542,14 @@ async def _connect_store(config):
     """The shared store (--store), its functions loaded; raises StoreError."""
     from qserver.store.redis import RedisStore
     try:
-        store = await RedisStore.connect(config.store, config.store_prefix)
+        store = await RedisStore.connect(config.store, config.store_prefix,
+                                         config.store_wait_replicas)
     except Exception as error:
         raise StoreError(f"cannot use the store {redact(config.store)}: {error}") from None
-    log.info("shared store %s, prefix %s", redact(config.store), config.store_prefix)
+    log.info("shared store %s, prefix %s, primary %s:%s%s", redact(config.store),
+             config.store_prefix, *store.primary[:2],
+             f", waiting for {config.store_wait_replicas} replica(s) per batch"
+             if config.store_wait_replicas else "")
     return store
 
 

@@ -181,6 +181,58 @@ def start_redis(directory, *extra) -> ServerProcess:
                           "--protected-mode", "no", *extra], port)
 
 
+def start_sentinel(directory, primary_port: int, master: str = "mymaster",
+                   down_after_ms: int = 1000, failover_timeout_ms: int = 3000
+                   ) -> ServerProcess:
+    """A redis-sentinel on a free loopback port watching the primary on
+    `primary_port` as `master`, with a quorum of 1 and short timeouts, its config
+    file (which Sentinel rewrites) and its log in `directory`."""
+    port = free_port()
+    conf = os.path.join(str(directory), "sentinel.conf")
+    with open(conf, "w") as f:
+        f.write(f"port {port}\nbind 127.0.0.1\nprotected-mode no\n"
+                f"dir {directory}\nlogfile {directory}/sentinel.log\n"
+                f"sentinel monitor {master} 127.0.0.1 {primary_port} 1\n"
+                f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
+                f"sentinel failover-timeout {master} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {master} 1\n")
+    path = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
+    return ServerProcess([path, conf], port)
+
+
+def redis_command(port: int, *args, timeout: float = READ_TIMEOUT):
+    """One command to the redis-server (or sentinel) on `port`, its decoded reply:
+    str, int, None or a list of them; an error reply raises RuntimeError."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            arg = str(arg).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        s.sendall(b"".join(parts))
+        reader = s.makefile("rb")
+        return _resp(reader)
+
+
+def _resp(reader):
+    line = reader.readline()
+    if not line:
+        raise ConnectionError("closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else reader.read(n + 2)[:-2].decode()
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp(reader) for _ in range(n)]
+    raise RuntimeError(f"cannot read {line!r}")
+
+
 def start_beanstalkd(*extra) -> ServerProcess:
     port = free_port()
     return ServerProcess([beanstalkd_path(), "-l", "127.0.0.1", "-p", str(port), *extra],

@@ -167,8 +167,9 @@ def test_b_and_store_together_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("url, says", [
-    ("http://x", "is not a redis:// or rediss:// URL"),
-    ("redis+sentinel://h:26379/m/0", "Sentinel URLs are not supported yet")])
+    ("http://x", "is not a redis://, rediss:// or redis+sentinel:// URL"),
+    ("redis+sentinel://h:26379", "a Sentinel URL names the primary after the hosts"),
+    ("redis://h:6379/zero", "the database must be a number")])
 def test_other_store_urls_are_refused(url, says):
     done = _run("--store", url)
     assert done.returncode == 5 and says in done.stderr

@@ -9,11 +9,18 @@ gets its error, the others of the batch are not affected.
 
 The batches go over a connection of their own that speaks RESP directly (hiredis
 parses the replies): redis-py's pipeline spent about 14 µs of CPU per call here, this
-about 1.4 (measured with /tmp/exp/rawbench.py, 100 calls a batch). redis-py still
-reads the URL and serves everything that is not a batched call (function load,
-pub/sub). A batch that gets no reply within CALL_TIMEOUT, or whose connection
-breaks, fails as a whole: its calls' outcome is unknown, and the next batch
-connects again.
+about 1.4 (measured with /tmp/exp/rawbench.py, 100 calls a batch). The node needs no
+redis-py at all (tests get one as `RedisStore.redis`).
+
+A batch that gets no reply within CALL_TIMEOUT, or whose connection breaks, fails as
+a whole: its calls' outcome is unknown, and the next batch connects again (at most
+every RECONNECT_PAUSE). Each new connection asks the sentinels for the primary when
+the URL names sentinels, checks with ROLE that it is one, and runs the store's
+`prepare` step (the function library, the id fence) before any batch. With
+`wait_replicas` N > 0 each batch ends with WAIT N WAIT_TIMEOUT_MS, and its calls
+answer only once N replicas have them; if fewer acknowledge in time, every call of
+the batch fails with ReplicasMissing (applied on the primary, perhaps lost by a
+failover). protocol.md, "Several nodes", "Faults".
 Imports: stdlib, hiredis.
 """
 
@@ -23,6 +30,13 @@ import ssl
 import hiredis
 
 CALL_TIMEOUT = 10.0             # seconds a batch may wait for its replies
+CONNECT_TIMEOUT = 2.0           # seconds to reach one sentinel or the primary
+RECONNECT_PAUSE = 0.1           # seconds between two attempts to connect
+# WAIT's timeout: replicas that have not acknowledged a batch within this are taken
+# as missing. A replica acknowledges in about a millisecond on a LAN and Redis asks
+# at once (REPLCONF GETACK); a second leaves room for a busy host while keeping a
+# lost replica from stalling every batch for long.
+WAIT_TIMEOUT_MS = 1000
 
 
 class ReplyError(Exception):
@@ -33,6 +47,11 @@ class StoreUnreachable(ConnectionError):
     """The batch's connection failed or timed out: the calls' outcome is unknown."""
 
 
+class ReplicasMissing(StoreUnreachable):
+    """WAIT heard from fewer replicas than asked: the calls were applied on the
+    primary, but a failover may lose them."""
+
+
 class RespConnection:
     """A plain RESP2 connection: write a batch of commands, read as many replies."""
 
@@ -40,23 +59,53 @@ class RespConnection:
         self.settings = settings        # host, port, db, username, password, tls
         self.reader = self.writer = None
         self.parser = None
+        self.address = None             # (host, port) of the server once open
 
     async def open(self) -> None:
+        """Connect to the primary (asking the sentinels where it is, when the URL
+        names sentinels), log in and select the database; StoreUnreachable if that
+        fails or the server is not a primary."""
         s = self.settings
-        context = ssl.create_default_context() if s.get("tls") else None
-        self.reader, self.writer = await asyncio.open_connection(s["host"], s["port"],
-                                                                 ssl=context)
-        self.parser = hiredis.Reader()
-        setup = []
-        if s.get("password"):
-            setup.append(("AUTH", s["username"], s["password"]) if s.get("username")
-                         else ("AUTH", s["password"]))
-        if s.get("db"):
-            setup.append(("SELECT", s["db"]))
-        if setup:
-            for reply in await self.execute(setup):
+        if s.get("sentinels"):
+            host, port = await locate_primary(s)
+        else:
+            host, port = s["host"], s["port"]
+        await self._connect(host, port)
+        try:
+            setup = []
+            if s.get("password"):
+                setup.append(("AUTH", s["username"], s["password"]) if s.get("username")
+                             else ("AUTH", s["password"]))
+            if s.get("db"):
+                setup.append(("SELECT", s["db"]))
+            if s.get("sentinels"):
+                setup.append(("ROLE",))
+            replies = await self.execute(setup) if setup else []
+            for reply in replies:
                 if isinstance(reply, hiredis.ReplyError):
                     raise StoreUnreachable(f"store refused the connection: {reply}")
+            if s.get("sentinels") and replies[-1][0] != b"master":
+                # The sentinels have not caught up with a failover yet.
+                raise StoreUnreachable(f"{host}:{port}, named primary by the sentinels, "
+                                       f"is a {replies[-1][0].decode()}")
+        except BaseException:
+            self.close()
+            raise
+        self.address = (host, port)
+
+    async def _connect(self, host: str, port: int) -> None:
+        context = ssl.create_default_context() if self.settings.get("tls") else None
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            self.reader, self.writer = await asyncio.open_connection(host, port,
+                                                                     ssl=context)
+        self.parser = hiredis.Reader()
+
+    async def call(self, *command):
+        """One command, its reply; an error reply raises ReplyError."""
+        (reply,) = await self.execute([command])
+        if isinstance(reply, hiredis.ReplyError):
+            raise ReplyError(str(reply))
+        return reply
 
     @property
     def is_open(self) -> bool:
@@ -70,14 +119,13 @@ class RespConnection:
     async def send(self, command) -> None:
         self.writer.write(encode(command))
 
-    async def replies(self):
-        """Every reply (or pushed message) as it comes; ends when the store closes
-        the connection (StoreUnreachable)."""
+    async def next_reply(self):
+        """The next reply (or pushed message) as it comes; StoreUnreachable when the
+        store closes the connection. Safe to cancel (nothing read is lost)."""
         while True:
             reply = self.parser.gets()
-            while reply is not False:
-                yield reply
-                reply = self.parser.gets()
+            if reply is not False:
+                return reply
             await self._read_more()
 
     async def execute(self, commands) -> list:
@@ -100,6 +148,29 @@ class RespConnection:
         self.parser.feed(data)
 
 
+async def locate_primary(settings: dict) -> tuple:
+    """(host, port) of the primary, from the first sentinel that knows it
+    (SENTINEL get-master-addr-by-name), asked in the order the URL gives them."""
+    problems = []
+    for host, port in settings["sentinels"]:
+        sentinel = RespConnection({"tls": settings.get("tls")})
+        try:
+            await sentinel._connect(host, port)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                found = await sentinel.call("SENTINEL", "get-master-addr-by-name",
+                                            settings["master"])
+        except (OSError, TimeoutError, StoreUnreachable, ReplyError,
+                hiredis.ProtocolError) as error:
+            problems.append(f"{host}:{port}: {error or type(error).__name__}")
+            continue
+        finally:
+            sentinel.close()
+        if found:
+            return found[0].decode(), int(found[1])
+        problems.append(f"{host}:{port} does not know {settings['master']!r}")
+    raise StoreUnreachable("no sentinel gave the primary: " + "; ".join(problems))
+
+
 def encode(command) -> bytes:
     """One command as a RESP array of bulk strings (str, int or bytes args)."""
     parts = [b"*%d\r\n" % len(command)]
@@ -117,12 +188,17 @@ def encode(command) -> bytes:
 
 
 class Batcher:
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, prepare=None, wait_replicas: int = 0):
         self.connection = RespConnection(settings)
+        # prepare(connection): awaited on each new connection before its first batch.
+        self.prepare = prepare
+        self.wait_replicas = wait_replicas
         self.pending = []               # (command args, future) not sent yet
         self.in_flight = False
         self.round_trips = 0            # batches sent (tests, stats)
         self.largest = 0                # the most calls one batch carried
+        self.connects = 0               # connections made (tests)
+        self.next_attempt = 0.0         # loop time before which no connect is tried
 
     def call(self, *args) -> asyncio.Future:
         """Queue one command (e.g. "FCALL", name, 1, key, ...); its reply comes
@@ -138,6 +214,28 @@ class Batcher:
     def close(self) -> None:
         self.connection.close()
 
+    async def connect(self) -> None:
+        """Open and prepare the connection now (at start: the errors are the
+        caller's). Only while no batch is in flight."""
+        async with asyncio.timeout(CALL_TIMEOUT):
+            await self._open()
+
+    async def _open(self) -> None:
+        connection = self.connection
+        loop = asyncio.get_running_loop()
+        pause = self.next_attempt - loop.time()
+        if pause > 0:                   # the store just failed: do not hammer it
+            await asyncio.sleep(pause)
+        self.next_attempt = loop.time() + RECONNECT_PAUSE
+        await connection.open()
+        try:
+            if self.prepare is not None:
+                await self.prepare(connection)
+        except BaseException:
+            connection.close()
+            raise
+        self.connects += 1
+
     def _send_next(self) -> None:
         if not self.pending:
             self.in_flight = False
@@ -147,27 +245,49 @@ class Batcher:
 
     async def _send(self, batch: list) -> None:
         connection = self.connection
+        commands = [args for args, _ in batch]
+        if self.wait_replicas:
+            commands.append(("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS))
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 if not connection.is_open:
-                    await connection.open()
+                    await self._open()
                 self.round_trips += 1
                 self.largest = max(self.largest, len(batch))
-                results = await connection.execute([args for args, _ in batch])
-        except (OSError, EOFError, TimeoutError, StoreUnreachable, hiredis.ProtocolError) \
-                as error:
+                results = await connection.execute(commands)
+        except (OSError, EOFError, TimeoutError, StoreUnreachable, ReplyError,
+                hiredis.ProtocolError) as error:
             connection.close()          # the next batch connects again
             failure = error if isinstance(error, StoreUnreachable) else \
                 StoreUnreachable(f"store unreachable: {error!r}")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(failure)
+            self._fail(batch, failure)
+        except BaseException as error:  # a bug: the calls must not wait for ever
+            connection.close()
+            self._fail(batch, StoreUnreachable(f"store call failed: {error!r}"))
+            raise
         else:
+            if self.wait_replicas:
+                acknowledged = results.pop()
+                if isinstance(acknowledged, hiredis.ReplyError) or \
+                        acknowledged < self.wait_replicas:
+                    self._fail(batch, ReplicasMissing(
+                        f"{acknowledged} of {self.wait_replicas} replicas acknowledged "
+                        f"within {WAIT_TIMEOUT_MS} ms"))
+                    results = ()
             for (_, future), result in zip(batch, results):
                 if future.done():       # its caller gave up (cancelled)
                     continue
                 if isinstance(result, hiredis.ReplyError):
+                    if str(result).startswith("READONLY"):
+                        # A replica now (a failover demoted it): find the primary.
+                        connection.close()
                     future.set_exception(ReplyError(str(result)))
                 else:
                     future.set_result(result)
         self._send_next()
+
+    @staticmethod
+    def _fail(batch: list, failure: Exception) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(failure)

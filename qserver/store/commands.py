@@ -117,20 +117,23 @@ class StoreCommands(CommandTable):
 
     @staticmethod
     def _after(client, call, reply: bytes):
-        """`reply` once the store has heard of the tube (whatever it answered: a
-        failed call is repeated by the next beat)."""
+        """`reply` once the store has heard of the tube's first or last reference
+        (whatever it answered: the next beat repeats a failed one)."""
         if call is None:
             return reply
         answer = client.answer_later(logged=False)
         call.add_done_callback(lambda _: answer(reply))
         return None
 
-    def _unrefer(self, tube: str) -> None:
+    def _unrefer(self, tube: str):
+        """Count a use or watch of `tube` less; the store's call when it was the
+        node's last, else None."""
         refs = self.refs
         refs[tube] -= 1
         if refs[tube] == 0:
             del refs[tube]
-            self.store.unrefer(tube)
+            return self.store.unrefer(tube)
+        return None
 
     def closed(self, client) -> None:
         """The connection is gone: stop its waiting reserve, release its jobs (after
@@ -244,10 +247,11 @@ class StoreCommands(CommandTable):
         name = wire.parse_tube(rest).decode()
         self.counts["use"] += 1
         session = self.session(client)
-        call = self._refer(name)
-        self._unrefer(session.use)
+        first = self._refer(name)
+        last = self._unrefer(session.use)
         session.use = name
-        return self._after(client, call, b"USING %s\r\n" % rest)
+        # The batch keeps the calls in order: the later one answers for both.
+        return self._after(client, last or first, b"USING %s\r\n" % rest)
 
     def watch(self, client, rest):
         name = wire.parse_tube(rest).decode()
@@ -271,7 +275,8 @@ class StoreCommands(CommandTable):
             i = watch.index(name)
             watch[i] = watch[-1]
             watch.pop()
-            self._unrefer(name)
+            return self._after(client, self._unrefer(name),
+                               b"WATCHING %d\r\n" % len(watch))
         return b"WATCHING %d\r\n" % len(watch)
 
     # -- worker commands --------------------------------------------------------------

@@ -22,6 +22,8 @@ primary, Sentinel, or a one-shard cluster). Layout (P = KEYS[1]):
   P:nodes             ZSET    score lease end (µs), member a node's id
   P:n:<node>          SET     the tubes the node's connections use or watch
   P:hn:<node>         SET     the node's holders that reserved jobs
+  P:replid            STRING  the replication id of the primary the ids were
+                              last fenced on (see "ids after a failover")
   P:bury_seq          STRING  the bury order counter
   P:total_jobs, P:job_timeouts  STRING  stats counters of the whole cluster
   P:t:<tube> also     pause (s) and unpause (µs): a pause-tube
@@ -1056,6 +1058,35 @@ local function list_jobs(keys, args)
   return out
 end
 
+-- ---------------------------------------------------------------- ids after a failover
+-- fence(P; margin) -> {"OK", jumped, replid}: run by each node on each new connection
+-- to the primary, before anything else. Asynchronous replication can lose a
+-- primary's last writes, INCRs of P:seq among them, when a replica is promoted (and
+-- a restart without appendfsync always loses its last ones): the ids of jobs it
+-- acknowledged would be given again. A primary whose replication id (INFO
+-- replication's master_replid: new for a promoted replica and for a restarted Redis)
+-- is not the one recorded in P:replid makes the counter jump `margin` once; the
+-- first node to meet it does, the others find the id recorded (idempotent per
+-- primary). A store with no counter yet has given no id: nothing to jump over.
+local function fence(keys, args)
+  local P, margin = keys[1], tonumber(args[1])
+  local info = redis.call('INFO', 'replication')
+  local replid = string.match(info, 'master_replid:(%x+)')
+  if replid == nil then
+    return redis.error_reply('qserver: no master_replid in INFO replication')
+  end
+  if redis.call('GET', P .. ':replid') == replid then
+    return {'OK', 0, replid}
+  end
+  redis.call('SET', P .. ':replid', replid)
+  if redis.call('EXISTS', P .. ':seq') == 0 then
+    return {'OK', 0, replid}
+  end
+  redis.call('INCRBY', P .. ':seq', margin)
+  return {'OK', margin, replid}
+end
+-- ---------------------------------------------------------- end of ids after a failover
+
 -- (A plain loop: the library's loading code may not use pairs or ipairs.)
 local WRITING = {
   {'qs_put', put}, {'qs_reserve', reserve}, {'qs_reserve_job', reserve_job},
@@ -1079,3 +1110,4 @@ for i = 1, #READING do
   redis.register_function{function_name = READING[i][1], callback = READING[i][2],
                           flags = {'no-writes'}}
 end
+redis.register_function('qs_fence', fence)

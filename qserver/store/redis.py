@@ -6,7 +6,7 @@ keys sit in one slot and several clusters can share one Redis (`prefix`). Times 
 the store's (Redis TIME), the one clock all nodes share. A holder names one client
 connection of one node (`node:connection`); a reserved job can be deleted,
 released, buried or touched only by its holder, as in beanstalkd.
-Imports: `errors`, stdlib, redis-py (this module is imported only in store mode).
+Imports: `errors`, `stats`, `store.batch`, stdlib; redis-py only for `RedisStore.redis` (tests).
 """
 
 import asyncio
@@ -16,7 +16,9 @@ from importlib import resources
 
 from qserver.errors import DeadlineSoon, InternalError, NotFound
 from qserver.stats import job_pairs
-from qserver.store.batch import Batcher, ReplyError, RespConnection, StoreUnreachable
+from qserver.store import parse_url
+from qserver.store.batch import (CALL_TIMEOUT, Batcher, ReplyError, RespConnection,
+                                 StoreUnreachable, locate_primary)
 
 log = logging.getLogger("qserver")
 
@@ -32,6 +34,21 @@ BEAT_SECONDS = 1.0
 LEASE_SECONDS = 10.0
 FLUSH_STEP = 1000               # a flush's jobs removed per function call
 ORPHAN_FLUSH_SECONDS = 30.0     # a flush unfinished this long is taken over
+# How far the id counter jumps when a node meets a primary with a replication id
+# the store has not recorded (a promoted replica, a restarted Redis): more ids than
+# a cluster puts during any replication lag worth having (100 s at 100,000 puts a
+# second), and still 900 million jumps below 2^53.
+ID_MARGIN = 10_000_000
+# The wake-up subscription sends PING after this many seconds of silence, and
+# subscribes again when the PING gets no answer within as long again (a store that
+# vanished without closing the connection).
+KEEPALIVE_SECONDS = 5.0
+# With Sentinel, how often a node asks the sentinels which server is the primary.
+# A failover does not always close the connections to the old primary (SENTINEL
+# FAILOVER, a partition): Sentinel demotes a live old primary only some seconds
+# later, and what it acknowledges meanwhile is lost. Asking twice a second bounds
+# that window to about half a second (and --store-wait-replicas closes it).
+PRIMARY_CHECK_SECONDS = 0.5
 
 
 def library_code() -> str:
@@ -39,33 +56,108 @@ def library_code() -> str:
 
 
 class RedisStore:
-    def __init__(self, client, prefix: str = "qserver"):
-        self.redis = client                 # a redis.asyncio.Redis
+    def __init__(self, settings: dict, prefix: str = "qserver", wait_replicas: int = 0,
+                 url: str = ""):
+        self.settings = settings            # qserver.store.parse_url's
+        self.url = url
         self.key = "{%s}" % prefix          # KEYS[1] of every call: the hash tag
         # The calls of a loop turn, one round trip, on a connection of their own.
-        self.batcher = Batcher(_settings(client))
-        self.wakeups = Wakeups(_settings(client), self.key + ":wake")
+        self.batcher = Batcher(settings, self._prepare, wait_replicas)
+        self.wakeups = Wakeups(settings, self.key + ":wake")
         self.tasks = []                     # the TTR reaper, a library reload
         self.reloading = False
         self.node = os.urandom(6).hex()     # this node's name in the store
         self.referred = tuple               # () -> the tubes this node's clients use
+        self.library_loaded = False         # by this process, since it started
+        self.primary = None                 # (host, port, replication id) last fenced
+        self._redis = None
 
     @classmethod
-    async def connect(cls, url: str, prefix: str = "qserver") -> "RedisStore":
-        """Connect to `url` (redis:// or rediss://), (re)load the function library
-        (every node runs the functions its own version ships), subscribe to the
-        wake-ups and start the TTR reaper."""
-        import redis.asyncio as aioredis
-        store = cls(aioredis.from_url(url), prefix)
-        await store.load_functions()
-        await store.beat()
+    async def connect(cls, url: str, prefix: str = "qserver",
+                      wait_replicas: int = 0) -> "RedisStore":
+        """Connect to the store `url` names (redis://, rediss://, or the sentinels
+        of redis+sentinel://), (re)load the function library (every node runs the
+        functions its own version ships), fence the job ids, take the node's lease,
+        subscribe to the wake-ups and start the TTR reaper. Raises if the store
+        cannot be used."""
+        store = cls(parse_url(url), prefix, wait_replicas, url)
+        await store.batcher.connect()
+        try:
+            await store.beat()
+        except (InternalError, ConnectionError) as error:   # e.g. too few replicas
+            log.warning("store: the node's first lease: %s (the next beat tries again)",
+                        error)
         await store.wakeups.start()
         loop = asyncio.get_running_loop()
         store.tasks = [loop.create_task(store._reap()), loop.create_task(store._beat())]
+        if store.settings["sentinels"]:
+            store.tasks.append(loop.create_task(store._follow_primary()))
         return store
 
+    async def _follow_primary(self) -> None:
+        """Ask the sentinels every PRIMARY_CHECK_SECONDS which server is the
+        primary; a connection to another one is closed, and connects again to the
+        one named (the batch in flight, if any, answers INTERNAL_ERROR)."""
+        while True:
+            await asyncio.sleep(PRIMARY_CHECK_SECONDS)
+            try:
+                named = await locate_primary(self.settings)
+            except StoreUnreachable as error:
+                log.debug("store: asking the sentinels: %s", error)
+                continue
+            for connection in (self.batcher.connection, self.wakeups.connection):
+                if connection is not None and connection.is_open and \
+                        connection.address not in (None, named):
+                    log.warning("store: the sentinels name %s:%s the primary; leaving "
+                                "%s:%s", *named, *connection.address)
+                    connection.close()
+
+    async def _prepare(self, connection) -> None:
+        """Each new connection to the primary, before its first batch: load the
+        function library (at start, or when this primary has none: restarted
+        without persistence), then fence the job ids (qs_fence: a primary whose
+        replication id is new to the store may have lost the last INCRs of the id
+        counter, so the counter jumps ID_MARGIN once per primary)."""
+        if not self.library_loaded:
+            await connection.call("FUNCTION", "LOAD", "REPLACE", library_code())
+            self.library_loaded = True
+        try:
+            reply = await connection.call("FCALL", "qs_fence", 1, self.key, ID_MARGIN)
+        except ReplyError as error:
+            if "Function not found" not in str(error):
+                raise
+            log.warning("store: %s:%s has no function library; loading it",
+                        *connection.address)
+            await connection.call("FUNCTION", "LOAD", "REPLACE", library_code())
+            reply = await connection.call("FCALL", "qs_fence", 1, self.key, ID_MARGIN)
+        _, jumped, replid = reply
+        primary = (*connection.address, replid.decode())
+        if jumped:
+            log.warning("store: primary %s:%s has a new replication id %s: job ids "
+                        "jump by %d (ids the old primary gave may be lost)", *primary,
+                        jumped)
+        elif primary != self.primary:
+            log.info("store: primary %s:%s (replication id %s)", *primary)
+        self.primary = primary
+
     async def load_functions(self) -> None:
-        await self.redis.function_load(library_code(), replace=True)
+        await self.batcher.call("FUNCTION", "LOAD", "REPLACE", library_code())
+
+    @property
+    def redis(self):
+        """A redis-py client on the same store, made at first use (tests, tools):
+        the node itself speaks RESP on its own connections."""
+        if self._redis is None:
+            import redis.asyncio as aioredis
+            s = self.settings
+            if s["sentinels"]:
+                from redis.asyncio.sentinel import Sentinel
+                self._redis = Sentinel(s["sentinels"], ssl=s["tls"]).master_for(
+                    s["master"], db=s["db"], username=s["username"],
+                    password=s["password"], ssl=s["tls"])
+            else:
+                self._redis = aioredis.from_url(self.url)
+        return self._redis
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -73,7 +165,8 @@ class RedisStore:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.wakeups.close()
         self.batcher.close()
-        await self.redis.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
 
     def call(self, name: str, *args) -> asyncio.Future:
         """FCALL a function in this turn's batch; the future gets the raw reply
@@ -303,10 +396,11 @@ class RedisStore:
         self._forget_reply(future)
         return future
 
-    def unrefer(self, tube: str) -> None:
+    def unrefer(self, tube: str) -> asyncio.Future:
         """The last of this node's connections to refer to `tube` stopped."""
-        self._forget_reply(self.batcher.call("FCALL", "qs_unrefer", 1, self.key,
-                                             self.node, tube))
+        future = self.batcher.call("FCALL", "qs_unrefer", 1, self.key, self.node, tube)
+        self._forget_reply(future)
+        return future
 
     def release_holder_soon(self, holder: str) -> None:
         """A connection closed: its reserved jobs are ready again, in order with the
@@ -329,20 +423,10 @@ class RedisStore:
 
     async def job(self, job_id: int) -> dict:
         """The job's fields as stored (for stats-job and tests)."""
-        fields = await self.redis.hgetall(f"{self.key}:j:{job_id}")
-        if not fields:
+        flat = await self.batcher.call("HGETALL", f"{self.key}:j:{job_id}")
+        if not flat:
             raise NotFound
-        return {name.decode(): value for name, value in fields.items()}
-
-
-def _settings(client) -> dict:
-    """Where the batches connect, from the URL redis-py read."""
-    pool = client.connection_pool
-    kwargs = pool.connection_kwargs
-    return {"host": kwargs.get("host", "127.0.0.1"), "port": kwargs.get("port", 6379),
-            "db": kwargs.get("db", 0), "username": kwargs.get("username"),
-            "password": kwargs.get("password"),
-            "tls": pool.connection_class.__name__ == "SSLConnection"}
+        return {name.decode(): value for name, value in zip(flat[::2], flat[1::2])}
 
 
 def job_stats_pairs(job_id: int, now: float, fields: dict) -> list:
@@ -419,6 +503,7 @@ class Wakeups:
         self.waiting = {}               # tube name -> {Waiter: None}, oldest first
         self.connection = None
         self.task = None
+        self.heard = self.silent = False    # _keepalive's view of the connection
 
     async def start(self) -> None:
         """Subscribe (raises if the store cannot be reached), then listen."""
@@ -426,9 +511,20 @@ class Wakeups:
         self.task = asyncio.get_running_loop().create_task(self._listen())
 
     async def _subscribe(self) -> None:
-        self.connection = RespConnection(self.settings)
-        await self.connection.open()
-        await self.connection.send(("SUBSCRIBE", self.channel))
+        """Connect (to the primary the sentinels name, if any) and subscribe; raises
+        StoreUnreachable unless the store confirms."""
+        connection = RespConnection(self.settings)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                await connection.open()
+                await connection.send(("SUBSCRIBE", self.channel))
+                confirmed = await connection.next_reply()
+            if not isinstance(confirmed, list) or confirmed[:1] != [b"subscribe"]:
+                raise StoreUnreachable(f"SUBSCRIBE answered {confirmed!r}")
+        except BaseException:
+            connection.close()
+            raise
+        self.connection = connection
 
     async def close(self) -> None:
         if self.task is not None:
@@ -467,13 +563,12 @@ class Wakeups:
     async def _listen(self) -> None:
         while True:
             try:
-                async for message in self.connection.replies():
-                    # [b"message", channel, tube]; the subscribe confirmation too.
-                    if message[0] == b"message":
-                        self._wake(message[2].decode("utf-8", "replace"))
-            except (OSError, EOFError, StoreUnreachable) as error:
+                await self._read_messages()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # gone, refused, or a reply it cannot read
                 log.warning("store: wake-up subscription lost (%s); subscribing again",
-                            error)
+                            error or type(error).__name__)
             self.connection.close()
             self._wake_all()
             while True:
@@ -481,6 +576,47 @@ class Wakeups:
                 try:
                     await self._subscribe()
                     break
-                except (OSError, StoreUnreachable):
+                except Exception as error:   # not reachable yet, or refusing
+                    log.debug("store: subscribing: %r", error)
                     continue
             self._wake_all()            # anything may have happened meanwhile
+
+    async def _read_messages(self) -> None:
+        """Wake waiters for each message until the connection fails (a watchdog
+        task closes it when the store stays silent, see _keepalive)."""
+        connection = self.connection
+        watchdog = asyncio.get_running_loop().create_task(self._keepalive(connection))
+        try:
+            while True:
+                message = await connection.next_reply()
+                self.heard = True
+                if not isinstance(message, list):
+                    raise StoreUnreachable(f"the store said {message!r}")
+                # [b"message", channel, tube]; [b"pong", b""] answers a PING.
+                if message[0] == b"message":
+                    self._wake(message[2].decode("utf-8", "replace"))
+        except StoreUnreachable:
+            if self.silent:
+                raise StoreUnreachable("no answer to PING") from None
+            raise
+        finally:
+            watchdog.cancel()
+
+    async def _keepalive(self, connection) -> None:
+        """Silence for KEEPALIVE_SECONDS sends a PING; silence for as long again
+        means the store is gone without closing the connection (a host lost, a
+        network cut): close it, and the reader subscribes again. (A timer per
+        message would cost more than this one per connection.)"""
+        self.heard, self.silent = True, False
+        pinged = False
+        while True:
+            await asyncio.sleep(KEEPALIVE_SECONDS)
+            if self.heard:
+                self.heard = pinged = False
+            elif pinged:
+                self.silent = True
+                connection.close()      # the reader sees the connection end
+                return
+            else:
+                await connection.send(("PING",))
+                pinged = True
