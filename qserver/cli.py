@@ -49,6 +49,12 @@ def _size(text: str) -> int:
     return int(text)
 
 
+def _lease(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 3600:
+        raise argparse.ArgumentTypeError(f"invalid lease (1 to 3600 seconds): {text!r}")
+    return int(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"invalid port: {text!r}")
@@ -135,6 +141,11 @@ def _parser() -> argparse.ArgumentParser:
                         "outcome unknown), so a failover cannot lose it "
                         "(default 0: asynchronous replication, a failover may lose "
                         "the last acknowledged changes)")
+    p.add_argument("--store-lease", metavar="SECONDS", type=_lease, default=10,
+                   help="a node silent this long (killed, or cut off from the store) "
+                        "is taken for dead: its clients' reserved jobs are ready "
+                        "again and the tubes only it used are forgotten; each node "
+                        "renews its lease every second (1 to 3600, default 10)")
     p.add_argument("--salvage-log", action="store_true",
                    help="start even if the log is corrupt in the middle, skipping "
                         "and reporting the damaged records")
@@ -205,7 +216,8 @@ def _parse(argv) -> tuple:
                     max_connections=args.max_connections or None,
                     unix_mode=args.unix_mode, event_window=max(1, args.event_window),
                     store=args.store, store_prefix=args.store_prefix,
-                    store_wait_replicas=args.store_wait_replicas)
+                    store_wait_replicas=args.store_wait_replicas,
+                    store_lease=args.store_lease)
     return config, listen_given
 
 

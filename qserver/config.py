@@ -32,6 +32,7 @@ _DEFAULTS = {
     "store": None,                       # --store URL: jobs in a shared Redis
     "store_prefix": "qserver",           # the hash tag of this cluster's keys
     "store_wait_replicas": 0,            # WAIT for this many replicas per batch
+    "store_lease": 10,                   # seconds of silence before a node is dead
 }
 # New settings go into _DEFAULTS above (Config is a plain class, not a dataclass).
 

@@ -543,7 +543,7 @@ async def _connect_store(config):
     from qserver.store.redis import RedisStore
     try:
         store = await RedisStore.connect(config.store, config.store_prefix,
-                                         config.store_wait_replicas)
+                                         config.store_wait_replicas, config.store_lease)
     except Exception as error:
         raise StoreError(f"cannot use the store {redact(config.store)}: {error}") from None
     log.info("shared store %s, prefix %s, primary %s:%s%s", redact(config.store),

@@ -114,6 +114,29 @@ def test_a_killed_nodes_jobs_come_back_at_their_ttr(nodes):
     assert time.monotonic() - reserved_at >= 1.0 - 0.002
 
 
+def test_a_killed_nodes_jobs_come_back_at_its_lease_end_long_before_their_ttr(
+        redis_server, request):
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    prefix = ("--store-prefix", "lease")
+    a_node, b_node = (start_qserver("--store", url, *prefix, "--store-lease", "2")
+                      for _ in range(2))
+    try:
+        a, b, other = on(a_node, b"t"), on(b_node, b"t"), a_node.client()
+        assert other.cmd(b"use only-a") == b"USING only-a\r\n"
+        job = put(a, b"k", ttr=3600)
+        assert a.cmd(b"reserve") == b"RESERVED %d 1\r\nk\r\n" % job
+        kill9(a_node)
+        killed_at = time.monotonic()
+        b.sock.settimeout(BOUND)
+        assert b.cmd(b"reserve-with-timeout %d" % BOUND) == b"RESERVED %d 1\r\nk\r\n" % job
+        # Its last renewal was at most a beat (1 s) before the kill.
+        assert time.monotonic() - killed_at >= 2.0 - 1.0 - 0.002
+        assert b.cmd(b"stats-tube only-a") == b"NOT_FOUND\r\n"     # forgotten with it
+    finally:
+        a_node.stop()
+        b_node.stop()
+
+
 def test_pipelined_commands_are_answered_in_order(nodes):
     a = on(nodes[0], b"t")
     a.send(b"put 0 0 60 1\r\nx\r\nput 0 0 60 1\r\ny\r\npeek-ready\r\n"

@@ -27,11 +27,10 @@ LIBRARY_FILE = "functions.lua"
 # and the TTR reaper runs at least this often.
 REPOLL_SECONDS = 1.0
 EXPIRE_BATCH = 100              # TTR expiries per function call (bounded work)
-# A node renews its lease in the store every BEAT_SECONDS; one that has not for
-# LEASE_SECONDS is taken for dead: its connections' jobs are ready again and the
-# tubes only it referred to are forgotten (protocol.md, "Several nodes").
+# A node renews its lease in the store every BEAT_SECONDS; one that has not for its
+# lease (--store-lease) is taken for dead: its connections' jobs are ready again
+# and the tubes only it referred to are forgotten (protocol.md, "Several nodes").
 BEAT_SECONDS = 1.0
-LEASE_SECONDS = 10.0
 FLUSH_STEP = 1000               # a flush's jobs removed per function call
 ORPHAN_FLUSH_SECONDS = 30.0     # a flush unfinished this long is taken over
 # How far the id counter jumps when a node meets a primary with a replication id
@@ -67,20 +66,22 @@ class RedisStore:
         self.tasks = []                     # the TTR reaper, a library reload
         self.reloading = False
         self.node = os.urandom(6).hex()     # this node's name in the store
+        self.lease = 10.0                   # seconds (--store-lease)
         self.referred = tuple               # () -> the tubes this node's clients use
         self.library_loaded = False         # by this process, since it started
         self.primary = None                 # (host, port, replication id) last fenced
         self._redis = None
 
     @classmethod
-    async def connect(cls, url: str, prefix: str = "qserver",
-                      wait_replicas: int = 0) -> "RedisStore":
+    async def connect(cls, url: str, prefix: str = "qserver", wait_replicas: int = 0,
+                      lease: float = 10.0) -> "RedisStore":
         """Connect to the store `url` names (redis://, rediss://, or the sentinels
         of redis+sentinel://), (re)load the function library (every node runs the
         functions its own version ships), fence the job ids, take the node's lease,
         subscribe to the wake-ups and start the TTR reaper. Raises if the store
         cannot be used."""
         store = cls(parse_url(url), prefix, wait_replicas, url)
+        store.lease = lease
         await store.batcher.connect()
         try:
             await store.beat()
@@ -377,7 +378,7 @@ class RedisStore:
     async def beat(self) -> int:
         """Renew this node's lease and say which tubes it refers to; reap the nodes
         whose lease ran out (how many: the reply)."""
-        (reaped,) = await self._call("qs_beat", self.node, int(LEASE_SECONDS * 1000),
+        (reaped,) = await self._call("qs_beat", self.node, int(self.lease * 1000),
                                      *self.referred())
         return reaped
 
