@@ -29,6 +29,9 @@ import time
 import pytest
 
 from conftest import WAIT, Client, start_qserver
+
+# The tests of locks alone run on both stores (the others need subscribe or -b).
+ON_BOTH_STORES = pytest.mark.usefixtures("each_store")
 from test_events import subscribed
 from test_ext_durability import MODES, kill9
 from test_ext_wire import configure, info, ok_body, on_tube
@@ -262,6 +265,7 @@ def test_20_jobs_of_one_lock_with_lock_limit_2_and_10_workers(qserver):
     assert c.yaml(b"stats-tube locks")["cmd-delete"] == str(JOBS)
 
 
+@ON_BOTH_STORES
 def test_jobs_without_the_lock_are_served_while_it_is_full(qserver):
     """Global (pri, id) order among the jobs that may be reserved: a held job is
     skipped, other keys and lock-less jobs come in their order."""
@@ -400,6 +404,7 @@ def _hold_two(server, tube: bytes, holder_ttr: int):
     return c, holder, waiter, a, b, cc
 
 
+@ON_BOTH_STORES
 @pytest.mark.parametrize("ending", ENDINGS)
 def test_a_holder_ending_readies_the_oldest_held_job_for_a_waiting_reserve(
         qserver, ending):
@@ -452,6 +457,7 @@ def test_a_holder_ending_readies_the_oldest_held_job_for_a_waiting_reserve(
         conn.close()
 
 
+@ON_BOTH_STORES
 def test_a_released_holder_with_a_better_priority_is_reserved_first(qserver):
     """Released ready again, the holder competes with the job its release readied:
     (pri, id) order decides, and the readied job is held again by the next reserve
@@ -474,6 +480,7 @@ def test_a_released_holder_with_a_better_priority_is_reserved_first(qserver):
     assert holder.cmd(b"reserve-with-timeout 0") == reserved_reply(b, b"b")
 
 
+@ON_BOTH_STORES
 def test_held_jobs_can_be_peeked_deleted_flushed_and_cancelled(qserver):
     c = on_tube(qserver, b"h")
     a = put_ex_id(c, b"a", b"lock=k")
@@ -493,6 +500,7 @@ def test_held_jobs_can_be_peeked_deleted_flushed_and_cancelled(qserver):
     assert c.cmd(b"reserve-with-timeout 0") == reserved_reply(nxt, b"n")
 
 
+@ON_BOTH_STORES
 def test_lock_limit_is_read_back_and_a_change_applies_to_the_next_reservation(qserver):
     c = on_tube(qserver, b"lim")
     assert c.cmd(b"config-tube lim") == yaml_ok(

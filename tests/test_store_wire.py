@@ -170,10 +170,25 @@ def test_bad_input_is_answered_at_once(nodes):
 
 def test_what_the_store_does_not_serve_yet_is_refused_and_the_stream_goes_on(nodes):
     a = nodes[0].client()
-    # Per-key concurrency: the body is read, then refused.
-    assert a.cmd(b"put-ex 0 0 60 1 lock=k\r\nx") == b"BAD_FORMAT\r\n"
     assert a.cmd(b"subscribe * now") == b"UNKNOWN_COMMAND\r\n"
     assert a.cmd(b"put-ex 0 0 60 1 key=k\r\nx") == b"INSERTED 1\r\n"
+
+
+def test_a_lock_holds_across_nodes(nodes):
+    a, b = on(nodes[0], b"l"), on(nodes[1], b"l")
+    first = a.cmd(b"put-ex 0 0 60 1 lock=acct\r\nx")
+    assert first == b"INSERTED 1\r\n"
+    assert b.cmd(b"put-ex 0 0 60 1 lock=acct\r\ny") == b"INSERTED 2\r\n"
+    assert b.cmd(b"put 5 0 60 1\r\nz") == b"INSERTED 3\r\n"
+    assert a.cmd(b"reserve-with-timeout 0") == b"RESERVED 1 1\r\nx\r\n"
+    # Job 2's lock is held by a's reservation: b gets job 3 and job 2 is held.
+    assert b.cmd(b"reserve-with-timeout 0") == b"RESERVED 3 1\r\nz\r\n"
+    assert b"state: held\n" in b.cmd(b"stats-job 2")
+    b.send(b"reserve-with-timeout %d\r\n" % BOUND)
+    assert b.nothing_within(0.1)
+    assert a.cmd(b"delete 1") == b"DELETED\r\n"
+    b.sock.settimeout(BOUND)
+    assert b.read_reply() == b"RESERVED 2 1\r\ny\r\n"
 
 
 # ------------------------------------------------------------------------ the flags

@@ -75,7 +75,7 @@ end
 local function forget_if_unused(P, tube, now)
   if tube == 'default' then return end
   local hash = P .. ':t:' .. tube
-  for _, list in ipairs({'ready', 'delayed', 'buried', 'reserved'}) do
+  for _, list in ipairs({'ready', 'delayed', 'buried', 'reserved', 'held'}) do
     if redis.call('EXISTS', list_key(P, tube, list)) == 1 then return end
   end
   if referred(P, tube, now) then return end
@@ -103,6 +103,49 @@ local function make_ready(P, key, tube, member, pri)
   redis.call('PUBLISH', P .. ':wake', tube)
 end
 
+-- == Per-key concurrency (protocol.md, "Per-key concurrency") ==
+--   P:lk:<tube>:<lock>  STRING  how many jobs with the lock are reserved
+--   P:lh:<tube>:<lock>  ZSET    the lock's held jobs, score and member the id
+--   P:t:<tube>:held     ZSET    the tube's held jobs (list-jobs), score the id
+--   job hash field: lock
+local function lock_count(P, tube, lock) return P .. ':lk:' .. tube .. ':' .. lock end
+local function lock_held(P, tube, lock) return P .. ':lh:' .. tube .. ':' .. lock end
+
+local function lock_limit(P, tube)
+  return tonumber(redis.call('HGET', P .. ':policy:' .. tube, 'lock-limit') or 1)
+end
+
+local function lock_free(P, tube, lock)
+  return tonumber(redis.call('GET', lock_count(P, tube, lock)) or 0) < lock_limit(P, tube)
+end
+
+-- A ready job whose lock is full is held: out of the ready list until a holder ends.
+local function hold(P, key, tube, member, lock)
+  redis.call('ZREM', list_key(P, tube, 'ready'), member)
+  redis.call('ZADD', list_key(P, tube, 'held'), tonumber(member), member)
+  redis.call('ZADD', lock_held(P, tube, lock), tonumber(member), member)
+  redis.call('HSET', key, 'state', 'held')
+end
+
+-- A reservation of a job with a lock ended: the oldest held job of the lock is
+-- ready again if the limit allows (a held job flushed meanwhile is passed over).
+local function holder_ended(P, tube, lock)
+  local count = redis.call('DECR', lock_count(P, tube, lock))
+  if count <= 0 then redis.call('DEL', lock_count(P, tube, lock)) end
+  if count >= lock_limit(P, tube) then return end
+  local held = lock_held(P, tube, lock)
+  for _ = 1, 100 do
+    local top = redis.call('ZRANGE', held, 0, 0)
+    if not top[1] then return end
+    redis.call('ZREM', held, top[1])
+    if redis.call('ZREM', list_key(P, tube, 'held'), top[1]) == 1 then
+      local key = job_key(P, tonumber(top[1]))
+      make_ready(P, key, tube, top[1], redis.call('HGET', key, 'pri'))
+      return
+    end
+  end
+end
+
 -- Take a job out of whatever list its state puts it in.
 local function unlist(P, key, member, job)
   local state, tube = job.state, job.tube
@@ -112,16 +155,20 @@ local function unlist(P, key, member, job)
     redis.call('ZREM', P .. ':reserved', member)
     redis.call('ZREM', list_key(P, tube, 'reserved'), member)
     redis.call('SREM', P .. ':h:' .. job.holder, member)
+    if job.lock then holder_ended(P, tube, job.lock) end
+  elseif state == 'held' then
+    redis.call('ZREM', list_key(P, tube, 'held'), member)
+    redis.call('ZREM', lock_held(P, tube, job.lock), member)
   end
 end
 
 local function load(key)
   local fields = redis.call('HMGET', key, 'tube', 'state', 'holder', 'pri', 'ttr', 'body',
-                            'cancelled')
+                            'cancelled', 'lock')
   if not fields[1] then return nil end
   return {tube = fields[1], state = fields[2], holder = fields[3] or '',
           pri = fields[4], ttr = tonumber(fields[5]), body = fields[6],
-          cancelled = fields[7]}
+          cancelled = fields[7], lock = fields[8]}
 end
 
 -- A job flushed but not yet removed (flush-tube takes a tube's lists away at once
@@ -129,8 +176,8 @@ end
 -- Nothing may see or touch it.
 local function hidden(P, job, member)
   local state = job.state
-  return (state == 'ready' or state == 'delayed' or state == 'buried') and
-    not redis.call('ZSCORE', list_key(P, job.tube, state), member)
+  return (state == 'ready' or state == 'delayed' or state == 'buried' or
+          state == 'held') and not redis.call('ZSCORE', list_key(P, job.tube, state), member)
 end
 
 -- The job, unless it is gone or flushed.
@@ -397,7 +444,9 @@ end
 local SAFETY_MARGIN_US = SECOND  -- DEADLINE_SOON: the last second of a TTR
 
 local function take(P, key, tube, member, holder, now)
-  local ttr = tonumber(redis.call('HGET', key, 'ttr'))
+  local found = redis.call('HMGET', key, 'ttr', 'lock')
+  local ttr = tonumber(found[1])
+  if found[2] then redis.call('INCR', lock_count(P, tube, found[2])) end
   if ttr < 1 then ttr = 1 end
   local deadline = now + ttr * SECOND
   redis.call('HSET', key, 'state', 'reserved', 'due', deadline, 'holder', holder)
@@ -418,15 +467,15 @@ end
 -- "DEADLINE_SOON"); else how long a waiting reserve may sleep before something can
 -- change without a wake-up: a delayed job due, a pause ending, or one of the
 -- holder's jobs entering its safety margin (-1: nothing of the kind).
-local function reserve(keys, args)
-  local P, holder = keys[1], args[1]
-  local now = now_us()
+-- The ready job with the smallest (pri, id) over tubes[2..] that are not paused:
+-- its tube and member (nil: none), whether any of them has ready jobs, and the µs
+-- until the soonest pause ends (-1: none).
+local function best_ready(P, tubes, now)
   local best_tube, best_member, best_pri
   local any_ready = false
   local wait = -1
-  for i = 2, #args do
-    local tube = args[i]
-    promote_due(P, tube, now)
+  for i = 2, #tubes do
+    local tube = tubes[i]
     local top = redis.call('ZRANGE', list_key(P, tube, 'ready'), 0, 0, 'WITHSCORES')
     if top[1] then
       any_ready = true
@@ -440,6 +489,26 @@ local function reserve(keys, args)
         end
       end
     end
+  end
+  return best_tube, best_member, any_ready, wait
+end
+
+local HOLDS_PER_CALL = 100      -- bounded work: past it the node asks again at once
+
+local function reserve(keys, args)
+  local P, holder = keys[1], args[1]
+  local now = now_us()
+  for i = 2, #args do promote_due(P, args[i], now) end
+  local best_tube, best_member, any_ready, wait = best_ready(P, args, now)
+  -- A best job whose lock is full is held and the next best is taken.
+  for _ = 1, HOLDS_PER_CALL do
+    if best_member == nil then break end
+    local key = job_key(P, tonumber(best_member))
+    local lock = redis.call('HGET', key, 'lock')
+    if not lock or lock_free(P, best_tube, lock) then break end
+    hold(P, key, best_tube, best_member, lock)
+    best_tube, best_member = best_ready(P, args, now)
+    if best_member ~= nil and _ == HOLDS_PER_CALL then return {'NONE', 0} end
   end
   local due = next_due(P, args, 2, now)    -- after the promotions: not yet due
   if due >= 0 and (wait < 0 or due < wait) then wait = due end
@@ -468,7 +537,10 @@ local function reserve_job(keys, args)
   local P, id, holder = keys[1], tonumber(args[1]), args[2]
   local key, member = job_key(P, id), pad(id)
   local job = find(P, key, member)
-  if job == nil or job.state == 'reserved' then return {'NOT_FOUND'} end
+  if job == nil or job.state == 'reserved' or job.state == 'held' or
+      (job.lock and not lock_free(P, job.tube, job.lock)) then
+    return {'NOT_FOUND'}
+  end
   unlist(P, key, member, job)
   take(P, key, job.tube, member, holder, now_us())
   return {'OK', id, job.body}
@@ -892,11 +964,11 @@ end
 
 -- == The steering commands ==
 
--- put_ex(P; tube, pri, delay, ttr, body, key, tags) -> {"OK", id} | {"DUPLICATE",
--- id}: key "" for none, tags space-separated ("" for none); the id is taken only
--- when the job is made.
+-- put_ex(P; tube, pri, delay, ttr, body, key, tags, lock) -> {"OK", id} |
+-- {"DUPLICATE", id}: key and lock "" for none, tags space-separated ("" for
+-- none); the id is taken only when the job is made.
 local function put_ex(keys, args)
-  local P, tube, unique, tags = keys[1], args[1], args[6], args[7]
+  local P, tube, unique, tags, lock = keys[1], args[1], args[6], args[7], args[8]
   local now = now_us()
   if unique ~= '' then
     local holder = key_holder(P, tube, unique, now)
@@ -908,6 +980,7 @@ local function put_ex(keys, args)
   local extra = {}
   if unique ~= '' then table.insert(extra, 'key'); table.insert(extra, unique) end
   if tags ~= '' then table.insert(extra, 'tags'); table.insert(extra, tags) end
+  if lock ~= '' then table.insert(extra, 'lock'); table.insert(extra, lock) end
   local id = new_job(P, args, now, unpack(extra))
   if id == nil then return redis.error_reply(TOO_MANY_IDS) end
   if unique ~= '' then redis.call('SET', key_name(P, tube, unique), id_text(id)) end
@@ -942,10 +1015,10 @@ local function cancel_tag(keys, args)
   return {'OK', removed, flagged}
 end
 
--- flush_start(P; tube) -> {"OK", flush, n}: the tube's ready, delayed and buried
--- lists are taken away at once (O(1) renames: from now on their jobs are hidden,
+-- flush_start(P; tube) -> {"OK", flush, n}: the tube's ready, delayed, buried and
+-- held lists are taken away at once (O(1) renames: from now on their jobs are hidden,
 -- see `hidden`); flush_step removes them. flush 0: there was nothing.
-local FLUSH_LISTS = {'ready', 'delayed', 'buried'}
+local FLUSH_LISTS = {'ready', 'delayed', 'buried', 'held'}
 
 local function flush_start(keys, args)
   local P, tube = keys[1], args[1]
@@ -980,6 +1053,10 @@ local function flush_step(keys, args)
     for _, member in ipairs(redis.call('ZRANGE', name, 0, limit - 1)) do
       local id = tonumber(member)
       redis.call('ZREM', name, member)
+      if list == 'held' then
+        local lock = redis.call('HGET', job_key(P, id), 'lock')
+        if lock then redis.call('ZREM', lock_held(P, tube, lock), member) end
+      end
       remove_job(P, job_key(P, id), id, tube, now)
       limit = limit - 1
     end

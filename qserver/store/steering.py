@@ -1,10 +1,9 @@
 """The steering extension commands on the shared store (protocol.md, "Extensions"
-and "Several nodes"): put-ex with unique keys and tags, flush-tube, cancel-tag and
-list-jobs, each change one Redis Function (functions.lua, "Steering"). Lines and
-replies are the in-memory table's (`commands.steering`, `listing`).
-
-Not served on the store yet: per-key concurrency (a `put-ex` with `lock=` answers
-BAD_FORMAT after its body) and `subscribe` (UNKNOWN_COMMAND).
+and "Several nodes"): put-ex with unique keys, tags and lock keys (per-key
+concurrency is the reserve function's), flush-tube, cancel-tag and list-jobs, each
+change one Redis Function (functions.lua, "Steering"). Lines and replies are the
+in-memory table's (`commands.steering`, `listing`). Not served on the store yet:
+`subscribe` (UNKNOWN_COMMAND).
 Imports: `wire`, `errors`, `listing`, `stats`, `commands.steering`.
 """
 
@@ -45,9 +44,7 @@ class StoreSteering:
         except BadFormat:
             finish, args = refuse_body, ()
         else:
-            finish, args = self._put, (pri, delay, ttr or 1, key, tags)
-            if lock is not None:        # per-key concurrency: not on the store yet
-                finish, args = refuse_body, ()
+            finish, args = self._put, (pri, delay, ttr or 1, key, tags, lock)
         self.commands.session(client).producer = True
         body = client.framer.take_body(size)
         if body is None:
@@ -55,14 +52,14 @@ class StoreSteering:
             return None
         return finish(client, body, *args)
 
-    def _put(self, client, body: bytes, pri, delay, ttr, key, tags):
+    def _put(self, client, body: bytes, pri, delay, ttr, key, tags, lock):
         if not body.endswith(wire.CRLF):
             raise ExpectedCrlf
         if self.commands.draining:
             raise Draining
         self.commands.when(client, self.store.call(
             "qs_put_ex", client.store_session.use, pri, delay, ttr, body, key or b"",
-            b" ".join(tags)), _inserted_or_duplicate)
+            b" ".join(tags), lock or b""), _inserted_or_duplicate)
 
     def flush_tube(self, client, rest):
         name = wire.parse_tube(rest).decode()
