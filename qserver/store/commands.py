@@ -11,8 +11,8 @@ the jobs a closed connection held are released at once (`release_holder`).
 
 Served: every beanstalkd command (protocol.md, "Several nodes", says where a shared
 store differs: counts per node or per cluster, tube order) and the extensions'
-(`store.lifecycle`, `store.steering`, merged in), but for per-key concurrency and
-`subscribe`, not on the store yet.
+(`store.lifecycle`, `store.steering`, merged in), but for `subscribe`, not on the
+store yet.
 Imports: `wire`, `errors`, `commands`, `stats`, stdlib (redis-py through
 `store.redis`).
 """
