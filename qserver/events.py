@@ -46,6 +46,21 @@ class EventLog:
             self.notified = True
             self.notify()
 
+    def add_at(self, seq: int, when: float, job_id: int, tube_name: str, name: str,
+               attempt: int) -> None:
+        """An event numbered elsewhere (the shared store's stream). Numbers come in
+        order; one past a hole (events the store trimmed before this node read
+        them) starts the window again there, so readers before it hear GAP."""
+        if seq < self.next_seq:
+            return                        # read twice (two readers of one stream)
+        if seq > self.next_seq:
+            self.first_seq = seq
+        self.ring[seq % self.capacity] = (seq, when, job_id, tube_name, name, attempt)
+        self.next_seq = seq + 1
+        if self.notify is not None and not self.notified:
+            self.notified = True
+            self.notify()
+
     def read(self, start: int, limit: int) -> list:
         """Up to `limit` events from sequence number `start` on (start >= oldest)."""
         stop = min(self.next_seq, start + limit)

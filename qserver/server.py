@@ -207,10 +207,11 @@ class Connection(asyncio.Protocol):
 
     # -- the event stream -------------------------------------------------------
 
-    def subscribe(self, tube, start) -> bytes:
+    def subscribe(self, tube, start, window=None) -> bytes:
         """Start streaming events of `tube` (None: every tube) from sequence number
-        `start` (None: from now on); returns the first reply line."""
-        events = self.server.events_for(self)
+        `start` (None: from now on); returns the first reply line. `window`: the
+        shared store's events (the engine's own otherwise)."""
+        events = self.server.events_for(self, window)
         if start is None:
             start = events.next_seq
         reply = b"SUBSCRIBED %d\r\n" % start
@@ -319,7 +320,8 @@ class Server:
             self.commands = Commands(self.engine, self.info, config.max_job_size)
         else:
             from qserver.store.commands import StoreCommands
-            self.commands = StoreCommands(store, self.info, config.max_job_size)
+            self.commands = StoreCommands(store, self.info, config.max_job_size,
+                                          config.event_window)
         self.connections = set()
         self.subscribers = set()        # connections streaming events (subscribe)
         self.refusals_logged_at = -math.inf
@@ -372,13 +374,15 @@ class Server:
 
     # -- the event stream -------------------------------------------------------
 
-    def events_for(self, conn):
-        """The engine's event window (made by the first subscribe), with `conn` as
-        one of its subscribers."""
+    def events_for(self, conn, window=None):
+        """The engine's event window (made by the first subscribe, or the store's
+        `window` with --store), with `conn` as one of its subscribers."""
         engine = self.engine
         if engine.events is None:
-            from qserver.events import EventLog
-            engine.events = EventLog(self.config.event_window)
+            if window is None:
+                from qserver.events import EventLog
+                window = EventLog(self.config.event_window)
+            engine.events = window
             engine.events.notify = self.events_arrived
         self.subscribers.add(conn)
         self.events_arrived()               # the reply goes first, then the events

@@ -7,6 +7,9 @@ import re
 import pytest
 
 from conftest import Client, start_qserver
+
+# The event conformance suite: every test runs on both stores.
+pytestmark = pytest.mark.usefixtures("each_store")
 from qserver.events import EventLog
 
 FRAME = re.compile(rb"EVENT (\d+)\r\n")

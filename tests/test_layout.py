@@ -34,7 +34,8 @@ ALLOWED = {
     "commands": {"commands", "wire", "engine", "errors", "stats", "policy", "steering",
                  "listing"},
     "journal": {"journal", "job", "errors", "ledger", "lifecycle", "policy", "steering"},
-    "store": {"store", "errors", "wire", "commands", "stats", "policy", "listing"},
+    "store": {"store", "errors", "wire", "commands", "stats", "policy", "listing",
+              "events"},
 }
 # The engine and what it is made of never touch the event loop, sockets or bytes on
 # the wire: they are pure and tested with an injected clock.

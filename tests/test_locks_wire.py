@@ -29,13 +29,13 @@ import time
 import pytest
 
 from conftest import WAIT, Client, start_qserver
-
-# The tests of locks alone run on both stores (the others need subscribe or -b).
-ON_BOTH_STORES = pytest.mark.usefixtures("each_store")
 from test_events import subscribed
 from test_ext_durability import MODES, kill9
 from test_ext_wire import configure, info, ok_body, on_tube
 from test_steering_wire import put_ex_id
+
+# These tests run on both stores (the others use -b).
+ON_BOTH_STORES = pytest.mark.usefixtures("each_store")
 
 RUN_BOUND = 120.0       # the whole 20-job run: well under a second here
 PARK_BOUND = 30.0       # a parked reserve's own timeout (it is answered in ms)
@@ -129,6 +129,7 @@ def worker(server, tube: bytes) -> Client:
 JOBS, FIRST, WORKERS, LIMIT = 20, 10, 10, 2
 
 
+@ON_BOTH_STORES
 def test_20_jobs_of_one_lock_with_lock_limit_2_and_10_workers(qserver):
     """Ten jobs are put first; the first two reservations wait at a gate until the
     other 8 are seen held (so the limit is reached for sure), then everything runs
@@ -290,6 +291,7 @@ MAX_ROUNDS = 5000           # per producer: 15,000 events at most, well inside t
 RECONNECTS = 8
 
 
+@ON_BOTH_STORES
 def test_a_subscriber_that_reconnects_misses_no_event_and_sees_none_twice(qserver):
     """The subscriber drops its connection every few dozen events, unread frames
     and all, and subscribes again from the last seq it read plus 1, while producers

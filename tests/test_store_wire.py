@@ -17,6 +17,7 @@ import pytest
 
 from conftest import ServerProcess, free_port, qserver_argv, start_qserver, start_redis
 from test_ext_durability import kill9
+from test_events import read_event
 from test_ext_wire import on_tube as on
 from test_ext_wire import put
 
@@ -168,10 +169,24 @@ def test_bad_input_is_answered_at_once(nodes):
     assert a.cmd(b"list-tube-used") == b"USING default\r\n"
 
 
-def test_what_the_store_does_not_serve_yet_is_refused_and_the_stream_goes_on(nodes):
-    a = nodes[0].client()
-    assert a.cmd(b"subscribe * now") == b"UNKNOWN_COMMAND\r\n"
-    assert a.cmd(b"put-ex 0 0 60 1 key=k\r\nx") == b"INSERTED 1\r\n"
+def test_a_subscriber_on_one_node_hears_another_nodes_events_and_resumes_anywhere(
+        nodes):
+    sub = nodes[0].client()
+    first = int(re.fullmatch(rb"SUBSCRIBED (\d+)\r\n", sub.cmd(b"subscribe ev now"))[1])
+    b = on(nodes[1], b"ev")
+    job = put(b, b"x")
+    assert b.cmd(b"reserve") == b"RESERVED %d 1\r\nx\r\n" % job
+    assert b.cmd(b"delete %d" % job) == b"DELETED\r\n"
+    sub.sock.settimeout(BOUND)
+    heard = [read_event(sub) for _ in range(3)]
+    assert [(e["seq"], e["id"], e["event"]) for e in heard] == \
+        [(str(first + n), str(job), name) for n, name in
+         enumerate(("put", "reserve", "delete"))]
+    # The numbers are the cluster's: resume through the other node.
+    again = nodes[1].client()
+    assert again.cmd(b"subscribe ev %d" % (first + 1)) == b"SUBSCRIBED %d\r\n" % (first + 1)
+    again.sock.settimeout(BOUND)
+    assert [read_event(again)["event"] for _ in range(2)] == ["reserve", "delete"]
 
 
 def test_a_lock_holds_across_nodes(nodes):

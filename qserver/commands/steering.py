@@ -111,21 +111,25 @@ class SteeringCommands:
 
 
     def subscribe(self, client, rest):
-        parts = rest.split(b" ")
-        if len(parts) != 2 or not parts[1]:
-            raise BadFormat
-        tube = None if parts[0] == b"*" else wire.parse_tube(parts[0]).decode()
-        if parts[1] == b"now":
-            start = None
-        elif parts[1].isdigit() and len(parts[1]) <= 20:
-            start = max(1, int(parts[1]))
-        else:
-            raise BadFormat
+        tube, start = parse_subscribe(rest)
         self.counts["subscribe"] += 1
         subscribe = getattr(client, "subscribe", None)
         if subscribe is None:           # an in-process harness without a server
             raise UnknownCommand
         return subscribe(tube, start)
+
+
+def parse_subscribe(rest: bytes) -> tuple:
+    """(tube or None for `*`, first sequence number or None for `now`)."""
+    parts = rest.split(b" ")
+    if len(parts) != 2 or not parts[1]:
+        raise BadFormat
+    tube = None if parts[0] == b"*" else wire.parse_tube(parts[0]).decode()
+    if parts[1] == b"now":
+        return tube, None
+    if parts[1].isdigit() and len(parts[1]) <= 20:
+        return tube, max(1, int(parts[1]))
+    raise BadFormat
 
 
 def _flushed(flush) -> bytes:

@@ -56,7 +56,7 @@ class StoreSession:
 
 
 class StoreCommands(CommandTable):
-    def __init__(self, store, info, max_job_size: int):
+    def __init__(self, store, info, max_job_size: int, event_window: int = 100_000):
         self.store = store
         self.info = info
         self.max_job_size = max_job_size
@@ -71,6 +71,7 @@ class StoreCommands(CommandTable):
         self.tasks = set()              # store calls in progress (kept referenced)
         self.sessions = set()           # this node's connections' StoreSessions
         self.draining = False           # SIGUSR1: puts answer DRAINING
+        self.event_window = event_window
         self.with_args = {
             b"put": self.put, b"peek": self.peek,
             b"reserve-with-timeout": self.reserve_with_timeout, b"delete": self.delete,

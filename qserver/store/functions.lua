@@ -103,6 +103,24 @@ local function make_ready(P, key, tube, member, pri)
   redis.call('PUBLISH', P .. ':wake', tube)
 end
 
+-- == Events (protocol.md, "subscribe") ==
+--   P:events_on   STRING  the window (events kept) while some node has had a
+--                         subscriber (it renews it); absent: nothing is recorded
+--   P:event_seq   STRING  the last sequence number given (starts at the wall
+--                         clock in µs, so numbers from an older stream are lower)
+--   P:events      STREAM  entry id "<seq>-1": n name, i job id, t tube, a attempt,
+--                         w time (µs); trimmed to about the window
+-- `key` names the job's hash for its attempts (nil: 0).
+local function event(P, name, id, tube, key)
+  local window = redis.call('GET', P .. ':events_on')
+  if not window then return end
+  local seq = redis.call('INCR', P .. ':event_seq')
+  local attempt = 0
+  if key then attempt = redis.call('HGET', key, 'attempts') or 0 end
+  redis.call('XADD', P .. ':events', 'MAXLEN', '~', window, id_text(seq) .. '-1',
+             'n', name, 'i', id, 't', tube, 'a', attempt, 'w', now_us())
+end
+
 -- == Per-key concurrency (protocol.md, "Per-key concurrency") ==
 --   P:lk:<tube>:<lock>  STRING  how many jobs with the lock are reserved
 --   P:lh:<tube>:<lock>  ZSET    the lock's held jobs, score and member the id
@@ -125,6 +143,7 @@ local function hold(P, key, tube, member, lock)
   redis.call('ZADD', list_key(P, tube, 'held'), tonumber(member), member)
   redis.call('ZADD', lock_held(P, tube, lock), tonumber(member), member)
   redis.call('HSET', key, 'state', 'held')
+  event(P, 'held', tonumber(member), tube, key)
 end
 
 -- A reservation of a job with a lock ended: the oldest held job of the lock is
@@ -277,6 +296,7 @@ local function bury_job(P, key, tube, member)
   redis.call('HSET', key, 'state', 'buried', 'bury', seq, 'due', 0, 'holder', '')
   redis.call('HINCRBY', key, 'buries', 1)
   redis.call('ZADD', list_key(P, tube, 'buried'), seq, member)
+  event(P, 'bury', tonumber(member), tube, key)
 end
 
 -- A job in no list goes back: delayed `delay` seconds, or ready.
@@ -344,6 +364,7 @@ end
 -- Returns fail's reply word and argument.
 local function failed(P, key, id, member, job, reason, now)
   count_failure(P, key, id, reason, now)
+  event(P, 'fail', id, job.tube, key)
   local policy = policy_of(P, job.tube)
   if policy == nil then
     bury_job(P, key, job.tube, member)
@@ -353,10 +374,12 @@ local function failed(P, key, id, member, job, reason, now)
   if policy.max_attempts == 0 or attempts < policy.max_attempts then
     local delay = retry_delay(policy.backoff, attempts)
     redis.call('HINCRBY', P .. ':ext', 'retries', 1)
+    event(P, 'retry', id, job.tube, key)
     schedule(P, key, job.tube, member, job.pri, delay, now)
     return 'RETRYING', delay
   end
   redis.call('HINCRBY', P .. ':ext', 'dead_letters', 1)
+  event(P, 'dead', id, job.tube, key)
   if policy.dead_letter == 'bury' then
     bury_job(P, key, job.tube, member)
     return 'BURIED'
@@ -376,12 +399,14 @@ local function failed(P, key, id, member, job, reason, now)
 end
 
 -- A reservation ended without a word from its worker (TTR, connection gone): in a
--- configured tube a counted failure, else the job is ready again as in beanstalkd.
-local function ended_silently(P, key, id, member, job, reason, now)
+-- configured tube a counted failure, else the job is ready again as in beanstalkd
+-- (a `release` event when the server released it for a closed connection).
+local function ended_silently(P, key, id, member, job, reason, now, released)
   if redis.call('EXISTS', P .. ':policy:' .. job.tube) == 1 then
     failed(P, key, id, member, job, reason, now)
   else
     make_ready(P, key, job.tube, member, job.pri)
+    if released then event(P, 'release', id, job.tube, key) end
   end
 end
 
@@ -406,6 +431,7 @@ local function new_job(P, args, now, ...)
   else
     make_ready(P, key, tube, member, pri)
   end
+  event(P, 'put', id, tube, nil)
   return id
 end
 
@@ -455,6 +481,7 @@ local function take(P, key, tube, member, holder, now)
   redis.call('ZADD', list_key(P, tube, 'reserved'), deadline, member)
   redis.call('SADD', P .. ':h:' .. holder, member)
   redis.call('SADD', P .. ':hn:' .. node_of(holder), holder)
+  event(P, 'reserve', tonumber(member), tube, key)
 end
 
 local function unpause_at(P, tube)
@@ -617,6 +644,7 @@ local function delete(keys, args)
   if job == nil or (job.state == 'reserved' and job.holder ~= holder) then
     return {'NOT_FOUND'}
   end
+  event(P, 'delete', id, job.tube, key)
   unlist(P, key, pad(id), job)
   finish(P, key, id, job.tube, nil, nil, 0, now_us())
   return {'OK'}
@@ -635,6 +663,7 @@ local function release(keys, args)
   redis.call('HSET', key, 'pri', pri)
   redis.call('HINCRBY', key, 'releases', 1)
   schedule(P, key, job.tube, member, pri, delay, now_us())
+  event(P, 'release', id, job.tube, key)
   return {'OK'}
 end
 
@@ -669,6 +698,7 @@ local function kick_one(P, key, member, job)
   unlist(P, key, member, job)
   redis.call('HINCRBY', key, 'kicks', 1)
   make_ready(P, key, job.tube, member, job.pri)
+  event(P, 'kick', tonumber(member), job.tube, key)
 end
 
 -- kick(P; tube, bound, list) -> {"OK", n, list}: buried jobs first (oldest first),
@@ -762,7 +792,8 @@ local function expire(keys, args)
     unlist(P, key, member, job)
     redis.call('HINCRBY', key, 'timeouts', 1)
     redis.call('INCR', P .. ':job_timeouts')
-    ended_silently(P, key, tonumber(member), member, job, 'TTR expired', now)
+    event(P, 'timeout', tonumber(member), job.tube, key)
+    ended_silently(P, key, tonumber(member), member, job, 'TTR expired', now, false)
   end
   expire_records(P, now, limit)
   local next = redis.call('ZRANGE', P .. ':reserved', 0, 0, 'WITHSCORES')
@@ -785,7 +816,8 @@ local function release_jobs_of(P, holder)
     local job = load(key)
     if job ~= nil and job.state == 'reserved' and job.holder == holder then
       unlist(P, key, member, job)
-      ended_silently(P, key, tonumber(member), member, job, 'connection closed', now_us())
+      ended_silently(P, key, tonumber(member), member, job, 'connection closed', now_us(),
+                     true)
     end
   end
   redis.call('DEL', P .. ':h:' .. holder)
@@ -894,6 +926,7 @@ local function complete(keys, args)
   local job = load(key)
   if not held_by(job, holder) then return {'NOT_FOUND'} end
   if job.cancelled then return {'CANCELLED'} end
+  event(P, 'complete', id, job.tube, key)
   unlist(P, key, member, job)
   redis.call('HINCRBY', P .. ':ext', 'completions', 1)
   local policy = policy_of(P, job.tube)
@@ -911,6 +944,7 @@ local function progress(keys, args)
   if job.cancelled then return {'CANCELLED'} end
   redis.call('HSET', key, 'progress', args[3])
   restart_ttr(P, key, member, job)
+  event(P, 'progress', id, job.tube, key)
   return {'OK'}
 end
 
@@ -1001,6 +1035,7 @@ local function cancel_tag(keys, args)
     local id = tonumber(member)
     local key = job_key(P, id)
     local job = find(P, key, member)
+    if job ~= nil then event(P, 'cancel', id, job.tube, key) end
     if job ~= nil and job.state == 'reserved' then
       redis.call('HSET', key, 'cancelled', 1)
       flagged = flagged + 1
@@ -1024,6 +1059,9 @@ local function flush_start(keys, args)
   local P, tube = keys[1], args[1]
   local now = now_us()
   promote_due(P, tube, now)
+  if redis.call('SISMEMBER', P .. ':tubes', tube) == 1 then
+    event(P, 'flush', 0, tube, nil)       -- one event for the lot
+  end
   local flush = redis.call('INCR', P .. ':flush_seq')
   local count = 0
   for _, list in ipairs(FLUSH_LISTS) do
@@ -1164,6 +1202,19 @@ local function fence(keys, args)
 end
 -- ---------------------------------------------------------- end of ids after a failover
 
+-- events_on(P; window, ttl ms) -> {"OK", last seq}: record events (again) for `ttl`
+-- ms, keeping about `window` of them; the last sequence number given so far.
+local function events_on(keys, args)
+  local P = keys[1]
+  redis.call('SET', P .. ':events_on', args[1], 'PX', args[2])
+  local seq = redis.call('GET', P .. ':event_seq')
+  if not seq then
+    seq = now_us()
+    redis.call('SET', P .. ':event_seq', id_text(seq))
+  end
+  return {'OK', tonumber(seq)}
+end
+
 -- (A plain loop: the library's loading code may not use pairs or ipairs.)
 local WRITING = {
   {'qs_put', put}, {'qs_reserve', reserve}, {'qs_reserve_job', reserve_job},
@@ -1175,7 +1226,8 @@ local WRITING = {
   {'qs_unrefer', unrefer}, {'qs_config', config}, {'qs_fail', fail},
   {'qs_complete', complete}, {'qs_progress', progress}, {'qs_put_ex', put_ex},
   {'qs_cancel_tag', cancel_tag}, {'qs_flush_start', flush_start},
-  {'qs_flush_step', flush_step}, {'qs_list_jobs', list_jobs}}
+  {'qs_flush_step', flush_step}, {'qs_list_jobs', list_jobs},
+  {'qs_events_on', events_on}}
 -- Read-only: allowed on a replica too.
 local READING = {{'qs_peek', peek}, {'qs_tubes', tubes}, {'qs_stats_job', stats_job},
                  {'qs_totals', totals}, {'qs_policy', policy}, {'qs_job_info', job_info},

@@ -2,16 +2,17 @@
 and "Several nodes"): put-ex with unique keys, tags and lock keys (per-key
 concurrency is the reserve function's), flush-tube, cancel-tag and list-jobs, each
 change one Redis Function (functions.lua, "Steering"). Lines and replies are the
-in-memory table's (`commands.steering`, `listing`). Not served on the store yet:
-`subscribe` (UNKNOWN_COMMAND).
-Imports: `wire`, `errors`, `listing`, `stats`, `commands.steering`.
+in-memory table's (`commands.steering`, `listing`); `subscribe` streams the
+cluster's events through `store.events`.
+Imports: `wire`, `errors`, `listing`, `stats`, `commands.steering`, `store.events`.
 """
 
 from qserver import wire
-from qserver.commands.steering import put_options, refuse_body, tag_value
+from qserver.commands.steering import parse_subscribe, put_options, refuse_body, tag_value
 from qserver.errors import BadFormat, Draining, ExpectedCrlf
 from qserver.listing import STATES, parse_request
 from qserver.stats import job_page_text, key_text, tags_text
+from qserver.store.events import EventMirror
 
 _LETTERS = {state: letter for _, state, letter in STATES}
 _STATE_NAMES = {letter: name for name, _, letter in STATES}
@@ -23,12 +24,14 @@ class StoreSteering:
         self.commands = commands        # store.commands.StoreCommands: calls, bodies
         self.store = commands.store
         self.counts = commands.counts
+        self.events = EventMirror(commands.store, commands.event_window)
 
     def table(self) -> tuple[dict, dict]:
         """(commands with arguments, commands without), by command word."""
         return {
             b"put-ex": self.put_ex, b"flush-tube": self.flush_tube,
             b"cancel-tag": self.cancel_tag, b"list-jobs": self.list_jobs,
+            b"subscribe": self.subscribe,
         }, {}
 
     def put_ex(self, client, rest):
@@ -95,6 +98,16 @@ class StoreSteering:
             after_letter, (score, after_id) = _LETTERS[after[0]], after[1]
         self.commands.when(client, self.store.call(
             "qs_list_jobs", tube, letters, after_letter, score, after_id, limit), _page)
+
+
+    def subscribe(self, client, rest):
+        tube, start = parse_subscribe(rest)
+        self.counts["subscribe"] += 1
+        self.commands.later(client, self._subscribe(client, tube, start))
+
+    async def _subscribe(self, client, tube, start) -> bytes:
+        window = await self.events.ready()
+        return client.subscribe(tube, start, window)
 
 
 def _inserted_or_duplicate(reply) -> bytes:
