@@ -16,12 +16,8 @@ COMPLETED = b"COMPLETED\r\n"
 TOUCHED = b"TOUCHED\r\n"
 
 
-class LifecycleCommands:
-    def __init__(self, commands):
-        self.commands = commands          # the beanstalkd table: bodies, clocks, counts
-        self.engine = commands.engine
-        self.lifecycle = commands.engine.lifecycle
-        self.counts = commands.counts
+class LifecycleWords:
+    """The lifecycle's command words, shared by both stores' tables."""
 
     def table(self) -> tuple[dict, dict]:
         """(commands with arguments, commands without), by command word."""
@@ -30,6 +26,14 @@ class LifecycleCommands:
             b"complete": self.complete, b"progress": self.progress,
             b"job-info": self.job_info, b"peek-result": self.peek_result,
         }, {b"stats-ext": self.stats_ext}
+
+
+class LifecycleCommands(LifecycleWords):
+    def __init__(self, commands):
+        self.commands = commands          # the beanstalkd table: bodies, clocks, counts
+        self.engine = commands.engine
+        self.lifecycle = commands.engine.lifecycle
+        self.counts = commands.counts
 
     def config_tube(self, client, rest):
         tube, name, value = wire.parse_config(rest)

@@ -12,12 +12,8 @@ from qserver.stats import job_page
 from qserver.steering import MAX_TAGS
 
 
-class SteeringCommands:
-    def __init__(self, commands):
-        self.commands = commands          # the beanstalkd table: bodies, clocks, counts
-        self.engine = commands.engine
-        self.steering = commands.engine.steering
-        self.counts = commands.counts
+class SteeringWords:
+    """The steering's command words, shared by both stores' tables."""
 
     def table(self) -> tuple[dict, dict]:
         """(commands with arguments, commands without), by command word."""
@@ -27,26 +23,20 @@ class SteeringCommands:
             b"subscribe": self.subscribe,
         }, {}
 
+
+class SteeringCommands(SteeringWords):
+    def __init__(self, commands):
+        self.commands = commands          # the beanstalkd table: bodies, clocks, counts
+        self.engine = commands.engine
+        self.steering = commands.engine.steering
+        self.counts = commands.counts
+
     def put_ex(self, client, rest):
-        pri, delay, ttr, size, tail = wire.parse_put(rest)
-        self.counts["put-ex"] += 1
-        if size > self.commands.max_job_size:
-            client.framer.discard_body(size)
-            return None
-        # Bad options are answered after the body is read, so the stream stays in
-        # sync (the numbers told us how long the body is).
-        try:
-            key, tags, lock = put_options(wire.parse_options(tail))
-        except BadFormat:
-            finish, args = refuse_body, ()
-        else:
-            finish, args = self._store, (pri, delay, ttr or 1, key, tags, lock)
+        return read_put_ex(client, rest, self.commands.max_job_size, self.counts,
+                           self._store, self._mark_producer)
+
+    def _mark_producer(self, client) -> None:
         self.engine.mark_producer(client.session)
-        body = client.framer.take_body(size)
-        if body is None:
-            client.pending_body = (finish, args)
-            return None
-        return finish(client, body, *args)
 
     def _store(self, client, body: bytes, pri, delay, ttr, key, tags, lock) -> bytes:
         """Make the job once its body is here; the key is checked only now, so a
@@ -84,16 +74,7 @@ class SteeringCommands:
 
 
     def list_jobs(self, client, rest):
-        parts = rest.split(b" ")
-        if len(parts) != 4 or not parts[3].isdigit() or len(parts[3]) > 4:
-            raise BadFormat
-        tube = wire.parse_tube(parts[0]).decode()
-        self.counts["list-jobs"] += 1
-        try:
-            state, cursor = parts[1].decode("ascii"), parts[2].decode("ascii")
-        except UnicodeDecodeError:
-            raise BadFormat from None
-        request = parse_request(state, cursor, int(parts[3]))
+        tube, request = read_list_jobs(rest, self.counts)
         found = self.engine.tubes.get(tube)
         if found is not None:
             index = index_of(self.engine, found)
@@ -117,6 +98,47 @@ class SteeringCommands:
         if subscribe is None:           # an in-process harness without a server
             raise UnknownCommand
         return subscribe(tube, start)
+
+
+# -- the lines, read alike by both stores -----------------------------------------
+
+def read_put_ex(client, rest: bytes, max_job_size: int, counts: dict, finish,
+                mark_producer):
+    """A put-ex line: its body is read as put's, then finish(client, body, pri,
+    delay, ttr, key, tags, lock) makes the job. Bad options are answered after the
+    body is read, so the stream stays in step (the numbers said how long it is)."""
+    pri, delay, ttr, size, tail = wire.parse_put(rest)
+    counts["put-ex"] += 1
+    if size > max_job_size:
+        client.framer.discard_body(size)
+        return None
+    try:
+        key, tags, lock = put_options(wire.parse_options(tail))
+    except BadFormat:
+        finish, args = refuse_body, ()
+    else:
+        args = (pri, delay, ttr or 1, key, tags, lock)
+    mark_producer(client)
+    body = client.framer.take_body(size)
+    if body is None:
+        client.pending_body = (finish, args)
+        return None
+    return finish(client, body, *args)
+
+
+def read_list_jobs(rest: bytes, counts: dict) -> tuple:
+    """(tube, listing.parse_request's request) of a list-jobs line (counted once
+    the tube name is good)."""
+    parts = rest.split(b" ")
+    if len(parts) != 4 or not parts[3].isdigit() or len(parts[3]) > 4:
+        raise BadFormat
+    tube = wire.parse_tube(parts[0]).decode()
+    counts["list-jobs"] += 1
+    try:
+        state, cursor = parts[1].decode("ascii"), parts[2].decode("ascii")
+    except UnicodeDecodeError:
+        raise BadFormat from None
+    return tube, parse_request(state, cursor, int(parts[3]))
 
 
 def parse_subscribe(rest: bytes) -> tuple:

@@ -9,26 +9,18 @@ Imports: `wire`, `errors`, `policy`, `stats`, `commands.lifecycle`, `store.redis
 """
 
 from qserver import wire
-from qserver.commands.lifecycle import COMPLETED, CONFIGURED, TOUCHED
+from qserver.commands.lifecycle import COMPLETED, CONFIGURED, TOUCHED, LifecycleWords
 from qserver.errors import BadFormat
 from qserver.policy import DEFAULT, Policy, PolicyError
 from qserver.stats import ext_pairs, job_info_text, key_text, policy_info, tags_text
 from qserver.store.redis import job_stats_pairs
 
 
-class StoreLifecycle:
+class StoreLifecycle(LifecycleWords):
     def __init__(self, commands):
         self.commands = commands        # store.commands.StoreCommands: calls, bodies
         self.store = commands.store
         self.counts = commands.counts
-
-    def table(self) -> tuple[dict, dict]:
-        """(commands with arguments, commands without), by command word."""
-        return {
-            b"config-tube": self.config_tube, b"fail": self.fail,
-            b"complete": self.complete, b"progress": self.progress,
-            b"job-info": self.job_info, b"peek-result": self.peek_result,
-        }, {b"stats-ext": self.stats_ext}
 
     def config_tube(self, client, rest):
         tube, name, value = wire.parse_config(rest)

@@ -8,9 +8,10 @@ Imports: `wire`, `errors`, `listing`, `stats`, `commands.steering`, `store.event
 """
 
 from qserver import wire
-from qserver.commands.steering import parse_subscribe, put_options, refuse_body, tag_value
-from qserver.errors import BadFormat, Draining, ExpectedCrlf
-from qserver.listing import STATES, parse_request
+from qserver.commands.steering import (SteeringWords, parse_subscribe, read_list_jobs,
+                                      read_put_ex, tag_value)
+from qserver.errors import Draining, ExpectedCrlf
+from qserver.listing import STATES
 from qserver.stats import job_page_text, key_text, tags_text
 from qserver.store.events import EventMirror
 
@@ -19,41 +20,19 @@ _STATE_NAMES = {letter: name for name, _, letter in STATES}
 _TIMED = {"reserved": "due", "delayed": "due", "completed": "expires", "dead": "expires"}
 
 
-class StoreSteering:
+class StoreSteering(SteeringWords):
     def __init__(self, commands):
         self.commands = commands        # store.commands.StoreCommands: calls, bodies
         self.store = commands.store
         self.counts = commands.counts
         self.events = EventMirror(commands.store, commands.event_window)
 
-    def table(self) -> tuple[dict, dict]:
-        """(commands with arguments, commands without), by command word."""
-        return {
-            b"put-ex": self.put_ex, b"flush-tube": self.flush_tube,
-            b"cancel-tag": self.cancel_tag, b"list-jobs": self.list_jobs,
-            b"subscribe": self.subscribe,
-        }, {}
-
     def put_ex(self, client, rest):
-        pri, delay, ttr, size, tail = wire.parse_put(rest)
-        self.counts["put-ex"] += 1
-        if size > self.commands.max_job_size:
-            client.framer.discard_body(size)
-            return None
-        # Bad options are answered after the body is read, so the stream stays in
-        # step (the numbers told us how long the body is).
-        try:
-            key, tags, lock = put_options(wire.parse_options(tail))
-        except BadFormat:
-            finish, args = refuse_body, ()
-        else:
-            finish, args = self._put, (pri, delay, ttr or 1, key, tags, lock)
+        return read_put_ex(client, rest, self.commands.max_job_size, self.counts,
+                           self._put, self._mark_producer)
+
+    def _mark_producer(self, client) -> None:
         self.commands.session(client).producer = True
-        body = client.framer.take_body(size)
-        if body is None:
-            client.pending_body = (finish, args)
-            return None
-        return finish(client, body, *args)
 
     def _put(self, client, body: bytes, pri, delay, ttr, key, tags, lock):
         if not body.endswith(wire.CRLF):
@@ -82,16 +61,7 @@ class StoreSteering:
                            lambda reply: b"CANCELLED %d %d\r\n" % (reply[1], reply[2]))
 
     def list_jobs(self, client, rest):
-        parts = rest.split(b" ")
-        if len(parts) != 4 or not parts[3].isdigit() or len(parts[3]) > 4:
-            raise BadFormat
-        tube = wire.parse_tube(parts[0]).decode()
-        self.counts["list-jobs"] += 1
-        try:
-            state, cursor = parts[1].decode("ascii"), parts[2].decode("ascii")
-        except UnicodeDecodeError:
-            raise BadFormat from None
-        states, after, limit = parse_request(state, cursor, int(parts[3]))
+        tube, (states, after, limit) = read_list_jobs(rest, self.counts)
         letters = "".join(_LETTERS[state] for state in states)
         after_letter, score, after_id = "", 0, 0
         if after is not None:
