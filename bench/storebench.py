@@ -810,7 +810,8 @@ def main(opts) -> int:
 
 
 def rechart(jsonl: str, opts) -> int:
-    """Re-render the markdown and SVG from a raw .jsonl (keeps the best attempt of each)."""
+    """Re-render the markdown and the SVG from a raw .jsonl (keeps the least noisy ok
+    attempt of each system, scenario and round), e.g. of a run that was interrupted."""
     rows = [json.loads(l) for l in open(jsonl) if l.strip()]
     best = {}
     for r in rows:
@@ -825,7 +826,19 @@ def rechart(jsonl: str, opts) -> int:
     scens = list(dict.fromkeys(r["scenario"] for r in rows))
     med = {k: medians(v) for k, v in recs.items()}
     base = jsonl[:-len(".jsonl")]
+    name = Path(base).name
+    rounds = max(r["round"] for r in rows) + 1
+    opts.reps = rounds
+    opts.cycle_seconds = opts.cycle_seconds or 10
+    opts.aof_row = "redis1-aof" in systems
+    meta = {"started": name, "command": f"python bench/run.py --rechart {jsonl} (re-rendered from the raw runs)",
+            "commit": "see the raw runs", "machine": f"{os.cpu_count()} CPUs", "redis": "see the raw runs",
+            "uptime_before": f"first run: load {rows[0]['loadavg_before']}",
+            "uptime_after": f"last run: load {rows[-1]['loadavg_after']}", "elapsed_min": 0.0}
+    md = render(systems, scens, med, sorted(best.values(), key=lambda r: r["round"]), opts, meta)
     Path(base + ".svg").write_text(svg_chart(systems, scens, med, f"qserver on Redis vs beanstalkd "
-                                             f"({Path(base).name}, medians)"))
-    log(f"chart: {base}.svg")
+                                             f"({name}, medians of {rounds} rounds)"))
+    md += f"\n![store matrix chart]({name}.svg)\n"
+    print(md)
+    log(f"chart: {base}.svg (markdown printed; not written)")
     return 0
