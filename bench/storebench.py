@@ -643,6 +643,8 @@ def render(systems, scens, med, recs_all, opts, meta) -> str:
 
 
 # --------------------------------------------------------------------------- chart
+CHART_LABELS = {"put50": "put, 50 conns", "drain": "drain", "cycle": "cycle 10P+10W",
+                "rate": "fixed rate: e2e p99"}
 COLORS = {"beanstalkd": "#ef8636", "memory": "#3b75af", "redis1": "#4c9a52", "redis2": "#8c5fb0",
           "redis1-aof": "#999999"}
 
@@ -653,10 +655,10 @@ def svg_chart(systems, scens, med, title: str) -> str:
     thr = [s for s in scens if s != "rate"]
     lat = [s for s in scens if s == "rate"]
     bars = [s for s in systems if s != "beanstalkd"]
-    W, H = 860, 400
-    ml, mr, mt, mb = 60, 20, 60, 90
+    W, H = 960, 420
+    ml, mr, mt, mb = 60, 20, 60, 110
     pw_thr = (W - ml - mr) * (0.72 if lat else 1.0)
-    gap = 50 if lat else 0
+    gap = 75 if lat else 0
     pw_lat = (W - ml - mr - pw_thr - gap) if lat else 0
     ph = H - mt - mb
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
@@ -693,7 +695,8 @@ def svg_chart(systems, scens, med, title: str) -> str:
                            f'fill="{COLORS.get(s, "#666")}"><title>{esc(s)} {esc(sc)}: {r:.2f}</title></rect>')
                 out.append(f'<text x="{bx + (bw - 2) / 2:.1f}" y="{y(r) - 3:.1f}" text-anchor="middle" '
                            f'font-size="10">{r:.2f}{"+" if r > ymax else ""}</text>')
-            out.append(f'<text x="{x0 + gi * gw + gw / 2:.1f}" y="{mt + ph + 16}" text-anchor="middle">{esc(sc)}</text>')
+            out.append(f'<text x="{x0 + gi * gw + gw / 2:.1f}" y="{mt + ph + 16}" text-anchor="middle">'
+                       f'{esc(CHART_LABELS.get(sc, sc))}</text>')
         out.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{mt + ph}" y2="{mt + ph}" stroke="#333"/>')
 
     rs = [ratio(med, s, sc, "ops_per_s") for s in bars for sc in thr]
@@ -705,12 +708,16 @@ def svg_chart(systems, scens, med, title: str) -> str:
         ymax2 = max([1.5] + [r * 1.1 for r in rl if r is not None])
         panel(ml + pw_thr + gap, pw_lat, lat, "p99_us", ymax2, "p99 ÷ beanstalkd's (lower is better)",
               [(1.0, "= 1", False)])
-    # legend
-    lx = ml
+    # legend, wrapped to the width
+    lx, ly = ml, H - 52
     for s in bars:
-        out.append(f'<rect x="{lx}" y="{H - 30}" width="12" height="12" fill="{COLORS.get(s, "#666")}"/>')
-        out.append(f'<text x="{lx + 16}" y="{H - 20}">{esc(SYSTEMS.get(s, s))}</text>')
-        lx += 16 + 7.2 * len(SYSTEMS.get(s, s)) + 18
+        name = SYSTEMS.get(s, s)
+        width = 16 + 7.0 * len(name) + 18
+        if lx + width > W - mr and lx > ml:
+            lx, ly = ml, ly + 20
+        out.append(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{COLORS.get(s, "#666")}"/>')
+        out.append(f'<text x="{lx + 16}" y="{ly + 10}">{esc(name)}</text>')
+        lx += width
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
