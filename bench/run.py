@@ -6,6 +6,8 @@
     python bench/run.py --servers qserver --workloads put50,cycle
     python bench/run.py --calibrate          # bench/gen vs ../shared/loadgen against beanstalkd
     python bench/run.py --list               # the workloads
+    python bench/run.py --store              # beanstalkd, memory, Redis 1 node, Redis 2 nodes
+                                             # (bench/storebench.py, ../shared/loadgen)
 
 Each run gets a fresh server (pinned with taskset to --server-cpu, default 0) driven by
 bench/gen/bin/qgen (pinned to --gen-cpu, default 1; compiled from bench/gen/qgen.c on
@@ -774,6 +776,20 @@ def main() -> int:
     ap.add_argument("--rebuild", action="store_true", help="recompile bench/gen")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--from-raw", metavar="FILE", help="re-render a calibration-*.jsonl without running anything")
+    st = ap.add_argument_group("store matrix (--store, issue 12; see bench/storebench.py)")
+    st.add_argument("--store", action="store_true",
+                    help="run put50, drain, cycle and fixed-rate p99 against beanstalkd, qserver in memory and "
+                         "qserver on a redis-server started here, with 1 and 2 nodes")
+    st.add_argument("--systems", default="beanstalkd,memory,redis1,redis2",
+                    help="store matrix systems: beanstalkd,memory,redis1,redis2,redis1-aof")
+    st.add_argument("--scenarios", default="put50,drain,cycle,rate", help="store matrix scenarios")
+    st.add_argument("--rate", type=int, default=1000, help="fixed rate of the 'rate' scenario, jobs/s (1000)")
+    st.add_argument("--cycle-seconds", type=float, help="cycle/rate window in the store matrix (10)")
+    st.add_argument("--aof-row", action="store_true",
+                    help="also redis1-aof: one node on a redis-server with appendonly yes, appendfsync everysec")
+    st.add_argument("--redis-cpu", type=int, help="pin redis-server to this CPU (default: not pinned)")
+    st.add_argument("--tag", default="", help="suffix of the store matrix's result files")
+    st.add_argument("--rechart", metavar="JSONL", help="re-draw the SVG of a store-matrix-*.jsonl")
     opts = ap.parse_args()
     if opts.list:
         for w in WORKLOADS:
@@ -801,6 +817,13 @@ def main() -> int:
         log("not pinning: taskset missing, --no-pin, or too few CPUs")
     if q:
         opts.quiet_wait = min(opts.quiet_wait, 2)
+    if opts.store or opts.rechart:
+        sys.path.insert(0, str(HERE))
+        import storebench
+        if opts.rechart:
+            return storebench.rechart(opts.rechart, opts)
+        opts.cycle_seconds = opts.cycle_seconds or (1.5 if q else 10)
+        return storebench.main(opts)
     build_gen(opts.rebuild)
     return do_calibrate(opts) if opts.calibrate else do_bench(opts)
 
