@@ -30,6 +30,9 @@ import ssl
 import hiredis
 
 CALL_TIMEOUT = 10.0             # seconds a batch may wait for its replies
+# Batches on their way at once: two, so that Redis runs one while the node handles
+# the other's replies (with one, node and Redis took turns: bench/README.md).
+MAX_IN_FLIGHT = 4
 CONNECT_TIMEOUT = 2.0           # seconds to reach one sentinel or the primary
 RECONNECT_PAUSE = 0.1           # seconds between two attempts to connect
 # WAIT's timeout: replicas that have not acknowledged a batch within this are taken
@@ -129,14 +132,21 @@ class RespConnection:
             await self._read_more()
 
     async def execute(self, commands) -> list:
+        self.write(commands)
+        return await self.read(len(commands))
+
+    def write(self, commands) -> None:
         self.writer.write(b"".join(encode(command) for command in commands))
+
+    async def read(self, count: int) -> list:
+        """The next `count` replies (those of the commands written first)."""
         replies = []
         parser = self.parser
         while True:
             reply = parser.gets()
             while reply is not False:
                 replies.append(reply)
-                if len(replies) == len(commands):
+                if len(replies) == count:
                     return replies
                 reply = parser.gets()
             await self._read_more()
@@ -194,7 +204,9 @@ class Batcher:
         self.prepare = prepare
         self.wait_replicas = wait_replicas
         self.pending = []               # (command args, future) not sent yet
-        self.in_flight = False
+        self.flying = 0                 # batches sent whose replies are not all read
+        self.scheduled = False          # _send_next is due this loop turn
+        self.reading = None             # done once the last batch sent has its replies
         self.round_trips = 0            # batches sent (tests, stats)
         self.largest = 0                # the most calls one batch carried
         self.connects = 0               # connections made (tests)
@@ -205,8 +217,8 @@ class Batcher:
         through the returned future."""
         future = asyncio.get_running_loop().create_future()
         self.pending.append((args, future))
-        if not self.in_flight:
-            self.in_flight = True
+        if not self.scheduled and self.flying < MAX_IN_FLIGHT:
+            self.scheduled = True
             # After this loop turn's other callbacks, so their calls join the batch.
             asyncio.get_running_loop().call_soon(self._send_next)
         return future
@@ -237,13 +249,21 @@ class Batcher:
         self.connects += 1
 
     def _send_next(self) -> None:
-        if not self.pending:
-            self.in_flight = False
-            return
+        self.scheduled = False
+        if not self.pending or self.flying >= MAX_IN_FLIGHT:
+            return                      # a batch coming back sends the next
+        if self.flying and not self.connection.is_open:
+            return                      # the batch in flight is connecting
         batch, self.pending = self.pending, []
-        asyncio.get_running_loop().create_task(self._send(batch))
+        self.flying += 1
+        loop = asyncio.get_running_loop()
+        previous, self.reading = self.reading, loop.create_future()
+        loop.create_task(self._send(batch, previous, self.reading))
 
-    async def _send(self, batch: list) -> None:
+    async def _send(self, batch: list, previous, done) -> None:
+        """Send a batch at once and read its replies after the previous batch's
+        (Redis answers one connection's commands in order): Redis can work on one
+        batch while this node handles the replies of the other."""
         connection = self.connection
         commands = [args for args, _ in batch]
         if self.wait_replicas:
@@ -254,7 +274,12 @@ class Batcher:
                     await self._open()
                 self.round_trips += 1
                 self.largest = max(self.largest, len(batch))
-                results = await connection.execute(commands)
+                connection.write(commands)
+                if previous is not None and not previous.done():
+                    await previous
+                if not connection.is_open:  # the batch before broke it
+                    raise StoreUnreachable("the store connection broke")
+                results = await connection.read(len(commands))
         except (OSError, EOFError, TimeoutError, StoreUnreachable, ReplyError,
                 hiredis.ProtocolError) as error:
             connection.close()          # the next batch connects again
@@ -284,6 +309,9 @@ class Batcher:
                     future.set_exception(ReplyError(str(result)))
                 else:
                     future.set_result(result)
+        finally:
+            done.set_result(None)
+            self.flying -= 1
         self._send_next()
 
     @staticmethod

@@ -25,8 +25,8 @@ from collections import Counter
 
 from qserver import wire
 from qserver.commands import FOUND, RESERVED, CommandTable
-from qserver.errors import (BadFormat, Cancelled, Draining, ExpectedCrlf, InternalError,
-                            NotFound, QueueError, TimedOut)
+from qserver.errors import (BadFormat, Cancelled, DeadlineSoon, Draining, ExpectedCrlf,
+                            InternalError, NotFound, QueueError, TimedOut)
 from qserver.stats import server_pairs, tube_pairs
 from qserver.store.batch import ReplyError
 from qserver.store.lifecycle import StoreLifecycle
@@ -157,7 +157,8 @@ class StoreCommands(CommandTable):
         """The client shut its sending side: a waiting reserve answers TIMED_OUT at
         once (as beanstalkd does), and the connection closes after its replies."""
         session = client.store_session
-        if session is not None and session.waiting is not None:
+        # (A reserve still at its first look answers TIMED_OUT when it finds none.)
+        if session is not None and isinstance(session.waiting, asyncio.Task):
             session.waiting.cancel(HALF_CLOSED)
 
     # -- running a store call ---------------------------------------------------------
@@ -173,11 +174,12 @@ class StoreCommands(CommandTable):
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def when(self, client, future, make_reply) -> None:
+    def when(self, client, future, make_reply, answer=None) -> None:
         """Answer from the store's raw reply to one call, without a task: NOT_FOUND
-        and CANCELLED as they are, else `make_reply(reply)`; a failed call is
-        INTERNAL_ERROR."""
-        answer = client.answer_later(logged=False)
+        and CANCELLED as they are, else `make_reply(reply)` (None: a task it started
+        answers through `answer`); a failed call is INTERNAL_ERROR."""
+        if answer is None:
+            answer = client.answer_later(logged=False)
         store = self.store
 
         def done(call):
@@ -191,7 +193,9 @@ class StoreCommands(CommandTable):
                     answer(refused)
                     return
                 try:
-                    answer(make_reply(reply))
+                    text = make_reply(reply)
+                    if text is not None:
+                        answer(text)
                 except Exception:
                     log.exception("store reply %r", reply[:1])
                     answer(InternalError.reply)
@@ -287,7 +291,32 @@ class StoreCommands(CommandTable):
             timeout = 0
         session = self.session(client)
         session.worker = True
-        session.waiting = self.later(client, self._reserve_job(session, timeout))
+        # The first look is a plain call (no task): most reserves of a busy queue
+        # end there. Only one that must wait becomes a task (reserve_wait).
+        answer = client.answer_later(logged=False)
+        # It counts as waiting from now on (stats), as when it was one task.
+        session.waiting = look = self.store.call("qs_reserve", session.holder,
+                                                 *session.watch)
+        look.add_done_callback(lambda _: _looked(session, look))
+        self.when(client, look,
+                  lambda reply: self._first_look(client, session, reply, timeout, answer),
+                  answer)
+
+    def _first_look(self, client, session, reply, timeout, answer):
+        status = reply[0]
+        if status == b"OK":
+            return wire.job_reply(RESERVED, reply[1], reply[2])
+        if status == b"DEADLINE_SOON":
+            return DeadlineSoon.reply
+        if timeout == 0 or client.half_closed:
+            return TimedOut.reply
+        if session not in self.sessions:
+            return None                 # the connection went away meanwhile
+        # Waits: registered for wake-ups first, then it looks again (a job made
+        # ready since the first look wakes it).
+        session.waiting = self._spawn(self._answer(self._reserve_job(session, timeout),
+                                                   answer))
+        return None
 
     async def _reserve_job(self, session, timeout) -> bytes:
         try:
@@ -469,6 +498,12 @@ class StoreCommands(CommandTable):
     def quit(self, client, rest):
         client.closing = True
         return None
+
+
+def _looked(session, look) -> None:
+    """A reserve's first look is back (whatever it found): no longer waiting on it."""
+    if session.waiting is look:
+        session.waiting = None
 
 
 def _inserted(reply) -> bytes:
