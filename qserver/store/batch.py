@@ -2,9 +2,10 @@
 its way go together as the next one (protocol.md's group commit, for Redis).
 
 A node serving many busy clients must not pay one Redis round trip per command.
-At most one batch is in flight, so the calls reach Redis in the order they were
-made: a client's pipelined `put` then `reserve` see each other's effects, and one
-client's replies stay in order. Each call gets a future; a call that Redis refuses
+Up to MAX_IN_FLIGHT batches are on their way at once, all over one connection, so
+the calls reach Redis in the order they were made (Redis runs one connection's
+commands in order): a client's pipelined `put` then `reserve` see each other's
+effects, and one client's replies stay in order. Each call gets a future; a call that Redis refuses
 gets its error, the others of the batch are not affected.
 
 The batches go over a connection of their own that speaks RESP directly (hiredis
@@ -30,8 +31,9 @@ import ssl
 import hiredis
 
 CALL_TIMEOUT = 10.0             # seconds a batch may wait for its replies
-# Batches on their way at once: two, so that Redis runs one while the node handles
-# the other's replies (with one, node and Redis took turns: bench/README.md).
+# Batches on their way at once, so that Redis runs one while the node handles
+# another's replies (with one, node and Redis took turns: bench/README.md, "Several
+# nodes on Redis"; four gave more than two, measured).
 MAX_IN_FLIGHT = 4
 CONNECT_TIMEOUT = 2.0           # seconds to reach one sentinel or the primary
 RECONNECT_PAUSE = 0.1           # seconds between two attempts to connect

@@ -443,7 +443,7 @@ def job_stats_pairs(job_id: int, now: float, fields: dict) -> list:
     return job_pairs(
         job_id, fields["tube"].decode(), state, int(fields["pri"]),
         int(now - int(fields["created"]) / 1e6), int(fields["delay"]), int(fields["ttr"]),
-        time_left, 0, tuple(int(fields[name]) for name in
+        time_left, 0, tuple(int(fields.get(name, 0)) for name in
                             ("reserves", "timeouts", "releases", "buries", "kicks")))
 
 
