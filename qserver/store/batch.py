@@ -33,7 +33,7 @@ import hiredis
 CALL_TIMEOUT = 10.0             # seconds a batch may wait for its replies
 # Batches on their way at once, so that Redis runs one while the node handles
 # another's replies (with one, node and Redis took turns: bench/README.md, "Several
-# nodes on Redis"; four gave more than two, measured).
+# nodes on Redis"; four did a little better than two in a quick, noisy check).
 MAX_IN_FLIGHT = 4
 CONNECT_TIMEOUT = 2.0           # seconds to reach one sentinel or the primary
 RECONNECT_PAUSE = 0.1           # seconds between two attempts to connect
