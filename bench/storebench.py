@@ -226,13 +226,7 @@ class RedisServer:
             self.conn.close()
         except OSError:
             pass
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -304,13 +298,7 @@ class Node:
         return self.err.read()[-600:].decode(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc)
         self.err.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -849,3 +837,14 @@ def rechart(jsonl: str, opts) -> int:
     print(md)
     log(f"chart: {base}.svg (markdown printed; not written)")
     return 0
+
+
+def _terminate(proc) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
