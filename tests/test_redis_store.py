@@ -239,3 +239,16 @@ async def test_a_failed_put_uses_up_an_id(store):
     first = await store.put("t", 0, 0, 60, b"x")
     store.skip_id()
     assert await store.put("t", 0, 0, 60, b"y") == first + 2
+
+
+def test_failed_calls_are_logged_at_most_once_a_second_with_a_count(caplog):
+    from qserver.store.commands import FailureLog
+    now = [100.0]
+    failures = FailureLog(clock=lambda: now[0])
+    with caplog.at_level("ERROR", logger="qserver"):
+        for step in (0.0, 0.2, 0.5, 0.9, 1.0, 1.1):
+            now[0] = 100.0 + step
+            failures.log(ConnectionError("away"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "store call failed: away",
+        "store call failed: away (and 3 more since the last one logged)"]

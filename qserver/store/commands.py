@@ -202,7 +202,7 @@ class StoreCommands(CommandTable):
                 return
             if isinstance(error, ReplyError) and "Function not found" in str(error):
                 store.reload_soon()
-            log.error("store call failed: %s", error)
+            failures.log(error)
             answer(InternalError.reply)
         future.add_done_callback(done)
 
@@ -217,7 +217,7 @@ class StoreCommands(CommandTable):
         except QueueError as error:
             reply = error.reply
         except Exception as error:      # Redis unreachable or refusing
-            log.error("store call failed: %s", error)
+            failures.log(error)
             reply = InternalError.reply
         answer(reply)
 
@@ -498,6 +498,30 @@ class StoreCommands(CommandTable):
     def quit(self, client, rest):
         client.closing = True
         return None
+
+
+class FailureLog:
+    """Failed store calls, logged at most once a second with how many more there
+    were: a store that is away for a minute must not write a line per command."""
+
+    def __init__(self, every: float = 1.0, clock=time.monotonic):
+        self.every = every
+        self.clock = clock
+        self.logged_at = -float("inf")
+        self.unlogged = 0
+
+    def log(self, error) -> None:
+        now = self.clock()
+        if now - self.logged_at < self.every:
+            self.unlogged += 1
+            return
+        more = f" (and {self.unlogged} more since the last one logged)" \
+            if self.unlogged else ""
+        log.error("store call failed: %s%s", error, more)
+        self.logged_at, self.unlogged = now, 0
+
+
+failures = FailureLog()         # one for the node: the store is one
 
 
 def _looked(session, look) -> None:
