@@ -5,8 +5,9 @@ synchronous, embedded, and untouched by anything here. `redis` keeps every job i
 Redis (or Valkey) and changes it with one atomic Redis Function per operation
 (`functions.lua`), so several qserver nodes can serve the same tubes. Nothing here
 is imported unless a store is asked for (redis-py alone takes about 100 ms to
-import). `commands` is the server's command table in store mode; it serves the core
-beanstalkd commands so far (protocol.md, "Several nodes").
+import). `commands` is the server's command table in store mode, with the
+extensions' rooms merged in (`lifecycle`, `steering`, `events`): every command of
+protocol.md (its "Several nodes" part says where a shared store differs).
 
 This file itself is stdlib only: `parse_url` reads a --store URL, and cli.py calls it
 (only when --store is given) to refuse a bad URL as a usage error.

@@ -5,8 +5,11 @@ Every key of one qserver cluster carries the hash tag `{prefix}`, so a cluster's
 keys sit in one slot and several clusters can share one Redis (`prefix`). Times are
 the store's (Redis TIME), the one clock all nodes share. A holder names one client
 connection of one node (`node:connection`); a reserved job can be deleted,
-released, buried or touched only by its holder, as in beanstalkd.
-Imports: `errors`, `stats`, `store.batch`, stdlib; redis-py only for `RedisStore.redis` (tests).
+released, buried or touched only by its holder, as in beanstalkd. Each node holds a
+lease (`beat`), which also tells the store which tubes its connections use (tube
+lifetime); a node whose lease runs out is reaped by the others.
+Imports: `errors`, `stats`, `store`, `store.batch`, stdlib; redis-py only for
+`RedisStore.redis` (tests).
 """
 
 import asyncio
