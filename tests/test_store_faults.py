@@ -530,9 +530,10 @@ def test_without_enough_replicas_a_change_answers_internal_error_yet_was_applied
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     prefix = ("--store-prefix", "nowait")
     (plain,) = start_nodes("--store", url, *prefix, count=1)
-    (waiting,) = start_nodes("--store", url, *prefix, "--store-wait-replicas", "1",
-                             count=1)
+    waiting = None
     try:
+        (waiting,) = start_nodes("--store", url, *prefix, "--store-wait-replicas", "1",
+                                 count=1)
         w, p = waiting.client(), plain.client()
         w.sock.settimeout(BOUND)
         assert w.cmd(b"use x") == b"USING x\r\n"
@@ -540,7 +541,8 @@ def test_without_enough_replicas_a_change_answers_internal_error_yet_was_applied
         assert p.cmd(b"use x") == b"USING x\r\n"
         assert re.fullmatch(rb"FOUND \d+ 7\r\nwaiting\r\n", p.cmd(b"peek-ready"))
     finally:
-        waiting.stop()
+        if waiting is not None:
+            waiting.stop()
         plain.stop()
 
 
