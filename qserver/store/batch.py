@@ -209,6 +209,7 @@ class Batcher:
         self.flying = 0                 # batches sent whose replies are not all read
         self.scheduled = False          # _send_next is due this loop turn
         self.reading = None             # done once the last batch sent has its replies
+        self.prepared = False           # the connection is open and prepared
         self.round_trips = 0            # batches sent (tests, stats)
         self.largest = 0                # the most calls one batch carried
         self.connects = 0               # connections made (tests)
@@ -235,6 +236,7 @@ class Batcher:
             await self._open()
 
     async def _open(self) -> None:
+        self.prepared = False
         connection = self.connection
         loop = asyncio.get_running_loop()
         pause = self.next_attempt - loop.time()
@@ -249,13 +251,17 @@ class Batcher:
             connection.close()
             raise
         self.connects += 1
+        self.prepared = True
 
     def _send_next(self) -> None:
         self.scheduled = False
         if not self.pending or self.flying >= MAX_IN_FLIGHT:
             return                      # a batch coming back sends the next
-        if self.flying and not self.connection.is_open:
-            return                      # the batch in flight is connecting
+        if self.flying and not (self.prepared and self.connection.is_open):
+            # The batch in flight is connecting (or preparing the connection, or
+            # its connection was closed): the next one writes only after it, so
+            # that replies come back in the order the batches read them.
+            return
         batch, self.pending = self.pending, []
         self.flying += 1
         loop = asyncio.get_running_loop()
