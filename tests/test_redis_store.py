@@ -213,6 +213,33 @@ async def test_the_calls_of_one_loop_turn_go_in_one_round_trip_in_order(store):
     assert got == (put, b"p")
 
 
+async def test_a_batch_waits_while_another_prepares_a_new_connection(redis_server):
+    """Batches overlap on one connection (their replies are read in the order they
+    were written), but none is written while the first prepares its connection:
+    its replies would be read by the preparation."""
+    from qserver.store import parse_url
+    from qserver.store.batch import Batcher
+    preparing, go_on = asyncio.Event(), asyncio.Event()
+    prepared = []
+
+    async def prepare(connection):
+        preparing.set()
+        await asyncio.wait_for(go_on.wait(), 10)
+        prepared.append(await connection.call("ECHO", "prepared"))
+
+    batcher = Batcher(parse_url(f"redis://127.0.0.1:{redis_server.port}/0"), prepare)
+    try:
+        first = batcher.call("ECHO", "one")
+        await asyncio.wait_for(preparing.wait(), 10)
+        second = batcher.call("ECHO", "two")        # comes while the first prepares
+        await asyncio.sleep(0)
+        go_on.set()
+        assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [b"one", b"two"]
+        assert prepared == [b"prepared"]
+    finally:
+        batcher.close()
+
+
 async def test_one_failing_call_does_not_fail_its_batch(store):
     good, bad = await asyncio.gather(store.put("t", 0, 0, 60, b"x"),
                                      store.batcher.call("FCALL", "no_such_function", 0),
