@@ -382,6 +382,58 @@ def test_a_store_restarted_with_aof_always_loses_no_acknowledged_job(tmp_path):
         redis.stop()
 
 
+@pytest.mark.parametrize("fsync", ["always", "everysec"])
+def test_extension_state_survives_a_store_killed_with_sigkill(tmp_path, fsync):
+    """Policies, attempts and failures, progress, retained results, unique keys,
+    tags, cancel flags and lock holds live in Redis: after SIGKILL and a restart
+    from the append-only file they are all there. With everysec Redis may lose the
+    last second before the kill (protocol.md, "Several nodes"): the test waits past
+    it."""
+    aof = ("--appendonly", "yes", "--appendfsync", fsync)
+    redis = start_redis(tmp_path, *aof)
+    node = start_qserver("--store", f"redis://127.0.0.1:{redis.port}/0")
+    try:
+        c = on(node, b"e")
+        for name, value in ((b"max-attempts", b"3"), (b"backoff", b"fixed:3600"),
+                            (b"retain", b"3600"), (b"lock-limit", b"1")):
+            assert c.cmd(b"config-tube e %s %s" % (name, value)) == b"CONFIGURED\r\n"
+        assert c.cmd(b"put-ex 0 0 60 1 key=k tag=t\r\na") == b"INSERTED 1\r\n"
+        assert c.cmd(b"put-ex 0 0 60 1 lock=L\r\nb") == b"INSERTED 2\r\n"
+        assert c.cmd(b"put-ex 0 0 60 1 lock=L tag=t\r\nc") == b"INSERTED 3\r\n"
+        assert c.cmd(b"put 5 0 60 1\r\nd") == b"INSERTED 4\r\n"
+        assert c.cmd(b"reserve-job 1") == b"RESERVED 1 1\r\na\r\n"
+        assert c.cmd(b"fail 1 4\r\nboom") == b"RETRYING 3600\r\n"
+        assert c.cmd(b"reserve-with-timeout 0") == b"RESERVED 2 1\r\nb\r\n"
+        assert c.cmd(b"progress 2 4\r\nhalf") == b"TOUCHED\r\n"
+        # Job 3's lock is taken by job 2: it is held, and job 4 is reserved.
+        assert c.cmd(b"reserve-with-timeout 0") == b"RESERVED 4 1\r\nd\r\n"
+        assert c.cmd(b"complete 4 2\r\nok") == b"COMPLETED\r\n"
+        w = on(node, b"e")
+        assert w.cmd(b"put-ex 0 0 60 1 tag=u\r\nf") == b"INSERTED 5\r\n"
+        assert w.cmd(b"reserve-job 5") == b"RESERVED 5 1\r\nf\r\n"
+        assert c.cmd(b"cancel-tag u") == b"CANCELLED 0 1\r\n"
+        before = {job: c.cmd(b"job-info %d" % job) for job in (1, 2, 3, 5)}
+        if fsync == "everysec":
+            time.sleep(2.5)             # past the once-a-second fsync
+        redis = _restart_redis(redis, tmp_path, *aof)
+        _until_served(c, b"config-tube e", b"OK ")
+        assert b"max-attempts: 3\nbackoff: fixed:3600\n" in c.cmd(b"config-tube e")
+        for job, info in before.items():
+            after = c.cmd(b"job-info %d" % job)
+            # Everything but the times, which move on.
+            strip = re.compile(rb"\n(age|time-left): \d+")
+            assert strip.sub(b"", after) == strip.sub(b"", info), (job, after)
+        assert b"reason: \"boom\"" in before[1] and b"progress: \"half\"" in before[2]
+        assert b"state: held" in before[3] and b"cancelled: true" in before[5]
+        assert c.cmd(b"peek-result 4") == b"FOUND 4 2\r\nok\r\n"
+        assert c.cmd(b"put-ex 0 0 60 1 key=k\r\nz") == b"DUPLICATE 1\r\n"
+        assert w.cmd(b"touch 5") == b"CANCELLED\r\n"
+        assert c.cmd(b"cancel-tag t") == b"CANCELLED 2 0\r\n"   # jobs 1 and 3
+    finally:
+        node.stop()
+        redis.stop()
+
+
 def test_a_store_that_went_away_gives_internal_error_then_serves_again(tmp_path):
     redis = start_redis(tmp_path)
     node = start_qserver("--store", f"redis://127.0.0.1:{redis.port}/0")
