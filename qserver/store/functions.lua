@@ -200,6 +200,15 @@ local function hidden(P, job, member)
           state == 'held') and not redis.call('ZSCORE', list_key(P, job.tube, state), member)
 end
 
+-- A reserved job's key, member and fields, the fields nil unless `holder` has it
+-- reserved (the commands only its holder may give: release, bury, touch, fail, ...).
+local function held(P, id, holder)
+  local key, member = job_key(P, id), pad(id)
+  local job = load(key)
+  if job == nil or job.state ~= 'reserved' or job.holder ~= holder then job = nil end
+  return key, member, job
+end
+
 -- The job, unless it is gone or flushed.
 local function find(P, key, member)
   local job = load(key)
@@ -658,11 +667,8 @@ end
 local function release(keys, args)
   local P, id, holder, pri, delay = keys[1], tonumber(args[1]), args[2],
     tonumber(args[3]), tonumber(args[4])
-  local key, member = job_key(P, id), pad(id)
-  local job = load(key)
-  if job == nil or job.state ~= 'reserved' or job.holder ~= holder then
-    return {'NOT_FOUND'}
-  end
+  local key, member, job = held(P, id, holder)
+  if job == nil then return {'NOT_FOUND'} end
   unlist(P, key, member, job)
   redis.call('HSET', key, 'pri', pri)
   redis.call('HINCRBY', key, 'releases', 1)
@@ -674,11 +680,8 @@ end
 -- bury(P; id, holder, pri) -> {"OK"} | {"NOT_FOUND"}
 local function bury(keys, args)
   local P, id, holder, pri = keys[1], tonumber(args[1]), args[2], tonumber(args[3])
-  local key, member = job_key(P, id), pad(id)
-  local job = load(key)
-  if job == nil or job.state ~= 'reserved' or job.holder ~= holder then
-    return {'NOT_FOUND'}
-  end
+  local key, member, job = held(P, id, holder)
+  if job == nil then return {'NOT_FOUND'} end
   unlist(P, key, member, job)
   redis.call('HSET', key, 'pri', pri)
   bury_job(P, key, job.tube, member)
@@ -688,11 +691,8 @@ end
 -- touch(P; id, holder) -> {"OK"} | {"NOT_FOUND"}: the TTR starts again.
 local function touch(keys, args)
   local P, id, holder = keys[1], tonumber(args[1]), args[2]
-  local key, member = job_key(P, id), pad(id)
-  local job = load(key)
-  if job == nil or job.state ~= 'reserved' or job.holder ~= holder then
-    return {'NOT_FOUND'}
-  end
+  local key, member, job = held(P, id, holder)
+  if job == nil then return {'NOT_FOUND'} end
   if job.cancelled then return {'CANCELLED'} end
   restart_ttr(P, key, member, job)
   return {'OK'}
@@ -907,16 +907,11 @@ local function policy(keys, args)
   return out
 end
 
-local function held_by(job, holder)
-  return job ~= nil and job.state == 'reserved' and job.holder == holder
-end
-
 -- fail(P; id, holder, reason) -> {"OK", word[, argument]} | {"NOT_FOUND"}
 local function fail(keys, args)
   local P, id, holder = keys[1], tonumber(args[1]), args[2]
-  local key, member = job_key(P, id), pad(id)
-  local job = load(key)
-  if not held_by(job, holder) then return {'NOT_FOUND'} end
+  local key, member, job = held(P, id, holder)
+  if job == nil then return {'NOT_FOUND'} end
   unlist(P, key, member, job)
   local word, argument = failed(P, key, id, member, job, args[3], now_us())
   return {'OK', word, argument}
@@ -926,9 +921,8 @@ end
 -- the record is kept the tube's `retain` seconds.
 local function complete(keys, args)
   local P, id, holder = keys[1], tonumber(args[1]), args[2]
-  local key, member = job_key(P, id), pad(id)
-  local job = load(key)
-  if not held_by(job, holder) then return {'NOT_FOUND'} end
+  local key, member, job = held(P, id, holder)
+  if job == nil then return {'NOT_FOUND'} end
   if job.cancelled then return {'CANCELLED'} end
   event(P, 'complete', id, job.tube, key)
   unlist(P, key, member, job)
@@ -942,9 +936,8 @@ end
 -- again as by touch.
 local function progress(keys, args)
   local P, id, holder = keys[1], tonumber(args[1]), args[2]
-  local key, member = job_key(P, id), pad(id)
-  local job = load(key)
-  if not held_by(job, holder) then return {'NOT_FOUND'} end
+  local key, member, job = held(P, id, holder)
+  if job == nil then return {'NOT_FOUND'} end
   if job.cancelled then return {'CANCELLED'} end
   redis.call('HSET', key, 'progress', args[3])
   restart_ttr(P, key, member, job)
