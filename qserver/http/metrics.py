@@ -1,7 +1,7 @@
-"""The optional `--metrics ADDR:PORT` listener: Prometheus text format at /metrics and
-a health check at /health, over a minimal HTTP/1.1 (one request per connection).
+"""The Prometheus text format at /metrics and the health check at /health of the HTTP
+listener (`--http`, alias `--metrics`).
 
-Imported only when --metrics is given, so neither startup nor the command path pay
+Imported only with that listener, so neither startup nor the command path pay
 for it. A scrape reads what `stats` and `stats-tube` would report (qserver/stats.py)
 at that moment; nothing is counted on the command path for it.
 
@@ -16,17 +16,11 @@ load balancer should send producers elsewhere) and 503 "stopping" during shutdow
 Imports: `stats`, stdlib.
 """
 
-import asyncio
-import logging
 import time
 
 from qserver.stats import ext_stats, server_stats, tube_stats
 
-log = logging.getLogger("qserver")
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_REQUEST = 16 * 1024         # a request head longer than this is refused
-REQUEST_TIMEOUT = 10.0          # seconds a client may take to send its request
 
 # `stats` fields that are not numbers, or (pid) not worth a series; version and
 # hostname go into qserver_info's labels instead.
@@ -80,11 +74,6 @@ TUBE_HELP = {
     "pause": "Seconds of the current pause, 0 when not paused",
     "pause-time-left": "Seconds until the pause ends",
 }
-
-
-async def serve(server, sock):
-    """Serve HTTP on the bound, listening `sock`; returns the asyncio server."""
-    return await server.loop.create_server(lambda: HttpConnection(server), sock=sock)
 
 
 # -- the text format ----------------------------------------------------------------
@@ -219,79 +208,9 @@ def render(server) -> str:
     return "\n".join(lines)
 
 
-# -- HTTP ---------------------------------------------------------------------------
-
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           500: "Internal Server Error", 503: "Service Unavailable"}
-
-
 def health(server) -> tuple:
     if server.shutting_down:
         return 503, "stopping\n"
     if server.engine.draining:
         return 503, "draining\n"
     return 200, "ok\n"
-
-
-def respond(server, method: str, target: str) -> tuple:
-    """(status, body, extra headers) for one request."""
-    if method not in ("GET", "HEAD"):
-        return 405, "only GET and HEAD\n", "Allow: GET, HEAD\r\n"
-    path = target.split("?", 1)[0]
-    if path == "/metrics":
-        return 200, render(server), f"Content-Type: {CONTENT_TYPE}\r\n"
-    if path == "/health":
-        status, body = health(server)
-        return status, body, ""
-    return 404, "not found; try /metrics or /health\n", ""
-
-
-class HttpConnection(asyncio.Protocol):
-    """Reads one request head, answers it, closes (`Connection: close`)."""
-
-    def __init__(self, server):
-        self.server = server
-        self.transport = None
-        self.buffer = b""
-        self.timeout = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.timeout = self.server.loop.call_later(REQUEST_TIMEOUT, transport.abort)
-
-    def connection_lost(self, exc):
-        self.timeout.cancel()
-
-    def data_received(self, data):
-        if self.transport.is_closing():
-            return
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            end = self.buffer.find(b"\n\n")
-        if end >= 0:
-            self._answer(self.buffer[:end].decode("latin-1"))
-        elif len(self.buffer) > MAX_REQUEST:
-            self._send("GET", 400, "request too long\n", "")
-
-    def _answer(self, head: str) -> None:
-        parts = head.split("\n", 1)[0].strip().split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self._send("GET", 400, "bad request line\n", "")
-            return
-        method, target, _ = parts
-        try:
-            status, body, headers = respond(self.server, method, target)
-        except Exception:       # a scrape must never take the server down
-            log.exception("metrics: cannot answer %s %s", method, target)
-            status, body, headers = 500, "internal error\n", ""
-        self._send(method, status, body, headers)
-
-    def _send(self, method: str, status: int, body: str, headers: str) -> None:
-        data = body.encode()
-        if "Content-Type" not in headers:
-            headers += "Content-Type: text/plain; charset=utf-8\r\n"
-        head = (f"HTTP/1.1 {status} {REASONS[status]}\r\n{headers}"
-                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
-        self.transport.write(head if method == "HEAD" else head + data)
-        self.transport.close()
