@@ -29,7 +29,8 @@ STATIC_TYPES = {"html": "text/html; charset=utf-8", "js": "text/javascript; char
                 "png": "image/png", "ico": "image/x-icon"}
 # The page loads nothing from elsewhere and may not be framed (clickjacking).
 PAGE_HEADERS = (("Content-Security-Policy",
-                 "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                 "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                 "frame-ancestors 'none'; "
                  "form-action 'self'; base-uri 'none'"),
                 ("X-Frame-Options", "DENY"), ("X-Content-Type-Options", "nosniff"),
                 ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-cache"))
