@@ -125,12 +125,17 @@ def test_the_dashboard_is_not_a_client_of_any_tube(dashboard):
     them: no connection, no use, no watch."""
     client = dashboard.server.client()
     fill_emails(client)
-    before = client.yaml(b"stats")
+    before = {**client.yaml(b"stats"), **client.yaml(b"stats-ext")}
     for path in ("/api/overview", "/api/tubes/emails", "/api/server",
-                 "/api/tubes/emails/jobs?state=all"):
-        assert dashboard.get(path)[0] == 200
+                 "/api/tubes/emails/jobs?state=all", "/api/jobs/1", "/metrics"):
+        assert dashboard.request("GET", path)[0] == 200
     assert dashboard.post("/api/tubes/emails/kick", {"bound": 1})[0] == 200
     stats = client.yaml(b"stats")
+    after = {**stats, **client.yaml(b"stats-ext")}
+    # Its reads are not counted, its actions are (and the client's own stats).
+    changed = {key: int(after[key]) - int(before[key]) for key in before
+               if key.startswith("cmd-") and after[key] != before[key]}
+    assert changed == {"cmd-stats": 1, "cmd-stats-ext": 1, "cmd-kick": 1}
     assert (stats["current-connections"], stats["total-connections"]) == (
         "1", before["total-connections"])
     default = client.yaml(b"stats-tube default")
@@ -228,6 +233,20 @@ def test_the_server_page_lists_the_connections(dashboard):
     del row["peer"]
     assert row == {"use": "emails", "watch": ["emails"], "reserved": 0, "waiting": False,
                    "producer": True, "worker": True}
+    client.close()
+
+
+@pytest.mark.usefixtures("each_store")
+def test_metrics_show_the_stores_figures(dashboard):
+    from test_metrics import scrape
+    client = dashboard.server.client()
+    fill_emails(client)
+    samples, _ = scrape(dashboard.http_port)
+    assert samples[("current_jobs_ready", ())] == 2
+    assert samples[("current_jobs_buried", ())] == 1
+    assert samples[("tube_current_jobs_ready", (("tube", "emails"),))] == 2
+    assert samples[("tube_current_jobs_buried", (("tube", "emails"),))] == 1
+    assert samples[("qserver_tube_paused", (("tube", "emails"),))] == 0
     client.close()
 
 

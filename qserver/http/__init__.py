@@ -69,12 +69,20 @@ class Router:
         if request.method not in ("GET", "HEAD"):
             return text(405, "only GET and HEAD\n", (("Allow", "GET, HEAD"),))
         if path == "/metrics":
-            return Response(200, metrics.render(self.server).encode(), metrics.CONTENT_TYPE)
+            return Response(200, await self.metrics_page(), metrics.CONTENT_TYPE)
         if path in ("/", "/index.html"):
             return self.static("index.html")
         if path.startswith("/static/"):
             return self.static(path[len("/static/"):])
         return text(404, "not found; try /, /api/overview, /metrics or /health\n")
+
+    async def metrics_page(self) -> bytes:
+        server = self.server
+        if server.store is None:
+            figures = metrics.memory_figures(server)
+        else:
+            figures = await metrics.store_figures(server, self.api.console)
+        return metrics.render(server, figures).encode()
 
     def health(self, request) -> Response:
         if request.method not in ("GET", "HEAD"):

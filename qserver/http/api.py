@@ -73,8 +73,8 @@ class Api:
         target = job_id(name) if kind == "jobs" else tube_name(name)
         return await self.actions[kind, action](target, arguments)
 
-    async def _run(self, line: str):
-        reply = await self.console.run(line)
+    async def _run(self, line: str, counted: bool = False):
+        reply = await self.console.run(line, counted)
         if reply.word in REFUSALS:
             raise Answer(REFUSALS[reply.word], reply.word)
         return reply
@@ -160,10 +160,10 @@ class Api:
     # -- actions ----------------------------------------------------------------
 
     async def kick_job(self, job: int, _) -> dict:
-        return ok(await self._run(f"kick-job {job}"))
+        return ok(await self._run(f"kick-job {job}", counted=True))
 
     async def delete_job(self, job: int, _) -> dict:
-        return ok(await self._run(f"delete {job}"))
+        return ok(await self._run(f"delete {job}", counted=True))
 
     async def kick_tube(self, name: str, arguments: dict) -> dict:
         bound = number(arguments.get("bound", 1), 1, MAX_BOUND, "bound")
@@ -174,17 +174,17 @@ class Api:
 
     async def pause(self, name: str, arguments: dict) -> dict:
         delay = number(arguments.get("delay", 0), 0, MAX_SECONDS, "delay")
-        return ok(await self._run(f"pause-tube {name} {delay}"))
+        return ok(await self._run(f"pause-tube {name} {delay}", counted=True))
 
     async def flush(self, name: str, _) -> dict:
-        reply = await self._run(f"flush-tube {name}")
+        reply = await self._run(f"flush-tube {name}", counted=True)
         return ok(reply, flushed=int(reply.words[1]))
 
     async def policy(self, name: str, arguments: dict) -> dict:
         setting, value = arguments.get("name"), arguments.get("value")
         if not (word(setting) and word(str(value))):
             raise Answer(400, "want {\"name\": ..., \"value\": ...}")
-        return ok(await self._run(f"config-tube {name} {setting} {value}"))
+        return ok(await self._run(f"config-tube {name} {setting} {value}", counted=True))
 
 
 # -- helpers ----------------------------------------------------------------------

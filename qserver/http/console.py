@@ -8,8 +8,9 @@ logged and (under `-f 0`) fsynced before it is acknowledged. The client is not a
 connection of the server: it is not counted in `current-connections`, and it uses
 and watches no tube (so `stats-tube` counts stay what the real clients make them),
 except for the one command that needs a used tube, `kick N`, which runs in a client
-of its own that exists only for that command. Its commands are counted in the
-`cmd-*` figures as any client's are.
+of its own that exists only for that command. Its reads are not counted in the
+`cmd-*` figures (a dashboard polling `stats` would swamp them); its actions are,
+as any client's.
 Imports: `server` (the connection class), stdlib.
 """
 
@@ -42,6 +43,11 @@ class Reply:
 
     def yaml(self):
         return parse_yaml(self.data.decode("latin-1"))
+
+    def pairs(self) -> list:
+        """A mapping reply's (key, value) pairs with the values as written."""
+        lines = self.data.decode("latin-1").split("\n")[1:]
+        return [tuple(line.split(": ", 1)) for line in lines if ": " in line]
 
 
 class _Collector:
@@ -114,32 +120,36 @@ class Console:
             client.store_session = StoreSession(f"{self.server.store.node}:http")
         return client
 
-    async def run(self, line: str, body: bytes = None) -> Reply:
+    async def run(self, line: str, counted: bool = False) -> Reply:
         async with self.lock:
-            return await self._send(self.client, line, body)
+            return await self._send(self.client, line, counted)
 
     async def run_in_tube(self, tube: str, line: str) -> Reply:
         """`line` from a client that uses `tube` (kick N), gone right after."""
         async with self.lock:
             client = self._client(attached=True)
             try:
-                used = await self._send(client, f"use {tube}")
+                used = await self._send(client, f"use {tube}", counted=False)
                 if used.word != "USING":
                     return used
-                return await self._send(client, line)
+                return await self._send(client, line, counted=True)
             finally:
                 client.engine.detach(client.session, time.monotonic())
                 if self.server.store is not None:
                     self.server.commands.closed(client)
 
-    async def _send(self, client, line: str, body: bytes = None) -> Reply:
-        data = line.encode("latin-1") + b"\r\n"
-        if body is not None:
-            data += body + b"\r\n"
+    async def _send(self, client, line: str, counted: bool) -> Reply:
         collector = client.transport
         collector.waiter = asyncio.get_running_loop().create_future()
+        counts = self.server.info.cmd_counts
+        word = line.partition(" ")[0]
+        before = counts.get(word)
         try:
-            client.data_received(data)
+            # A handler counts its command before it first waits (for the store),
+            # so the count can be put back right after: nothing else ran meanwhile.
+            client.data_received(line.encode("latin-1") + b"\r\n")
+            if not counted and before is not None:
+                counts[word] = before
             return await asyncio.wait_for(collector.waiter, REPLY_TIMEOUT)
         except asyncio.TimeoutError:
             # The reply may still come; a new client keeps the next call in step.

@@ -104,8 +104,51 @@ def _number(value) -> str | None:
     return value
 
 
-def _server_families(lines: list, server, now: float) -> None:
-    for key, value in server_stats(server.engine, server.info, now):
+class Figures:
+    """What a page shows, from whichever store: `stats` pairs, per tube (name,
+    stats-tube pairs as a dict, paused), `stats-ext` pairs, per tube lifecycle
+    counters (name, Counters), and held and cancel-flagged jobs by tube name."""
+
+    __slots__ = ("stats", "tubes", "ext", "tube_counters", "held", "cancelled")
+
+
+def memory_figures(server) -> Figures:
+    """Read straight from the engine: a scrape costs no commands."""
+    now = time.monotonic()
+    engine = server.engine
+    figures = Figures()
+    figures.stats = server_stats(engine, server.info, now)
+    tubes = list(engine.tubes.values())
+    figures.tubes = [(tube.name, dict(tube_stats(tube, now)), tube.is_paused(now))
+                     for tube in tubes]
+    figures.ext = ext_stats(engine, server.info.cmd_counts)
+    figures.tube_counters = [(tube.name, tube.counters) for tube in tubes
+                             if tube.counters is not None]
+    figures.held, figures.cancelled = _steering_by_tube(engine)
+    return figures
+
+
+async def store_figures(server, console) -> Figures:
+    """Through the console's commands: the store's figures are the cluster's. The
+    per-tube lifecycle counters and cancel flags are not kept by tube in the store."""
+    figures = Figures()
+    figures.stats = (await console.run("stats")).pairs()
+    figures.ext = (await console.run("stats-ext")).pairs()
+    figures.tubes, figures.held = [], {}
+    for name in (await console.run("list-tubes")).yaml():
+        reply = await console.run(f"stats-tube {name}")
+        if reply.word == "OK":
+            stats = dict(reply.pairs())
+            figures.tubes.append((name, stats, stats["pause"] != "0"))
+            held = await server.store.held_count(name)
+            if held:
+                figures.held[name] = held
+    figures.tube_counters, figures.cancelled = [], {}
+    return figures
+
+
+def _server_families(lines: list, figures) -> None:
+    for key, value in figures.stats:
         number = None if key in SKIPPED else _number(value)
         if number is None:
             continue
@@ -117,12 +160,10 @@ def _server_families(lines: list, server, now: float) -> None:
         _family(lines, key.replace("-", "_"), kind, help_text, [("", number)])
 
 
-def _tube_families(lines: list, server, now: float) -> None:
+def _tube_families(lines: list, figures) -> None:
     """Per-tube series, grouped by family as the format requires."""
-    rows = []
-    for tube in list(server.engine.tubes.values()):
-        label = '{tube="%s"}' % escape_label(tube.name)
-        rows.append((label, dict(tube_stats(tube, now)), tube.is_paused(now)))
+    rows = [('{tube="%s"}' % escape_label(name), stats, paused)
+            for name, stats, paused in figures.tubes]
     for key, help_text in TUBE_HELP.items():
         kind = "counter" if key in TUBE_COUNTERS else "gauge"
         samples = [(label, str(stats[key])) for label, stats, _ in rows if key in stats]
@@ -151,8 +192,8 @@ TUBE_EXT = (("failures", "Counted failed attempts in the tube"),
             ("completions", "Jobs of the tube finished with complete"))
 
 
-def _ext_families(lines: list, server) -> None:
-    for key, value in ext_stats(server.engine, server.info.cmd_counts):
+def _ext_families(lines: list, figures) -> None:
+    for key, value in figures.ext:
         if key.startswith("cmd-"):
             kind, help_text = "counter", f"{key[4:]} commands received"
         else:
@@ -161,16 +202,14 @@ def _ext_families(lines: list, server) -> None:
         if kind == "counter" and not name.endswith("_total"):
             name += "_total"
         _family(lines, name, kind, help_text, [("", str(value))])
-    tubes = [(tube, tube.counters) for tube in list(server.engine.tubes.values())
-             if tube.counters is not None]
     for field, help_text in TUBE_EXT:
-        samples = [('{tube="%s"}' % escape_label(tube.name), str(getattr(counts, field)))
-                   for tube, counts in tubes]
+        samples = [('{tube="%s"}' % escape_label(name), str(getattr(counts, field)))
+                   for name, counts in figures.tube_counters]
         _family(lines, f"qserver_tube_{field}_total", "counter", help_text, samples)
-    held, cancelled = _steering_by_tube(server.engine)
     for name, values, help_text in (
-            ("qserver_tube_held", held, "Jobs held by per-key concurrency in the tube"),
-            ("qserver_tube_cancelled", cancelled,
+            ("qserver_tube_held", figures.held,
+             "Jobs held by per-key concurrency in the tube"),
+            ("qserver_tube_cancelled", figures.cancelled,
              "Reserved jobs of the tube flagged by cancel-tag")):
         _family(lines, name, "gauge", help_text,
                 [('{tube="%s"}' % escape_label(tube), str(count))
@@ -191,17 +230,16 @@ def _steering_by_tube(engine) -> tuple:
     return held, cancelled
 
 
-def render(server) -> str:
+def render(server, figures: Figures) -> str:
     """The whole /metrics page."""
-    now = time.monotonic()
     lines = []
     info = server.info
     _family(lines, "qserver_info", "gauge", "Constant 1, labelled with version and host",
             [('{version="%s",hostname="%s"}' % (escape_label(info.version),
                                                 escape_label(info.hostname)), "1")])
-    _server_families(lines, server, now)
-    _tube_families(lines, server, now)
-    _ext_families(lines, server)
+    _server_families(lines, figures)
+    _tube_families(lines, figures)
+    _ext_families(lines, figures)
     _family(lines, "qserver_shutting_down", "gauge", "1 once shutdown has begun",
             [("", "1" if server.shutting_down else "0")])
     lines.append("")
