@@ -120,6 +120,23 @@ def test_overview_shows_the_tubes_and_counts_a_client_just_made(dashboard):
 
 
 @pytest.mark.usefixtures("each_store")
+def test_held_jobs_show_on_the_overview(dashboard):
+    client = dashboard.server.client()
+    client.cmd(b"use locked")
+    client.cmd(b"watch locked")
+    client.cmd(b"ignore default")
+    for _ in range(2):
+        assert client.cmd(b"put-ex 0 0 60 1 lock=a\r\nx").startswith(b"INSERTED")
+    assert client.cmd(b"reserve-with-timeout 0").startswith(b"RESERVED")
+    assert client.cmd(b"reserve-with-timeout 0") == b"TIMED_OUT\r\n"   # the other is held
+    (tube,) = [tube for tube in dashboard.get("/api/overview")[1]["tubes"]
+               if tube["name"] == "locked"]
+    assert (tube["held"], tube["head-age"], tube["current-jobs-ready"]) == (1, None, 0)
+    assert dashboard.get("/api/tubes/locked")[1]["stats"]["held"] == 1
+    client.close()
+
+
+@pytest.mark.usefixtures("each_store")
 def test_the_dashboard_is_not_a_client_of_any_tube(dashboard):
     """Its reads and actions leave stats and stats-tube as the real clients make
     them: no connection, no use, no watch."""

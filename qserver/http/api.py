@@ -19,6 +19,7 @@ PREVIEW = 200                   # body bytes shown in a job list
 BODY = 4096                     # body and result bytes shown on a job's page
 MAX_BOUND = 1_000_000           # kick N from the page
 MAX_SECONDS = 4294967295
+MAX_TUBES = 1000                # tubes on the overview (by name); `tubes-total` says all
 STATES = ("ready", "delayed", "reserved", "buried", "held", "completed", "dead", "all")
 # A queue refusal's word -> the HTTP status it gets.
 REFUSALS = {"NOT_FOUND": 404, "BAD_FORMAT": 400, "INTERNAL_ERROR": 503,
@@ -90,9 +91,11 @@ class Api:
 
     async def overview(self) -> dict:
         page = await self.server_figures()
-        names = (await self._run("list-tubes")).yaml()
-        page["tubes"] = [tube for tube in [await self.tube_stats(name) for name in
-                                           sorted(names)] if tube is not None]
+        names = sorted((await self._run("list-tubes")).yaml())
+        page["tubes-total"] = len(names)
+        held = None if self.server.store is not None else held_by_tube(self.server.engine)
+        page["tubes"] = [tube for tube in [await self.tube_stats(name, held) for name in
+                                           names[:MAX_TUBES]] if tube is not None]
         page["rates"] = self.rates.series()
         return page
 
@@ -106,21 +109,24 @@ class Api:
                                sorted(self.server.connections, key=opened_at)]
         return page
 
-    async def tube_stats(self, name: str):
-        """stats-tube's fields with `held` and `head-age`; None if the tube is gone."""
+    async def tube_stats(self, name: str, held: dict = None):
+        """stats-tube's fields with `held` and `head-age`; None if the tube is gone.
+        `held`: held jobs by tube name, when already counted (in memory)."""
         reply = await self.console.run(f"stats-tube {name}")
         if reply.word != "OK":
             return None
         stats = reply.yaml()
-        stats["held"], stats["head-age"] = await self.tube_extras(name)
+        stats["held"], stats["head-age"] = await self.tube_extras(name, held)
         return stats
 
-    async def tube_extras(self, name: str) -> tuple:
+    async def tube_extras(self, name: str, held: dict = None) -> tuple:
         """(held jobs, age of the next ready job or None): figures no command gives
         alone, read where they are cheap (list-jobs would build an index in memory)."""
         store = self.server.store
         if store is None:
-            return memory_extras(self.server.engine, name)
+            engine = self.server.engine
+            held = held_by_tube(engine) if held is None else held
+            return held.get(name, 0), head_age(engine, name)
         held = await store.held_count(name)
         page = (await self._run(f"list-jobs {name} ready 0 1")).yaml()
         return held, page["jobs"][0]["age"] if page["jobs"] else None
@@ -193,14 +199,19 @@ def ok(reply, **more) -> dict:
     return {"ok": True, "reply": reply.line, **more}
 
 
-def memory_extras(engine, name: str) -> tuple:
+def held_by_tube(engine) -> dict:
+    """Jobs held by per-key concurrency, by tube name (one pass over the locks)."""
+    held = {}
+    for (tube, _), lock in engine.steering.locks.items():
+        if lock.held:
+            held[tube] = held.get(tube, 0) + len(lock.held)
+    return held
+
+
+def head_age(engine, name: str):
     tube = engine.tubes.get(name)
-    if tube is None:
-        return 0, None
-    held = sum(len(lock.held) for (tube_of, _), lock in engine.steering.locks.items()
-               if tube_of == name)
-    job = tube.peek_ready()
-    return held, None if job is None else int(time.time() - job.created)
+    job = None if tube is None else tube.peek_ready()
+    return None if job is None else int(time.time() - job.created)
 
 
 def connection_row(conn) -> dict:

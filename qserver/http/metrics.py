@@ -18,6 +18,7 @@ Imports: `stats`, stdlib.
 
 import time
 
+from qserver.http.api import held_by_tube
 from qserver.stats import ext_stats, server_stats, tube_stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -218,10 +219,7 @@ def _ext_families(lines: list, figures) -> None:
 
 def _steering_by_tube(engine) -> tuple:
     """Held and cancel-flagged jobs per tube name (only tubes that have some)."""
-    held = {}
-    for (tube, _), lock in engine.steering.locks.items():
-        if lock.held:
-            held[tube] = held.get(tube, 0) + len(lock.held)
+    held = held_by_tube(engine)
     cancelled = {}
     for job_id, meta in engine.meta.items():
         job = engine.jobs.get(job_id)
