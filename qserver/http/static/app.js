@@ -79,7 +79,7 @@
 
   function fmtNum(n) {
     if (n === null || n === undefined) return "–";
-    if (typeof n === "number" && !Number.isInteger(n)) return n.toFixed(n < 10 ? 2 : 1);
+    if (typeof n === "number" && !Number.isInteger(n)) return String(Number(n.toFixed(n < 10 ? 2 : 1)));
     return String(n);
   }
 
@@ -136,7 +136,9 @@
     return body;
   }
 
-  async function post(path, payload, what) {
+  /** POST an action; the reply (or error) goes to the status bar, onOk(reply) runs
+   * on success before the view refreshes. */
+  async function post(path, payload, what, onOk) {
     if (readOnly()) { status(what + ": read-only dashboard", "error"); return null; }
     let res, body = null;
     try {
@@ -153,6 +155,7 @@
     try { body = await res.json(); } catch (e) { body = null; }
     if (res.ok && body && body.ok) {
       status(what + ": " + body.reply, "ok");
+      if (onOk) onOk(body);
     } else {
       status(what + ": " + ((body && body.error) || ("HTTP " + res.status)), "error");
     }
@@ -320,6 +323,8 @@
     ["current-retained", "retained", "ext"],
   ];
 
+  const ALERT_CARDS = ["current-jobs-buried", "job-failures"];
+
   const COLORS = {put: "#2f6fdf", reserve: "#1a9c6b", delete: "#7a5cd6", fail: "#d64545"};
 
   function overviewView() {
@@ -335,10 +340,11 @@
     const tbody = h("tbody");
     const table = h("table", {id: "tubes", class: "grid"}, h("thead", null, head), tbody);
     const empty = h("p", {id: "no-tubes", class: "muted", text: "No tubes.", hidden: true});
+    const more = h("p", {id: "more-tubes", class: "muted", hidden: true});
     append(clear(main()), [
       h("h1", null, "Overview"), cards,
       sectionTitle("Rates, last 5 minutes"), charts,
-      sectionTitle("Tubes"), h("div", {class: "scroll"}, table), empty,
+      sectionTitle("Tubes"), h("div", {class: "scroll"}, table), empty, more,
     ]);
     let lastRates = null;
     const redraw = () => { if (lastRates) drawRates(lastRates); };
@@ -363,12 +369,16 @@
           const v = (o[src] || {})[key];
           const el = $('.card[data-stat="' + key + '"] .card-value');
           setText(el, key === "uptime" ? fmtDuration(v) : fmtNum(v));
+          el.parentNode.classList.toggle("alert", ALERT_CARDS.includes(key) && v > 0);
         }
         lastRates = o.rates || {};
         drawRates(lastRates);
         setText(head.lastChild, readOnly() ? "" : "actions");
         syncRows(tbody, o.tubes || [], (t) => t.name, buildTubeRow, updateTubeRow);
-        empty.hidden = (o.tubes || []).length > 0;
+        const shown = (o.tubes || []).length, total = o["tubes-total"] || shown;
+        empty.hidden = shown > 0;
+        more.hidden = total <= shown;
+        setText(more, "Showing the first " + shown + " of " + total + " tubes (by name); open any tube as #/tube/NAME.");
       },
       unmount() { window.removeEventListener("resize", redraw); },
     };
@@ -384,7 +394,7 @@
 
   function pauseText(t) {
     if (!t.pause) return "–";
-    return "paused " + fmtDuration(t["pause-time-left"]) + " left";
+    return fmtDuration(t["pause-time-left"]) + " left";
   }
 
   function updateTubeRow(tr, t) {
@@ -495,8 +505,8 @@
     cell(tr, "state").className = "state st-" + j.state;
     setText(cell(tr, "pri"), fmtNum(j.pri));
     setText(cell(tr, "age"), fmtDuration(j.age));
-    setText(cell(tr, "delay"), fmtDuration(j.delay));
-    setText(cell(tr, "time-left"), fmtDuration(j["time-left"]));
+    setText(cell(tr, "delay"), j.delay ? fmtDuration(j.delay) : "–");
+    setText(cell(tr, "time-left"), j["time-left"] ? fmtDuration(j["time-left"]) : "–");
     setText(cell(tr, "attempts"), fmtNum(j.attempts));
     setText(cell(tr, "key"), j.key === null || j.key === undefined ? "–" : j.key);
     setText(cell(tr, "tags"), (j.tags || []).join(", "));
@@ -505,7 +515,7 @@
     const sig = JSON.stringify([j.preview, j.truncated]);
     if (pv.dataset.sig !== sig) {
       pv.dataset.sig = sig;
-      append(clear(pv), h("div", {class: "pv"}, previewNode(j.preview, j.truncated)));
+      append(clear(pv), [h("div", {class: "pv"}, previewNode(j.preview, j.truncated))]);
     }
     const act = cell(tr, "actions");
     const want = readOnly() ? "" : j.state;
@@ -515,7 +525,8 @@
     }
   }
 
-  function jobActions(id, state) {
+  /** Buttons for a job in `state`; `deleted` runs after a delete succeeded. */
+  function jobActions(id, state, deleted) {
     if (readOnly()) return [];
     const out = [];
     if (state === "buried" || state === "delayed") {
@@ -530,13 +541,26 @@
       out.push(h("button", {type: "button", class: "delete danger", dataset: {action: "delete", job: id}, text: "delete",
         onclick: () => {
           if (!confirm("Delete job " + id + "?")) return;
-          post("jobs/" + encodeURIComponent(id) + "/delete", {}, "delete job " + id);
+          post("jobs/" + encodeURIComponent(id) + "/delete", {}, "delete job " + id, deleted);
         }}));
     }
     return out;
   }
 
   // ---------------------------------------------------------------- tube page
+
+  const DEAD_PAGES = 30;
+
+  const TUBE_CARDS = [
+    ["current-jobs-ready", "ready"], ["current-jobs-urgent", "urgent"],
+    ["current-jobs-reserved", "reserved"], ["current-jobs-delayed", "delayed"],
+    ["current-jobs-buried", "buried"], ["held", "held"], ["total-jobs", "total jobs"],
+    ["head-age", "oldest ready"], ["pause-time-left", "paused"],
+  ];
+  const TAB_COUNTS = {
+    ready: "current-jobs-ready", delayed: "current-jobs-delayed", reserved: "current-jobs-reserved",
+    buried: "current-jobs-buried", held: "held",
+  };
 
   function tubeView(name, state) {
     if (!STATES.includes(state)) state = "ready";
@@ -545,7 +569,10 @@
     let limit = 20;
     const tabs = h("nav", {id: "state-tabs", class: "tabs"},
       STATES.map((s) => h("a", {href: tubeHref(name, s), class: "tab" + (s === state ? " active" : ""),
-        dataset: {state: s}, text: s})));
+        dataset: {state: s}}, s, h("span", {class: "count"}))));
+    const cards = h("section", {id: "tube-cards", class: "cards"},
+      TUBE_CARDS.map(([key, label]) => h("div", {class: "card", dataset: {stat: key}},
+        h("div", {class: "card-value", text: "–"}), h("div", {class: "card-label", text: label}))));
     const {table, tbody} = jobsTable("jobs");
     const pageNo = h("span", {id: "page-no", text: "1"});
     const first = h("button", {type: "button", id: "first-page", text: "First page", onclick: () => {
@@ -571,11 +598,11 @@
 
     append(clear(main()), [
       h("h1", null, h("span", {class: "muted", text: "tube "}), h("span", {id: "tube-name", text: name})),
-      missing, actions,
+      missing, actions, cards,
+      sectionTitle("Jobs"), tabs, pager, h("div", {class: "scroll"}, table), empty,
       h("div", {class: "columns"},
         h("section", null, sectionTitle("Stats"), statsTable),
         h("section", null, sectionTitle("Policy"), policyTable, policyForm)),
-      sectionTitle("Jobs"), tabs, pager, h("div", {class: "scroll"}, table), empty,
     ]);
 
     function refresh() { poll(true); }
@@ -595,6 +622,20 @@
         missing.hidden = !!t.stats;
         updateKv(statsTable, t.stats || {}, t.stats ? null : []);
         updateKv(policyTable, t.policy || {}, t.policy ? Object.keys(t.policy).filter((k) => k !== "name") : []);
+        const st = t.stats || {};
+        for (const [key] of TUBE_CARDS) {
+          const el = cards.querySelector('.card[data-stat="' + key + '"] .card-value');
+          let v = st[key];
+          if (key === "head-age") v = v === null || v === undefined ? "–" : fmtDuration(v);
+          else if (key === "pause-time-left") v = st.pause ? fmtDuration(v) : "no";
+          else v = fmtNum(v);
+          setText(el, t.stats ? v : "–");
+          el.parentNode.classList.toggle("alert", ALERT_CARDS.includes(key) && st[key] > 0);
+        }
+        for (const a of tabs.querySelectorAll("a.tab")) {
+          const key = TAB_COUNTS[a.dataset.state];
+          setText(a.querySelector(".count"), key && t.stats ? String(st[key]) : "");
+        }
         if (t.stats) {
           const box = actions.querySelector(".actions") || actions.appendChild(h("div", {class: "actions"}));
           tubeActions(box, t.stats);
@@ -622,7 +663,7 @@
       const value = val.value.trim();
       if (!value) return;
       post("tubes/" + encodeURIComponent(name) + "/policy", {name: sel.value, value: value},
-        "policy " + sel.value + " of " + name).then((r) => { if (r && r.ok) val.value = ""; });
+        "policy " + sel.value + " of " + name, () => { val.value = ""; });
     }}, sel, val, h("button", {type: "submit", dataset: {action: "policy"}, text: "set"}));
     return form;
   }
@@ -646,11 +687,11 @@
       h("div", {class: "columns"},
         h("section", null, sectionTitle("Info"), infoTable),
         h("section", null,
-          sectionTitle("Tags"), tags,
+          sectionTitle("Body"), body,
+          sectionTitle("Result"), result,
           sectionTitle("Progress"), progress,
+          sectionTitle("Tags"), tags,
           sectionTitle("Failures"), failures)),
-      sectionTitle("Body"), body,
-      sectionTitle("Result"), result,
     ]);
     let gone = false;
 
@@ -703,6 +744,7 @@
         if (failures.dataset.sig !== fsig) {
           failures.dataset.sig = fsig;
           clear(failures);
+          failures.classList.toggle("empty", !(info.failures || []).length);
           if (!(info.failures || []).length) failures.appendChild(h("li", {class: "muted", text: "none"}));
           for (const f of info.failures || []) {
             failures.appendChild(h("li", null, h("time", {text: fmtTime(f.time)}), " ", h("span", {class: "reason", text: f.reason})));
@@ -713,7 +755,10 @@
         const want = readOnly() ? "" : info.state;
         if (actions.dataset.for !== want) {
           actions.dataset.for = want;
-          append(clear(actions), jobActions(id, info.state));
+          append(clear(actions), jobActions(id, info.state, () => {
+            gone = true;                    // nothing left to show: back to its tube
+            location.hash = tubeHref(info.tube || "");
+          }));
         }
       },
     };
@@ -725,7 +770,8 @@
     const box = h("div", {id: "dead-sections"});
     const empty = h("p", {id: "no-dead", class: "muted", hidden: true,
       text: "No buried jobs and no retained records."});
-    append(clear(main()), [h("h1", null, "Dead letters and retained results"), empty, box]);
+    const capped = h("p", {id: "dead-capped", class: "muted", hidden: true});
+    append(clear(main()), [h("h1", null, "Dead letters and retained results"), empty, capped, box]);
 
     return {
       name: "dead",
@@ -734,11 +780,16 @@
         if (g !== gen) return;
         renderNode(o.node);
         const retained = ((o.ext || {})["current-retained"] || 0) > 0;
-        const wanted = [];
+        let wanted = [];
         for (const t of o.tubes || []) {
           if (t["current-jobs-buried"] > 0) wanted.push([t.name, "buried"]);
           if (retained) { wanted.push([t.name, "dead"]); wanted.push([t.name, "completed"]); }
         }
+        // bounded work per refresh: the first DEAD_PAGES pages (tubes by name)
+        capped.hidden = wanted.length <= DEAD_PAGES;
+        setText(capped, "Showing the first " + DEAD_PAGES + " of " + wanted.length +
+          " lists; the tube pages have the rest.");
+        wanted = wanted.slice(0, DEAD_PAGES);
         const pages = await Promise.all(wanted.map(([name, state]) =>
           getJSON("tubes/" + encodeURIComponent(name) + "/jobs?state=" + state + "&cursor=0&limit=20")
             .then((p) => [name, state, p])));
@@ -780,10 +831,11 @@
     const tbody = h("tbody");
     const conns = h("table", {id: "connections", class: "grid"},
       h("thead", null, h("tr", null, CONN.map(([c, l]) => h("th", {class: c, text: l})))), tbody);
+    const noConns = h("p", {id: "no-connections", class: "muted", hidden: true, text: "No client connections."});
     append(clear(main()), [
       h("h1", null, "Server"),
       sectionTitle("Node"), nodeTable,
-      sectionTitle("Connections"), h("div", {class: "scroll"}, conns),
+      sectionTitle("Connections"), h("div", {class: "scroll"}, conns), noConns,
       h("div", {class: "columns"},
         h("section", null, sectionTitle("stats"), statsTable),
         h("section", null, sectionTitle("stats-ext"), extTable)),
@@ -794,10 +846,13 @@
         const s = await getJSON("server");
         if (g !== gen) return;
         renderNode(s.node);
-        updateKv(nodeTable, s.node || {});
+        const n = Object.assign({}, s.node || {});
+        if (typeof n.time === "number") n.time = fmtTime(n.time);
+        updateKv(nodeTable, n);
         updateKv(statsTable, s.stats || {});
         updateKv(extTable, s.ext || {});
         const list = (s.connections || []).map((c, i) => Object.assign({_i: i}, c));
+        noConns.hidden = list.length > 0;
         syncRows(tbody, list, (c) => c.peer + "#" + c._i, (c) => {
           const tr = h("tr", {dataset: {peer: c.peer}});
           cells(tr, CONN.map((x) => x[0]));
