@@ -667,12 +667,13 @@ def _traffic(port: int, stop: threading.Event):
     from conftest import Client
     c = Client(socket.create_connection(("127.0.0.1", port)))
     use_and_watch(c, "images")
-    start, owed, step = time.monotonic(), 0.0, 0
+    start, owed, failing, step = time.monotonic(), 0.0, 0.0, 0
     try:
         while not stop.is_set():
             step += 1
             elapsed = time.monotonic() - start
             owed += (22 + 16 * math.sin(elapsed * 2 * math.pi / 60)) * 0.2
+            failing += (1.2 + math.sin(elapsed * 2 * math.pi / 45)) * 0.2
             for i in range(int(owed)):
                 put(c, b"resize img_%06d.jpg" % (step * 100 + i), pri=2048)
             owed -= int(owed)
@@ -681,8 +682,8 @@ def _traffic(port: int, stop: threading.Event):
                 if not reply.startswith(b"RESERVED"):
                     break
                 job = int(reply.split()[1])
-                if step % 23 == 0:
-                    step += 1
+                if failing >= 1:
+                    failing -= 1
                     reason = b"decoder crashed"
                     c.cmd(b"fail %d %d\r\n%s" % (job, len(reason), reason))
                 else:
