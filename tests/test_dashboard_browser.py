@@ -214,6 +214,11 @@ def put_ex(c, body: bytes, *options: str, pri: int = 0, delay: int = 0, ttr: int
     return int(reply.split()[1])
 
 
+def with_body(c, line: bytes, body: bytes) -> bytes:
+    """A command with a body (`fail`, `complete`, `progress`): its reply line."""
+    return c.cmd(b"%s %d\r\n%s" % (line, len(body), body))
+
+
 def use_and_watch(c, tube: str):
     assert c.cmd(b"use " + tube.encode()).startswith(b"USING")
     assert c.cmd(b"watch " + tube.encode()).startswith(b"WATCHING")
@@ -256,6 +261,19 @@ def row_cell(driver, tube: str, cls: str) -> str:
     return text(driver, f'tr[data-tube="{tube}"] td.{cls}')
 
 
+def has_job(driver, job) -> bool:
+    return present(driver, f'tr[data-job="{job}"]')
+
+
+def info_field(driver, name: str) -> str:
+    """A job-info field as the job page shows it."""
+    return text(driver, f'#job-info tr[data-field="{name}"] td')
+
+
+def page_no(driver) -> str:
+    return text(driver, "#page-no")
+
+
 # -- a. the overview -------------------------------------------------------------------
 
 def test_overview_shows_the_tubes_and_counts_a_client_just_created(dash, browser):
@@ -276,8 +294,10 @@ def test_overview_shows_the_tubes_and_counts_a_client_just_created(dash, browser
     link = browser.find_element(By.CSS_SELECTOR, f"{row} td.name a")
     assert link.get_attribute("href") == dash.url + "#/tube/emails"
     # the node line and the cards come from the same API
-    wait(browser, lambda d: text(d, "#node .pid") == f"pid {dash.server.proc.pid}", "the node's pid")
-    wait(browser, lambda d: text(d, '.card[data-stat="current-jobs-buried"] .card-value') == "1",
+    pid = f"pid {dash.server.proc.pid}"
+    wait(browser, lambda d: text(d, "#node .pid") == pid, "the node's pid")
+    buried_card = '.card[data-stat="current-jobs-buried"] .card-value'
+    wait(browser, lambda d: text(d, buried_card) == "1",
          "the buried card")
     assert not browser.find_element(By.ID, "ro-badge").is_displayed()
 
@@ -285,7 +305,8 @@ def test_overview_shows_the_tubes_and_counts_a_client_just_created(dash, browser
     put(c, b"mail 3")
     assert c.cmd(b"kick-job %d" % buried) == b"KICKED\r\n"
     wait(browser, lambda d: row_cell(d, "emails", "ready") == "4"
-         and row_cell(d, "emails", "buried") == "0", "emails: ready 4, buried 0 after the kick")
+         and row_cell(d, "emails", "buried") == "0",
+         "emails: ready 4, buried 0 after the kick")
     c.cmd(b"use fresh-tube")
     wait(browser, lambda d: present(d, 'tr[data-tube="fresh-tube"]'), "the new tube's row")
 
@@ -301,20 +322,20 @@ def test_a_buried_job_is_found_through_paging_and_kicked_from_the_page(dash, bro
     wanted = order[43]                             # 44th: on page 3 of 20 per page
 
     browser.get(dash.url + "#/tube/paging?state=buried")
-    wait(browser, lambda d: present(d, f'tr[data-job="{order[0]}"]') and text(d, "#page-no") == "1",
+    wait(browser, lambda d: has_job(d, order[0]) and page_no(d) == "1",
          "page 1 of the buried jobs")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")) == 20
-    assert not present(browser, f'tr[data-job="{wanted}"]')
+    assert not has_job(browser, wanted)
 
     click(browser, "#next-page", "Next page")
-    wait(browser, lambda d: text(d, "#page-no") == "2" and present(d, f'tr[data-job="{order[20]}"]'),
+    wait(browser, lambda d: page_no(d) == "2" and has_job(d, order[20]),
          "page 2")
-    assert not present(browser, f'tr[data-job="{order[0]}"]')
-    assert not present(browser, f'tr[data-job="{wanted}"]')
+    assert not has_job(browser, order[0])
+    assert not has_job(browser, wanted)
 
     click(browser, "#next-page", "Next page")
     row = f'tr[data-job="{wanted}"]'
-    wait(browser, lambda d: text(d, "#page-no") == "3" and present(d, row), "page 3 with the job")
+    wait(browser, lambda d: page_no(d) == "3" and present(d, row), "page 3 with the job")
     ids = [int(tr.get_attribute("data-job"))
            for tr in browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")]
     assert ids == order[40:]
@@ -332,13 +353,13 @@ def test_a_buried_job_is_found_through_paging_and_kicked_from_the_page(dash, bro
     wait_wire(f"job {wanted} ready", lambda: job_state(c, wanted) == "ready")
     wait(browser, lambda d: "KICKED" in text(d, "#status"), "the reply in the status bar")
     # the page follows: the job left the buried list, its neighbours stayed
-    wait(browser, lambda d: not present(d, row) and present(d, f'tr[data-job="{order[44]}"]'),
+    wait(browser, lambda d: not present(d, row) and has_job(d, order[44]),
          "the kicked job gone from the buried page")
     assert tube_count(c, "paging", "current-jobs-buried") == 44
     assert tube_count(c, "paging", "current-jobs-ready") == 1
 
     click(browser, "#first-page", "First page")
-    wait(browser, lambda d: text(d, "#page-no") == "1" and present(d, f'tr[data-job="{order[0]}"]'),
+    wait(browser, lambda d: page_no(d) == "1" and has_job(d, order[0]),
          "back on page 1")
 
 
@@ -370,8 +391,8 @@ def _other_site(page: bytes):
 def raw_post(url: str, headers: dict = None, body: bytes = b"{}"):
     """A POST by urllib with exactly these headers (no Origin unless given); the
     status and the decoded JSON reply."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=WAIT) as reply:
             return reply.status, json.loads(reply.read())
@@ -389,7 +410,7 @@ def test_a_cross_origin_post_is_refused_and_changes_nothing(dash, browser):
     kick = f"{dash.origin}/api/jobs/{buried}/kick"
 
     page = (b"<!doctype html><title>elsewhere</title>"
-            b'<form id="f" method="post" enctype="text/plain" action="' + flush.encode() + b'">'
+            b'<form id="f" method="post" enctype="text/plain" action="%s">' % flush.encode() +
             b'<input name="{&quot;a&quot;:&quot;" value="&quot;}"></form>')
     other, thread = _other_site(page)
     try:
@@ -417,8 +438,9 @@ def test_a_cross_origin_post_is_refused_and_changes_nothing(dash, browser):
     for headers in ({}, {"Origin": "http://evil.example"}, {"Origin": "null"},
                     {"Origin": f"http://127.0.0.1:{dash.http_port + 1}"},
                     {"Sec-Fetch-Site": "same-site"}, {"Sec-Fetch-Site": "cross-site"}):
-        assert raw_post(flush, headers) == (403, {"error": "cross-origin request refused"}), headers
-        assert raw_post(kick, headers) == (403, {"error": "cross-origin request refused"}), headers
+        refused = (403, {"error": "cross-origin request refused"})
+        assert raw_post(flush, headers) == refused, headers
+        assert raw_post(kick, headers) == refused, headers
     # and never by GET
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(flush, timeout=WAIT)
@@ -455,12 +477,12 @@ def _fill_varied(c) -> dict:
     jobs["reserved"] = put(c, b"hold me", pri=4)
 
     assert reserve(c) == jobs["done"]
-    assert c.cmd(b"progress %d 9\r\nhalf done" % jobs["done"]) == b"TOUCHED\r\n"
+    assert with_body(c, b"progress %d" % jobs["done"], b"half done") == b"TOUCHED\r\n"
     result = b"ok <script>alert(1)</script>"
-    assert c.cmd(b"complete %d %d\r\n%s" % (jobs["done"], len(result), result)) == b"COMPLETED\r\n"
+    assert with_body(c, b"complete %d" % jobs["done"], result) == b"COMPLETED\r\n"
     assert reserve(c) == jobs["failing"]
     reason = b"smtp said \"no\" \xe9"
-    assert c.cmd(b"fail %d %d\r\n%s" % (jobs["failing"], len(reason), reason)).startswith(b"RETRYING")
+    assert with_body(c, b"fail %d" % jobs["failing"], reason).startswith(b"RETRYING")
     assert reserve(c) == jobs["bury"]
     assert c.cmd(b"bury %d 0" % jobs["bury"]) == b"BURIED\r\n"
     assert reserve(c) == jobs["reserved"]
@@ -489,34 +511,37 @@ def test_the_page_has_no_console_errors_on_any_view(dash, browser):
     wait(browser, lambda d: text(d, "#tube-name") == "odd(name)+$;_.-x"
          and present(d, "#jobs tbody tr"), "the odd tube's page")
     assert severe(browser) == []
-    for state in ("ready", "delayed", "reserved", "buried", "held", "completed", "dead", "all"):
-        visit(f"#/tube/emails?state={state}",
-              lambda d: present(d, "#jobs tbody tr") or d.find_element(By.ID, "no-jobs").is_displayed(),
-              f"the {state} tab")
+    for state in ("ready", "delayed", "reserved", "buried", "held", "completed", "dead",
+                  "all"):
+        visit(f"#/tube/emails?state={state}", lambda d: present(d, "#jobs tbody tr")
+              or d.find_element(By.ID, "no-jobs").is_displayed(), f"the {state} tab")
     # the preview escapes: the tag-like body is text in the cell, not markup
-    visit("#/tube/emails?state=ready", lambda d: present(d, f'tr[data-job="{jobs["ready"]}"]'), "ready")
+    visit("#/tube/emails?state=ready", lambda d: has_job(d, jobs["ready"]), "ready")
     assert text(browser, f'tr[data-job="{jobs["ready"]}"] td.preview') == \
         '{"to": "<b>ann</b>@example.com", "n": 1}'
     assert not present(browser, "#jobs td.preview b")
     assert text(browser, f'tr[data-job="{jobs["ready"]}"] td.key') == "welcome-ann"
     assert text(browser, f'tr[data-job="{jobs["ready"]}"] td.tags') == "batch-7, welcome"
     binary = text(browser, f'tr[data-job="{jobs["binary"]}"] td.preview')
-    assert binary.startswith("00 01 02 03") and binary.endswith("…"), binary   # marked truncated
+    assert binary.startswith("00 01 02 03") and binary.endswith("…"), binary   # cut, marked
     assert present(browser, f'tr[data-job="{jobs["binary"]}"] td.preview .hex')
     for role in ("ready", "binary", "delayed", "done", "failing", "bury", "reserved"):
-        visit(f"#/job/{jobs[role]}", lambda d: text(d, '#job-info tr[data-field="id"] td') ==
+        visit(f"#/job/{jobs[role]}", lambda d: info_field(d, "id") ==
               str(jobs[role]), f"the page of job {role}")
     # what the job pages showed
-    visit(f"#/job/{jobs['done']}", lambda d: text(d, '#job-info tr[data-field="state"] td') ==
+    visit(f"#/job/{jobs['done']}", lambda d: info_field(d, "state") ==
           "completed", "the completed job")
     assert text(browser, "#progress") == "half done"
     assert "<script>alert(1)</script>" in text(browser, "#result")
-    visit(f"#/job/{jobs['failing']}", lambda d: present(d, "#failures .reason"), "the failures")
+    visit(f"#/job/{jobs['failing']}", lambda d: present(d, "#failures .reason"),
+          "the failures")
     assert text(browser, "#failures .reason") == 'smtp said "no" \u00e9'
     visit("#/dead", lambda d: present(d, f'.dead-section tr[data-job="{jobs["bury"]}"]')
-          and present(d, f'.dead-section tr[data-job="{jobs["done"]}"]'), "the dead letters page")
+          and present(d, f'.dead-section tr[data-job="{jobs["done"]}"]'),
+          "the dead letters page")
     visit("#/server", lambda d: present(d, "#connections tbody tr")
-          and present(d, '#server-stats tr[data-field="current-connections"]'), "the server page")
+          and present(d, '#server-stats tr[data-field="current-connections"]'),
+          "the server page")
 
 
 # -- e. read-only ----------------------------------------------------------------------
@@ -536,13 +561,13 @@ def test_a_read_only_dashboard_shows_no_actions_and_refuses_posts(readonly_dash,
     assert browser.find_elements(By.CSS_SELECTOR, "input") == []
 
     browser.get(dash.url + "#/tube/emails?state=buried")
-    wait(browser, lambda d: present(d, f'tr[data-job="{buried}"]'), "the buried job's row")
+    wait(browser, lambda d: has_job(d, buried), "the buried job's row")
     wait_polls(browser, 1)
     assert browser.find_elements(By.CSS_SELECTOR, "button[data-action], form, input") == []
     assert browser.find_elements(By.CSS_SELECTOR, "#jobs button, #tube-actions button") == []
 
     browser.get(dash.url + f"#/job/{buried}")
-    wait(browser, lambda d: text(d, '#job-info tr[data-field="state"] td') == "buried", "the job page")
+    wait(browser, lambda d: info_field(d, "state") == "buried", "the job page")
     assert browser.find_elements(By.CSS_SELECTOR, "button") == []
 
     # the page's own origin, yet refused: every action
@@ -551,7 +576,8 @@ def test_a_read_only_dashboard_shows_no_actions_and_refuses_posts(readonly_dash,
                        ("tubes/emails/pause", {"delay": 60}), ("tubes/emails/flush", {}),
                        ("tubes/emails/policy", {"name": "retain", "value": "60"})):
         reply = fetch_post(browser, "api/" + path, body)
-        assert (reply["status"], reply["json"]) == (403, {"error": "read-only dashboard"}), path
+        assert (reply["status"], reply["json"]) == (403, {"error": "read-only dashboard"}), \
+            path
     assert job_state(c, buried) == "buried"
     assert tube_count(c, "emails", "current-jobs-ready") == 1
     assert tube_count(c, "emails", "pause") == 0
@@ -581,10 +607,12 @@ def test_tube_actions_ask_first_and_act(dash, browser):
     click(browser, f"{row} button.kick", "kick N")
     accept_confirm(browser, "Kick up to 4")
     wait_wire("4 kicked", lambda: tube_count(c, "work", "current-jobs-buried") == 2)
-    wait(browser, lambda d: row_cell(d, "work", "ready") == "4" and "KICKED 4" in text(d, "#status"),
+    wait(browser, lambda d: row_cell(d, "work", "ready") == "4"
+         and "KICKED 4" in text(d, "#status"),
          "the row and the status after the kick")
     # the input kept its value through the refreshes
-    assert browser.find_element(By.CSS_SELECTOR, f"{row} input.kick-n").get_attribute("value") == "4"
+    kick_n = browser.find_element(By.CSS_SELECTOR, f"{row} input.kick-n")
+    assert kick_n.get_attribute("value") == "4"
 
     click(browser, f'{row} button[data-action="pause"]', "pause")
     prompt = WebDriverWait(browser, UI_WAIT, ignored_exceptions=(NoAlertPresentException,)
@@ -608,7 +636,8 @@ def test_tube_actions_ask_first_and_act(dash, browser):
 
     # a policy from the tube page
     browser.get(dash.url + "#/tube/work")
-    wait(browser, lambda d: present(d, '#tube-policy tr[data-field="max-attempts"]'), "the policy")
+    wait(browser, lambda d: present(d, '#tube-policy tr[data-field="max-attempts"]'),
+         "the policy")
     browser.find_element(By.ID, "policy-value").send_keys("3")
     browser.find_element(By.CSS_SELECTOR, '#policy-name option[value="max-attempts"]').click()
     click(browser, '#policy-form button[type="submit"]', "set policy")
@@ -630,20 +659,20 @@ def test_job_page_actions(dash, browser):
     assert c.cmd(b"kick-job %d" % doomed) == b"KICKED\r\n"
 
     browser.get(dash.url + f"#/job/{dead}")
-    wait(browser, lambda d: text(d, '#job-info tr[data-field="state"] td') == "buried", "the buried job")
+    wait(browser, lambda d: info_field(d, "state") == "buried", "the buried job")
     assert text(browser, "#body pre") == "dead letter"
     click(browser, '#job-actions button[data-action="retry"]', "retry")
     wait_wire("the dead letter ready", lambda: job_state(c, dead) == "ready")
-    wait(browser, lambda d: text(d, '#job-info tr[data-field="state"] td') == "ready"
+    wait(browser, lambda d: info_field(d, "state") == "ready"
          and not present(d, '#job-actions button[data-action="retry"]'), "the page following")
 
     browser.get(dash.url + f"#/job/{later}")
-    wait(browser, lambda d: text(d, '#job-info tr[data-field="state"] td') == "delayed", "the delayed job")
+    wait(browser, lambda d: info_field(d, "state") == "delayed", "the delayed job")
     click(browser, '#job-actions button[data-action="kick"]', "kick")
     wait_wire("the delayed job ready", lambda: job_state(c, later) == "ready")
 
     browser.get(dash.url + f"#/job/{doomed}")
-    wait(browser, lambda d: text(d, '#job-info tr[data-field="kicks"] td') == "1", "the kicked job")
+    wait(browser, lambda d: info_field(d, "kicks") == "1", "the kicked job")
     click(browser, '#job-actions button[data-action="delete"]', "delete")
     dismiss_confirm(browser, f"Delete job {doomed}")
     wait_polls(browser, 1)
@@ -653,7 +682,7 @@ def test_job_page_actions(dash, browser):
     wait_wire("the job gone", lambda: c.cmd(b"stats-job %d" % doomed) == b"NOT_FOUND\r\n")
     # the page goes back to the job's tube rather than showing a job that is gone
     wait(browser, lambda d: d.execute_script("return location.hash") == "#/tube/jobs"
-         and present(d, f'tr[data-job="{dead}"]') and not present(d, f'tr[data-job="{doomed}"]'),
+         and has_job(d, dead) and not has_job(d, doomed),
          "the tube page without the deleted job")
     assert severe(browser) == []
 
@@ -684,8 +713,7 @@ def _traffic(port: int, stop: threading.Event):
                 job = int(reply.split()[1])
                 if failing >= 1:
                     failing -= 1
-                    reason = b"decoder crashed"
-                    c.cmd(b"fail %d %d\r\n%s" % (job, len(reason), reason))
+                    with_body(c, b"fail %d" % job, b"decoder crashed")
                 else:
                     c.cmd(b"delete %d" % job)
             stop.wait(0.2)
@@ -710,11 +738,12 @@ def test_screenshots_of_the_overview_and_a_tube_page(dash, browser, tmp_path):
     for _ in range(2):
         bury_next(c)                               # ann, bob: dead letters to look at
     job = reserve(c)                               # cy: sent, its result kept
-    c.cmd(b"complete %d 20\r\n250 2.0.0 Ok: queued" % job)
+    with_body(c, b"complete %d" % job, b"250 2.0.0 Ok: queued")
     job = reserve(c)                               # dee: failed once, retried later
-    c.cmd(b"fail %d 24\r\nSMTP 421 try again later" % job)
+    with_body(c, b"fail %d" % job, b"SMTP 421 try again later")
     reserve(c)                                     # eve: being sent now
-    put_ex(c, b"\x1f\x8b\x08\x00" + bytes(range(60)), "tag=digest", pri=1024, delay=1800, ttr=3600)
+    put_ex(c, b"\x1f\x8b\x08\x00" + bytes(range(60)), "tag=digest", pri=1024, delay=1800,
+           ttr=3600)
     use_and_watch(c, "reports")
     for i in range(5):
         put(c, b"report q%d" % i, delay=60 * (i + 1))
@@ -722,7 +751,8 @@ def test_screenshots_of_the_overview_and_a_tube_page(dash, browser, tmp_path):
     c.cmd(b"pause-tube reports 900")
     use_and_watch(c, "webhooks")
     for i in range(8):
-        put(c, b'{"url": "https://example.net/hook", "event": "order.paid", "id": %d}' % (7000 + i))
+        put(c, b'{"url": "https://example.net/hook", "event": "order.paid", "id": %d}'
+            % (7000 + i))
     bury_next(c)
     c.cmd(b"use images")
     for i in range(25):
@@ -760,4 +790,5 @@ def test_screenshots_of_the_overview_and_a_tube_page(dash, browser, tmp_path):
         with open(os.path.join(out, name), "rb") as f:
             head = f.read(24)
         assert head[:8] == b"\x89PNG\r\n\x1a\n"
-        assert (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) == (1280, 800)
+        size = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        assert size == (1280, 800), (name, size)

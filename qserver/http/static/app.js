@@ -20,7 +20,8 @@
   let view = null;          // the mounted view: {poll(), gen}
   let gen = 0;              // bumped at each navigation; late replies of older views are dropped
   let timer = null;
-  let polling = false;
+  let polling = false;      // a poll is running
+  let pending = false;      // another was asked for meanwhile
 
   // ---------------------------------------------------------------- DOM helpers
 
@@ -66,8 +67,10 @@
 
   // ---------------------------------------------------------------- formatting
 
+  function none(v) { return v === null || v === undefined; }
+
   function fmtDuration(s) {
-    if (s === null || s === undefined) return "–";
+    if (none(s)) return "–";
     s = Math.max(0, Math.floor(Number(s)));
     if (s < 60) return s + "s";
     const d = Math.floor(s / 86400), hr = Math.floor((s % 86400) / 3600),
@@ -169,7 +172,6 @@
 
   function renderNode(n) {
     if (!n) return;
-    const changed = !node || node.read_only !== n.read_only;
     node = n;
     document.body.classList.toggle("read-only", !!n.read_only);
     const el = document.getElementById("node");
@@ -185,7 +187,6 @@
     for (const [cls, text] of want) setText(el.querySelector("span." + cls), text);
     el.querySelector("span.node-id").title = "instance id";
     $("#ro-badge").hidden = !n.read_only;
-    return changed;
   }
 
   function markNav(name) {
@@ -378,7 +379,8 @@
         const shown = (o.tubes || []).length, total = o["tubes-total"] || shown;
         empty.hidden = shown > 0;
         more.hidden = total <= shown;
-        setText(more, "Showing the first " + shown + " of " + total + " tubes (by name); open any tube as #/tube/NAME.");
+        setText(more, "Showing the first " + shown + " of " + total +
+          " tubes (by name); open any tube as #/tube/NAME.");
       },
       unmount() { window.removeEventListener("resize", redraw); },
     };
@@ -406,9 +408,10 @@
     setText(cell(tr, "buried"), num("current-jobs-buried"));
     setText(cell(tr, "held"), num("held"));
     setText(cell(tr, "paused"), pauseText(t));
-    setText(cell(tr, "head-age"), t["head-age"] === null || t["head-age"] === undefined ? "–" : fmtDuration(t["head-age"]));
+    setText(cell(tr, "head-age"), none(t["head-age"]) ? "–" : fmtDuration(t["head-age"]));
     setText(cell(tr, "total"), num("total-jobs"));
-    setText(cell(tr, "conns"), num("current-using") + " / " + num("current-watching") + " / " + num("current-waiting"));
+    setText(cell(tr, "conns"),
+      num("current-using") + " / " + num("current-watching") + " / " + num("current-waiting"));
     tr.classList.toggle("has-buried", t["current-jobs-buried"] > 0);
     tr.classList.toggle("is-paused", !!t.pause);
     tubeActions(cell(tr, "actions"), t);
@@ -440,7 +443,10 @@
 
   function kickTube(name, value) {
     const bound = parseInt(value, 10);
-    if (!(bound >= 1 && bound <= 1000000)) { status("kick: give a number from 1 to 1000000", "error"); return; }
+    if (!(bound >= 1 && bound <= 1000000)) {
+      status("kick: give a number from 1 to 1000000", "error");
+      return;
+    }
     if (!confirm("Kick up to " + bound + " job(s) in tube " + name + "?")) return;
     post("tubes/" + encodeURIComponent(name) + "/kick", {bound: bound}, "kick " + bound + " in " + name);
   }
@@ -449,7 +455,10 @@
     const answer = prompt("Pause tube " + name + " for how many seconds?", "60");
     if (answer === null) return;
     const delay = parseInt(answer, 10);
-    if (!(delay >= 1 && delay <= 4294967295)) { status("pause: give a number of seconds", "error"); return; }
+    if (!(delay >= 1 && delay <= 4294967295)) {
+      status("pause: give a number of seconds", "error");
+      return;
+    }
     post("tubes/" + encodeURIComponent(name) + "/pause", {delay: delay}, "pause " + name);
   }
 
@@ -458,7 +467,8 @@
   }
 
   function flushTube(name) {
-    if (!confirm("Flush tube " + name + "? Every ready, delayed, buried and held job in it is deleted.")) return;
+    if (!confirm("Flush tube " + name +
+      "? Every ready, delayed, buried and held job in it is deleted.")) return;
     post("tubes/" + encodeURIComponent(name) + "/flush", {}, "flush " + name);
   }
 
@@ -530,15 +540,18 @@
     if (readOnly()) return [];
     const out = [];
     if (state === "buried" || state === "delayed") {
-      out.push(h("button", {type: "button", class: "kick", dataset: {action: "kick", job: id}, text: "kick",
+      out.push(h("button", {type: "button", class: "kick", dataset: {action: "kick", job: id},
+        text: "kick",
         onclick: () => post("jobs/" + encodeURIComponent(id) + "/kick", {}, "kick job " + id)}));
     }
     if (state === "buried") {
-      out.push(h("button", {type: "button", class: "retry", dataset: {action: "retry", job: id}, text: "retry",
+      out.push(h("button", {type: "button", class: "retry", dataset: {action: "retry", job: id},
+        text: "retry",
         onclick: () => post("jobs/" + encodeURIComponent(id) + "/retry", {}, "retry job " + id)}));
     }
     if (["ready", "delayed", "buried", "held", "reserved"].includes(state)) {
-      out.push(h("button", {type: "button", class: "delete danger", dataset: {action: "delete", job: id}, text: "delete",
+      out.push(h("button", {type: "button", class: "delete danger",
+        dataset: {action: "delete", job: id}, text: "delete",
         onclick: () => {
           if (!confirm("Delete job " + id + "?")) return;
           post("jobs/" + encodeURIComponent(id) + "/delete", {}, "delete job " + id, deleted);
@@ -588,16 +601,19 @@
     const size = h("select", {id: "page-size", "aria-label": "jobs per page", onchange: () => {
       limit = parseInt(size.value, 10); cursors = ["0"]; refresh();
     }}, [20, 50, 100].map((n) => h("option", {value: String(n), text: n + " per page"})));
-    const pager = h("div", {class: "pager"}, first, prev, h("span", {class: "page"}, "page ", pageNo), nextBtn, size);
+    const pager = h("div", {class: "pager"}, first, prev,
+      h("span", {class: "page"}, "page ", pageNo), nextBtn, size);
     const empty = h("p", {id: "no-jobs", class: "muted", hidden: true, text: "No " + state + " jobs."});
     const statsTable = kvTable("tube-stats", null, []);
     const policyTable = kvTable("tube-policy", null, []);
-    const missing = h("p", {id: "no-tube", class: "muted", hidden: true, text: "This tube does not exist (no jobs and no clients)."});
+    const missing = h("p", {id: "no-tube", class: "muted", hidden: true,
+      text: "This tube does not exist (no jobs and no clients)."});
     const actions = h("div", {id: "tube-actions", class: "tube-actions"});
     const policyForm = readOnly() ? null : buildPolicyForm(name);
 
     append(clear(main()), [
-      h("h1", null, h("span", {class: "muted", text: "tube "}), h("span", {id: "tube-name", text: name})),
+      h("h1", null, h("span", {class: "muted", text: "tube "}),
+        h("span", {id: "tube-name", text: name})),
       missing, actions, cards,
       sectionTitle("Jobs"), tabs, pager, h("div", {class: "scroll"}, table), empty,
       h("div", {class: "columns"},
@@ -612,16 +628,19 @@
       async poll(g) {
         const cursor = cursors[cursors.length - 1];
         const asked = cursors.join("\n") + "\n" + limit;
-        const q = "state=" + encodeURIComponent(state) + "&cursor=" + encodeURIComponent(cursor) + "&limit=" + limit;
+        const q = "state=" + encodeURIComponent(state) + "&cursor=" + encodeURIComponent(cursor) +
+          "&limit=" + limit;
         const [t, page] = await Promise.all([
           getJSON("tubes/" + encodeURIComponent(name)),
           getJSON("tubes/" + encodeURIComponent(name) + "/jobs?" + q),
         ]);
         if (g !== gen) return;
-        if (asked !== cursors.join("\n") + "\n" + limit) return;   // paged meanwhile: the next poll shows it
+        // paged meanwhile: the poll that follows shows the page asked for now
+        if (asked !== cursors.join("\n") + "\n" + limit) return;
         missing.hidden = !!t.stats;
         updateKv(statsTable, t.stats || {}, t.stats ? null : []);
-        updateKv(policyTable, t.policy || {}, t.policy ? Object.keys(t.policy).filter((k) => k !== "name") : []);
+        updateKv(policyTable, t.policy || {},
+          t.policy ? Object.keys(t.policy).filter((k) => k !== "name") : []);
         const st = t.stats || {};
         for (const [key] of TUBE_CARDS) {
           const el = cards.querySelector('.card[data-stat="' + key + '"] .card-value');
@@ -637,7 +656,8 @@
           setText(a.querySelector(".count"), key && t.stats ? String(st[key]) : "");
         }
         if (t.stats) {
-          const box = actions.querySelector(".actions") || actions.appendChild(h("div", {class: "actions"}));
+          const box = actions.querySelector(".actions") ||
+            actions.appendChild(h("div", {class: "actions"}));
           tubeActions(box, t.stats);
         } else {
           clear(actions);
@@ -657,7 +677,8 @@
   function buildPolicyForm(name) {
     const sel = h("select", {id: "policy-name", "aria-label": "policy"},
       POLICY_NAMES.map((p) => h("option", {value: p, text: p})));
-    const val = h("input", {id: "policy-value", type: "text", placeholder: "value", "aria-label": "value", required: true});
+    const val = h("input", {id: "policy-value", type: "text", placeholder: "value",
+      "aria-label": "value", required: true});
     const form = h("form", {id: "policy-form", class: "policy-form", onsubmit: (e) => {
       e.preventDefault();
       const value = val.value.trim();
@@ -678,7 +699,8 @@
     const body = h("div", {id: "body"});
     const result = h("div", {id: "result"});
     const actions = h("div", {id: "job-actions", class: "tube-actions"});
-    const missing = h("p", {id: "no-job", class: "muted", hidden: true, text: "No such job (deleted, or its record expired)."});
+    const missing = h("p", {id: "no-job", class: "muted", hidden: true,
+      text: "No such job (deleted, or its record expired)."});
     const tubeLink = h("a", {id: "job-tube"});
     append(clear(main()), [
       h("h1", null, h("span", {class: "muted", text: "job "}), h("span", {id: "job-id", text: id}),
@@ -704,7 +726,8 @@
       const isText = p.text !== undefined;
       el.appendChild(h("p", {class: "muted", text: p.size + " bytes" + (isText ? ", text" : ", hex") +
         (p.truncated ? ", truncated" : "")}));
-      el.appendChild(h("pre", {class: "payload" + (isText ? "" : " hex"), text: isText ? p.text : spacedHex(p.hex || "")}));
+      el.appendChild(h("pre", {class: "payload" + (isText ? "" : " hex"),
+        text: isText ? p.text : spacedHex(p.hex || "")}));
       if (p.truncated) el.appendChild(h("span", {class: "truncated", title: "truncated", text: "…"}));
     }
 
@@ -738,16 +761,19 @@
           if (!(info.tags || []).length) tags.appendChild(h("span", {class: "muted", text: "none"}));
           for (const t of info.tags || []) tags.appendChild(h("span", {class: "tag", text: t}));
         }
-        setText(progress, info.progress === null || info.progress === undefined ? "none" : info.progress);
-        progress.classList.toggle("muted", info.progress === null || info.progress === undefined);
+        setText(progress, none(info.progress) ? "none" : info.progress);
+        progress.classList.toggle("muted", none(info.progress));
         const fsig = JSON.stringify(info.failures || []);
         if (failures.dataset.sig !== fsig) {
           failures.dataset.sig = fsig;
           clear(failures);
           failures.classList.toggle("empty", !(info.failures || []).length);
-          if (!(info.failures || []).length) failures.appendChild(h("li", {class: "muted", text: "none"}));
+          if (!(info.failures || []).length) {
+            failures.appendChild(h("li", {class: "muted", text: "none"}));
+          }
           for (const f of info.failures || []) {
-            failures.appendChild(h("li", null, h("time", {text: fmtTime(f.time)}), " ", h("span", {class: "reason", text: f.reason})));
+            failures.appendChild(h("li", null, h("time", {text: fmtTime(f.time)}), " ",
+              h("span", {class: "reason", text: f.reason})));
           }
         }
         payload(body, j.body);
@@ -831,7 +857,8 @@
     const tbody = h("tbody");
     const conns = h("table", {id: "connections", class: "grid"},
       h("thead", null, h("tr", null, CONN.map(([c, l]) => h("th", {class: c, text: l})))), tbody);
-    const noConns = h("p", {id: "no-connections", class: "muted", hidden: true, text: "No client connections."});
+    const noConns = h("p", {id: "no-connections", class: "muted", hidden: true,
+      text: "No client connections."});
     append(clear(main()), [
       h("h1", null, "Server"),
       sectionTitle("Node"), nodeTable,
@@ -862,7 +889,7 @@
           setText(cell(tr, "age"), fmtDuration(c.age));
           setText(cell(tr, "use"), c.use);
           setText(cell(tr, "watch"), (c.watch || []).join(", "));
-          setText(cell(tr, "reserved"), c.reserved === null || c.reserved === undefined ? "?" : c.reserved);
+          setText(cell(tr, "reserved"), none(c.reserved) ? "?" : c.reserved);   // ? with --store
           setText(cell(tr, "waiting"), c.waiting ? "yes" : "no");
           const roles = [];
           if (c.producer) roles.push("producer");
@@ -917,10 +944,10 @@
     poll(true);
   }
 
-  /** Poll the mounted view now (soon=true) and then every POLL_MS. */
+  /** Poll the mounted view (now: even if the tab is hidden), then again every POLL_MS. */
   async function poll(now) {
     if (timer) { clearTimeout(timer); timer = null; }
-    if (polling) { pending = true; return; }
+    if (polling) { pending = true; return; }   // once the running poll ends
     if (!now && document.hidden) { schedule(); return; }
     polling = true;
     const g = gen;
@@ -946,8 +973,6 @@
     schedule();
   }
 
-  let pending = false;
-
   function schedule() {
     if (timer) clearTimeout(timer);
     timer = setTimeout(() => poll(false), POLL_MS);
@@ -955,6 +980,9 @@
 
   async function boot() {
     window.addEventListener("hashchange", route);
+    const bar = document.getElementById("status");
+    bar.title = "click to hide";
+    bar.addEventListener("click", () => { bar.hidden = true; });
     document.addEventListener("visibilitychange", () => { if (!document.hidden) poll(true); });
     try {
       const o = await getJSON("overview");       // learn the node (read-only?) before drawing actions
