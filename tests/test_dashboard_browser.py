@@ -6,11 +6,15 @@ follows them live; a buried job is found by paging (Next page) and kicked from t
 page, and the server state changes (checked over the wire); a cross-origin POST
 (fetch and a form) is refused and changes nothing; every view runs without console
 errors; a read-only dashboard shows no actions and its API refuses a POST from the
-page; tube actions ask for confirmation and do nothing when it is dismissed.
-The screenshots in tests/screenshots are taken here (QSERVER_UPDATE_SCREENSHOTS=1).
+page; tube actions (kick N, pause, flush, policy) ask first where they destroy and
+do nothing when dismissed; a job's page retries, kicks and deletes it.
+The screenshots in tests/screenshots are taken here: with QSERVER_UPDATE_SCREENSHOTS=1
+they are written there, after two minutes of traffic for the rate charts; otherwise
+into tmp_path at once.
 
-Every wait is bounded (WebDriverWait, UI_WAIT); nothing asserts a duration.
-The module skips, saying why, only when chromium, chromedriver or selenium is missing.
+Every wait is bounded (WebDriverWait, UI_WAIT); nothing asserts a duration. Runs on
+the store QSERVER_TEST_STORE names, like the rest of the suite. The module skips,
+saying why, only when chromium, chromedriver or selenium is missing.
 """
 
 import http.server
@@ -414,17 +418,20 @@ def test_a_cross_origin_post_is_refused_and_changes_nothing(dash, browser):
             b'<input name="{&quot;a&quot;:&quot;" value="&quot;}"></form>')
     other, thread = _other_site(page)
     try:
-        browser.get(f"http://127.0.0.1:{other.server_address[1]}/")
-        # a script on another origin (same host, another port): the request reaches the
-        # server (the opaque reply proves it was answered) and changes nothing
-        assert fetch_post(browser, flush, mode="no-cors") == {"type": "opaque"}
-        assert fetch_post(browser, kick, mode="no-cors") == {"type": "opaque"}
-        # with CORS the browser does not even let the page see a reply
-        assert "error" in fetch_post(browser, flush)
-        # a classic form POST from that origin navigates to the refusal
-        browser.execute_script("document.getElementById('f').submit()")
-        wait(browser, lambda d: d.current_url == flush and "cross-origin request refused" in
-             d.find_element(By.TAG_NAME, "body").text, "the form POST's refusal")
+        # another origin on the same host (another port: Sec-Fetch-Site same-site), and
+        # another site (localhost: cross-site)
+        for host in ("127.0.0.1", "localhost"):
+            browser.get(f"http://{host}:{other.server_address[1]}/")
+            # a script there: the request reaches the server (the opaque reply proves
+            # it was answered) and changes nothing
+            assert fetch_post(browser, flush, mode="no-cors") == {"type": "opaque"}, host
+            assert fetch_post(browser, kick, mode="no-cors") == {"type": "opaque"}, host
+            # with CORS the browser does not even let the page see a reply
+            assert "error" in fetch_post(browser, flush), host
+            # a classic form POST from there navigates to the refusal
+            browser.execute_script("document.getElementById('f').submit()")
+            wait(browser, lambda d: d.current_url == flush and "cross-origin request refused"
+                 in d.find_element(By.TAG_NAME, "body").text, f"the refusal of {host}'s form")
     finally:
         other.shutdown()
         other.server_close()
