@@ -280,6 +280,7 @@ def page_no(driver) -> str:
 
 # -- a. the overview -------------------------------------------------------------------
 
+@pytest.mark.usefixtures("each_store")     # in memory, then on Redis
 def test_overview_shows_the_tubes_and_counts_a_client_just_created(dash, browser):
     c = dash.client()
     use_and_watch(c, "emails")
@@ -317,6 +318,7 @@ def test_overview_shows_the_tubes_and_counts_a_client_just_created(dash, browser
 
 # -- b. paging, then a kick from the page -----------------------------------------------
 
+@pytest.mark.usefixtures("each_store")     # in memory, then on Redis
 def test_a_buried_job_is_found_through_paging_and_kicked_from_the_page(dash, browser):
     c = dash.client()
     use_and_watch(c, "paging")
@@ -499,6 +501,7 @@ def _fill_varied(c) -> dict:
     return jobs
 
 
+@pytest.mark.usefixtures("each_store")     # in memory, then on Redis
 def test_the_page_has_no_console_errors_on_any_view(dash, browser):
     c = dash.client()
     jobs = _fill_varied(c)
