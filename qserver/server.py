@@ -337,6 +337,11 @@ class Server:
         self.http = None                # (asyncio server, router) of --http, when on
         self.all_closed = loop.create_future()
 
+    def in_process_connection(self) -> Connection:
+        """A connection with no socket, not counted and attached to no tube, for a
+        client inside the process (the dashboard's console)."""
+        return Connection(self)
+
     async def serve(self, sockets, early_signals=()) -> None:
         for sock in sockets:
             server = await self.loop.create_server(lambda: Connection(self), sock=sock,

@@ -10,6 +10,7 @@ import time
 from urllib.parse import parse_qs, unquote
 
 from qserver.http.console import Console
+from qserver.http.metrics import held_by_tube
 from qserver.http.rates import Rates
 from qserver.wire import parse_tube
 from qserver.errors import BadFormat
@@ -197,15 +198,6 @@ class Api:
 
 def ok(reply, **more) -> dict:
     return {"ok": True, "reply": reply.line, **more}
-
-
-def held_by_tube(engine) -> dict:
-    """Jobs held by per-key concurrency, by tube name (one pass over the locks)."""
-    held = {}
-    for (tube, _), lock in engine.steering.locks.items():
-        if lock.held:
-            held[tube] = held.get(tube, 0) + len(lock.held)
-    return held
 
 
 def head_age(engine, name: str):

@@ -11,7 +11,7 @@ except for the one command that needs a used tube, `kick N`, which runs in a cli
 of its own that exists only for that command. Its reads are not counted in the
 `cmd-*` figures (a dashboard polling `stats` would swamp them); its actions are,
 as any client's.
-Imports: `server` (the connection class), stdlib.
+Imports: stdlib (the connection comes from the server it is given).
 """
 
 import asyncio
@@ -107,8 +107,7 @@ class Console:
         self.client = self._client(attached=False)
 
     def _client(self, attached: bool):
-        from qserver.server import Connection
-        client = Connection(self.server)
+        client = self.server.in_process_connection()
         client.transport = _Collector()
         if attached:
             # A client that uses a tube: attached as a connection is, minus the counts.

@@ -18,7 +18,6 @@ Imports: `stats`, stdlib.
 
 import time
 
-from qserver.http.api import held_by_tube
 from qserver.stats import ext_stats, server_stats, tube_stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -215,6 +214,15 @@ def _ext_families(lines: list, figures) -> None:
         _family(lines, name, "gauge", help_text,
                 [('{tube="%s"}' % escape_label(tube), str(count))
                  for tube, count in sorted(values.items())])
+
+
+def held_by_tube(engine) -> dict:
+    """Jobs held by per-key concurrency, by tube name (one pass over the locks)."""
+    held = {}
+    for (tube, _), lock in engine.steering.locks.items():
+        if lock.held:
+            held[tube] = held.get(tube, 0) + len(lock.held)
+    return held
 
 
 def _steering_by_tube(engine) -> tuple:
