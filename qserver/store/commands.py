@@ -294,9 +294,10 @@ class StoreCommands(CommandTable):
         # The first look is a plain call (no task): most reserves of a busy queue
         # end there. Only one that must wait becomes a task (reserve_wait).
         answer = client.answer_later(logged=False)
-        # It counts as waiting from now on (stats), as when it was one task.
-        session.waiting = look = self.store.call("qs_reserve", session.holder,
-                                                 *session.watch)
+        # It counts as waiting from now on (stats), as when it was one task. One that
+        # may wait marks its tubes in the store if it finds nothing (wake-ups).
+        session.waiting = look = self.store.look(session.holder, session.watch,
+                                                 wait=timeout != 0)
         look.add_done_callback(lambda _: _looked(session, look))
         self.when(client, look,
                   lambda reply: self._first_look(client, session, reply, timeout, answer),

@@ -28,6 +28,8 @@ primary, Sentinel, or a one-shard cluster). Layout (P = KEYS[1]):
   P:bury_seq          STRING  the bury order counter
   P:total_jobs, P:job_timeouts  STRING  stats counters of the whole cluster
   P:t:<tube> also     pause (s) and unpause (µs): a pause-tube
+  P:w:<tube>          STRING  how many nodes have a reserve waiting on the tube
+  P:ws:<tube>         SET     those nodes (see "Wake-ups")
 Times come from the store's clock (TIME), the one clock of every node. Redis 7
 replicates a function's effects, so reading TIME before writing is allowed.
 A reply is a status word first ("OK", "NOT_FOUND", ...), then values.
@@ -87,7 +89,7 @@ local function forget_if_unused(P, tube, now)
     return
   end
   if referred(P, tube, now or now_us()) then return end
-  redis.call('DEL', P .. ':t:' .. tube)
+  redis.call('DEL', P .. ':t:' .. tube, P .. ':w:' .. tube, P .. ':ws:' .. tube)
   redis.call('SREM', P .. ':tubes', tube)
 end
 
@@ -115,10 +117,36 @@ local function promote_due(P, tube, now)
   return wait
 end
 
+-- == Wake-ups (protocol.md, "Several nodes") ==
+-- A change that makes a job ready publishes the tube's name on P:wake (each
+-- message wakes one waiting reserve of a node), but only while some node has a
+-- reserve waiting on the tube: a node marks the tubes in the same call as the look
+-- that found nothing (reserve_wait), and unmarks them (unwait) once none of its
+-- reserves has waited on them for a while. A mark left behind only costs messages;
+-- a mark missing (a lost store) costs a waiting reserve at most its re-poll.
+local function wake(P, tube)
+  if redis.call('GET', P .. ':w:' .. tube) then
+    redis.call('PUBLISH', P .. ':wake', tube)
+  end
+end
+
+local function mark_waiting(P, node, tube)
+  if redis.call('SADD', P .. ':ws:' .. tube, node) == 1 then
+    redis.call('INCR', P .. ':w:' .. tube)
+  end
+end
+
+local function unmark_waiting(P, node, tube)
+  if redis.call('SREM', P .. ':ws:' .. tube, node) == 1 and
+      redis.call('DECR', P .. ':w:' .. tube) <= 0 then
+    redis.call('DEL', P .. ':w:' .. tube)
+  end
+end
+
 local function make_ready(P, key, tube, member, pri)
   redis.call('ZADD', list_key(P, tube, 'ready'), pri, member)     -- pri: a string
   redis.call('HSET', key, 'state', 'ready', 'due', '0', 'holder', '')
-  redis.call('PUBLISH', P .. ':wake', tube)
+  wake(P, tube)
 end
 
 -- == Events (protocol.md, "subscribe") ==
@@ -129,14 +157,17 @@ end
 --   P:events      STREAM  entry id "<seq>-1": n name, i job id, t tube, a attempt,
 --                         w time (µs); trimmed to about the window
 -- `key` names the job's hash for its attempts (nil: 0).
-local function event(P, name, id, tube, key)
-  local window = redis.call('GET', P .. ':events_on')
-  if not window then return end
+local function record(P, window, name, id, tube, key)
   local seq = redis.call('INCR', P .. ':event_seq')
   local attempt = '0'
   if key then attempt = redis.call('HGET', key, 'attempts') or '0' end
   redis.call('XADD', P .. ':events', 'MAXLEN', '~', window, id_text(seq) .. '-1',
              'n', name, 'i', id_text(id), 't', tube, 'a', attempt, 'w', id_text(now_us()))
+end
+
+local function event(P, name, id, tube, key)
+  local window = redis.call('GET', P .. ':events_on')
+  if window then record(P, window, name, id, tube, key) end
 end
 
 -- == Per-key concurrency (protocol.md, "Per-key concurrency") ==
@@ -477,9 +508,11 @@ local function new_job(P, args, now, ...)
     redis.call('ZADD', list_key(P, tube, 'delayed'), due, member)
   else
     redis.call('ZADD', list_key(P, tube, 'ready'), pri, member)
-    redis.call('PUBLISH', P .. ':wake', tube)
   end
-  event(P, 'put', id, tube, nil)
+  -- Whether events are recorded and whether a node waits on the tube: one MGET.
+  local flags = redis.call('MGET', P .. ':events_on', P .. ':w:' .. tube)
+  if flags[2] and state == 'ready' then redis.call('PUBLISH', P .. ':wake', tube) end
+  if flags[1] then record(P, flags[1], 'put', id, tube, nil) end
   return id
 end
 
@@ -604,6 +637,24 @@ local function reserve(keys, args)
   return {'NONE', in_ms(wait)}
 end
 
+-- reserve_wait(P; holder, tube...): reserve, for a reserve that waits when it
+-- finds nothing: then the holder's node is marked as waiting on the tubes in the
+-- same step (see "Wake-ups"), so that any job made ready after it wakes the node.
+local function reserve_wait(keys, args)
+  local reply = reserve(keys, args)
+  if reply[1] == 'NONE' then
+    local node = node_of(args[1])
+    for i = 2, #args do mark_waiting(keys[1], node, args[i]) end
+  end
+  return reply
+end
+
+-- unwait(P; node, tube...) -> {"OK"}: no reserve of the node waits on the tubes now.
+local function unwait(keys, args)
+  for i = 2, #args do unmark_waiting(keys[1], args[1], args[i]) end
+  return {'OK'}
+end
+
 -- reserve_job(P; id, holder) -> {"OK", id, body} | {"NOT_FOUND"}: a ready, delayed or
 -- buried job by id, whatever its tube or a pause; never DEADLINE_SOON.
 local function reserve_job(keys, args)
@@ -626,7 +677,7 @@ local function pause(keys, args)
   redis.call('HSET', hash, 'pause', seconds, 'unpause', now_us() + seconds * SECOND)
   redis.call('HINCRBY', hash, 'cmd_pause', 1)
   redis.call('SADD', P .. ':tubes', tube)
-  if seconds == 0 then redis.call('PUBLISH', P .. ':wake', tube) end
+  if seconds == 0 then wake(P, tube) end
   return {'OK'}
 end
 
@@ -878,7 +929,10 @@ local function reap_node(P, node, now)
   local tubes = redis.call('SMEMBERS', P .. ':n:' .. node)
   redis.call('DEL', P .. ':n:' .. node)
   redis.call('ZREM', P .. ':nodes', node)
-  for _, tube in ipairs(tubes) do forget_if_unused(P, tube, now) end
+  for _, tube in ipairs(tubes) do
+    unmark_waiting(P, node, tube)
+    forget_if_unused(P, tube, now)
+  end
 end
 
 -- beat(P; node, lease ms, tube...) -> {"OK", reaped}: the node is alive for `lease`
@@ -1248,7 +1302,8 @@ end
 
 -- (A plain loop: the library's loading code may not use pairs or ipairs.)
 local WRITING = {
-  {'qs_put', put}, {'qs_reserve', reserve}, {'qs_reserve_job', reserve_job},
+  {'qs_put', put}, {'qs_reserve', reserve}, {'qs_reserve_wait', reserve_wait},
+  {'qs_unwait', unwait}, {'qs_reserve_job', reserve_job},
   {'qs_delete', delete}, {'qs_release', release}, {'qs_bury', bury},
   {'qs_touch', touch}, {'qs_kick', kick}, {'qs_kick_job', kick_job},
   {'qs_peek_list', peek_list}, {'qs_expire', expire},

@@ -73,6 +73,9 @@ class RedisStore:
         self.referred = tuple               # () -> the tubes this node's clients use
         self.library_loaded = False         # by this process, since it started
         self.primary = None                 # (host, port, replication id) last fenced
+        # Tubes this node may have marked as waited on in the store (qs_reserve_wait):
+        # each beat unmarks those no reserve of the node waits on any more.
+        self.marked = set()
         self._redis = None
 
     @classmethod
@@ -235,10 +238,33 @@ class RedisStore:
         found = await self._try_reserve(holder, tubes)
         return found if isinstance(found, tuple) else None
 
-    async def _try_reserve(self, holder: str, tubes):
+    def look(self, holder: str, tubes, wait: bool) -> asyncio.Future:
+        """One reserve call in this turn's batch (the raw reply). `wait`: the reserve
+        waits if it finds nothing, so the same call marks the node as waiting on the
+        tubes (a job made ready in them from then on publishes a wake-up)."""
+        if wait:
+            self.marked.update(tubes)
+            return self.batcher.call("FCALL", "qs_reserve_wait", 1, self.key, holder,
+                                     *tubes)
+        return self.batcher.call("FCALL", "qs_reserve", 1, self.key, holder, *tubes)
+
+    def unwait_stale(self) -> None:
+        """Unmark the tubes no reserve of this node waits on now (fire and forget, in
+        order with the calls around it: a reserve that waits again marks them again
+        with its next look, which comes after)."""
+        stale = self.marked.difference(self.wakeups.waiting)
+        if stale:
+            self.marked.difference_update(stale)
+            self._forget_reply(self.batcher.call("FCALL", "qs_unwait", 1, self.key,
+                                                 self.node, *sorted(stale)))
+
+    async def _try_reserve(self, holder: str, tubes, wait: bool = False):
         """(id, body), or how many ms a waiting reserve may sleep (-1: until woken);
         DEADLINE_SOON raised."""
-        reply = await self._fcall("qs_reserve", holder, *tubes)
+        if wait:
+            self.marked.update(tubes)
+        reply = await self._fcall("qs_reserve_wait" if wait else "qs_reserve", holder,
+                                  *tubes)
         if reply[0] == b"OK":
             return reply[1], reply[2]
         if reply[0] == b"DEADLINE_SOON":
@@ -259,7 +285,7 @@ class RedisStore:
         try:
             while True:
                 waiter.woken = False        # before looking: a wake-up from now on counts
-                found = await self._try_reserve(holder, tubes)
+                found = await self._try_reserve(holder, tubes, wait=True)
                 if isinstance(found, tuple):
                     # A wake-up wakes one waiter per job. One that came while this
                     # reserve was looking anyway was not needed here, and one this
@@ -388,6 +414,7 @@ class RedisStore:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(BEAT_SECONDS)
+            self.unwait_stale()
             try:
                 await self.beat()
             except (InternalError, OSError, ConnectionError) as error:
