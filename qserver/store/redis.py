@@ -21,7 +21,8 @@ from qserver.errors import DeadlineSoon, InternalError, NotFound
 from qserver.stats import job_pairs
 from qserver.store import parse_url
 from qserver.store.batch import (CALL_TIMEOUT, Batcher, ReplyError, RespConnection,
-                                 StoreUnreachable, locate_primary)
+                                 StoreUnreachable, encode_args, fcall_head,
+                                 locate_primary)
 
 log = logging.getLogger("qserver")
 
@@ -178,7 +179,14 @@ class RedisStore:
     def call(self, name: str, *args) -> asyncio.Future:
         """FCALL a function in this turn's batch; the future gets the raw reply
         (status word first). For the commands that answer from a callback."""
-        return self.batcher.call("FCALL", name, 1, self.key, *args)
+        return self.batcher.call_encoded(fcall_head(name, self.key, len(args)) +
+                                         encode_args(args))
+
+    def then(self, callback, name: str, *args) -> None:
+        """FCALL a function in this turn's batch; `callback(reply, error)` gets the
+        raw reply or the failure as soon as the batch's replies are read."""
+        self.batcher.call_then(fcall_head(name, self.key, len(args)) + encode_args(args),
+                               callback)
 
     def reload_soon(self) -> None:
         """A call found the library gone: load it again in the background."""
@@ -202,7 +210,7 @@ class RedisStore:
         and the call is made once more."""
         for attempt in (1, 2):
             try:
-                return await self.batcher.call("FCALL", name, 1, self.key, *args)
+                return await self.call(name, *args)
             except ReplyError as error:
                 if attempt == 1 and "Function not found" in str(error):
                     log.warning("store: the function library is gone; loading it again")
@@ -244,9 +252,8 @@ class RedisStore:
         tubes (a job made ready in them from then on publishes a wake-up)."""
         if wait:
             self.marked.update(tubes)
-            return self.batcher.call("FCALL", "qs_reserve_wait", 1, self.key, holder,
-                                     *tubes)
-        return self.batcher.call("FCALL", "qs_reserve", 1, self.key, holder, *tubes)
+            return self.call("qs_reserve_wait", holder, *tubes)
+        return self.call("qs_reserve", holder, *tubes)
 
     def unwait_stale(self) -> None:
         """Unmark the tubes no reserve of this node waits on now (fire and forget, in
