@@ -16,6 +16,9 @@ Systems:
     redis2       two nodes on the same Redis and prefix; the load is split evenly (see below)
     redis1-aof   (--aof-row) one node on a second redis-server with appendonly yes,
                  appendfsync everysec
+    redis1-base  one node as redis1, but running the qserver of the work tree named
+                 by $QSERVER_BENCH_BASE_TREE (e.g. `git worktree add /tmp/base main`):
+                 a change and the code before it measured in the same rounds
 
 The harness starts its own redis-server(s) on free ports in temporary directories
 (`save ""`, `appendonly no` for the speed figures) and stops them by PID. Before each
@@ -79,7 +82,9 @@ SYSTEMS = {
     "redis1": "qserver on Redis, 1 node",
     "redis2": "qserver on Redis, 2 nodes",
     "redis1-aof": "qserver on Redis (AOF everysec), 1 node",
+    "redis1-base": "qserver on Redis, 1 node, from $QSERVER_BENCH_BASE_TREE",
 }
+BASE_TREE = os.environ.get("QSERVER_BENCH_BASE_TREE")
 
 
 def log(msg: str) -> None:
@@ -234,7 +239,8 @@ class RedisServer:
 class Node:
     """One server process (beanstalkd or a qserver), on a free port, in a temp dir."""
 
-    def __init__(self, kind: str, opts, store_url: str | None = None, prefix: str | None = None):
+    def __init__(self, kind: str, opts, store_url: str | None = None, prefix: str | None = None,
+                 tree: str | None = None):
         self.kind = kind
         self.dir = tempfile.mkdtemp(prefix=f"bench-{kind}-")
         self.port = free_port()
@@ -248,7 +254,7 @@ class Node:
         if opts.pin:
             cmd = ["taskset", "-c", str(opts.server_cpu)] + cmd
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONPATH"] = str(tree or REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         self.err = open(os.path.join(self.dir, "stderr"), "w+b")
         self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
@@ -392,7 +398,8 @@ def run_one(system: str, scen: str, opts, redis: dict, seq: list) -> dict:
     try:
         for _ in range(nnodes):
             nodes.append(Node("beanstalkd" if system == "beanstalkd" else "qserver", opts,
-                              url if r else None, prefix if r else None))
+                              url if r else None, prefix if r else None,
+                              BASE_TREE if system == "redis1-base" else None))
         rec["server_cmd"] = [n.cmdline for n in nodes]
         if r:
             r.conn.cmd("CONFIG", "RESETSTAT")  # the function load and subscriptions are not the run's
@@ -634,7 +641,7 @@ def render(systems, scens, med, recs_all, opts, meta) -> str:
 CHART_LABELS = {"put50": "put, 50 conns", "drain": "drain", "cycle": "cycle 10P+10W",
                 "rate": "fixed rate: e2e p99"}
 COLORS = {"beanstalkd": "#ef8636", "memory": "#3b75af", "redis1": "#4c9a52", "redis2": "#8c5fb0",
-          "redis1-aof": "#999999"}
+          "redis1-aof": "#999999", "redis1-base": "#b5cf6b"}
 
 
 def svg_chart(systems, scens, med, title: str) -> str:
@@ -723,6 +730,8 @@ def main(opts) -> int:
     for s in systems:
         if s not in SYSTEMS:
             sys.exit(f"unknown system {s}; one of {', '.join(SYSTEMS)}")
+    if "redis1-base" in systems and not (BASE_TREE and os.path.isdir(os.path.join(BASE_TREE, "qserver"))):
+        sys.exit("redis1-base needs QSERVER_BENCH_BASE_TREE, a work tree with qserver/ in it")
     scens = [s.strip() for s in opts.scenarios.split(",") if s.strip()]
     for s in scens:
         if s not in SCENARIOS:

@@ -180,14 +180,26 @@ class StoreCommands(CommandTable):
         answers through `answer`); a failed call is INTERNAL_ERROR."""
         if answer is None:
             answer = client.answer_later(logged=False)
+        done = self._replier(answer, make_reply)
+
+        def settled(call):
+            if not call.cancelled():
+                error = call.exception()
+                done(None if error is not None else call.result(), error)
+        future.add_done_callback(settled)
+
+    def ask(self, client, make_reply, name: str, *args) -> None:
+        """FCALL `name` and answer as `when` does, straight from the batch's replies
+        (a callback: no future, no extra loop turn). For the hot commands."""
+        self.store.then(self._replier(client.answer_later(logged=False), make_reply),
+                        name, *args)
+
+    def _replier(self, answer, make_reply):
+        """done(reply, error): `when`'s answer to one call's outcome."""
         store = self.store
 
-        def done(call):
-            if call.cancelled():
-                return
-            error = call.exception()
+        def done(reply, error):
             if error is None:
-                reply = call.result()
                 refused = REFUSALS.get(reply[0])
                 if refused is not None:
                     answer(refused)
@@ -204,7 +216,7 @@ class StoreCommands(CommandTable):
                 store.reload_soon()
             failures.log(error)
             answer(InternalError.reply)
-        future.add_done_callback(done)
+        return done
 
     @staticmethod
     async def _answer(work, answer) -> None:
@@ -244,9 +256,8 @@ class StoreCommands(CommandTable):
         if not body.endswith(wire.CRLF) or self.draining:
             self.store.skip_id()        # the line was accepted: its id is used up
             raise ExpectedCrlf if not body.endswith(wire.CRLF) else Draining
-        self.when(client, self.store.call("qs_put", client.store_session.use, pri, delay,
-                                           ttr, body),
-                   _inserted)
+        self.ask(client, _inserted, "qs_put", client.store_session.use, pri, delay, ttr,
+                 body)
 
     def use(self, client, rest):
         name = wire.parse_tube(rest).decode()
@@ -294,9 +305,10 @@ class StoreCommands(CommandTable):
         # The first look is a plain call (no task): most reserves of a busy queue
         # end there. Only one that must wait becomes a task (reserve_wait).
         answer = client.answer_later(logged=False)
-        # It counts as waiting from now on (stats), as when it was one task.
-        session.waiting = look = self.store.call("qs_reserve", session.holder,
-                                                 *session.watch)
+        # It counts as waiting from now on (stats), as when it was one task. One that
+        # may wait marks its tubes in the store if it finds nothing (wake-ups).
+        session.waiting = look = self.store.look(session.holder, session.watch,
+                                                 wait=timeout != 0)
         look.add_done_callback(lambda _: _looked(session, look))
         self.when(client, look,
                   lambda reply: self._first_look(client, session, reply, timeout, answer),
@@ -364,19 +376,19 @@ class StoreCommands(CommandTable):
 
     def simple(self, client, reply: bytes, name: str, *args):
         """A call whose only replies are `reply` and NOT_FOUND."""
-        self.when(client, self.store.call(name, *args), lambda _: reply)
+        self.ask(client, lambda _: reply, name, *args)
 
     # -- other commands ---------------------------------------------------------------
 
     def peek(self, client, rest):
         job_id = wire.parse_id(rest)
         self.counts["peek"] += 1
-        self.when(client, self.store.call("qs_peek", job_id), _found)
+        self.ask(client, _found, "qs_peek", job_id)
 
     def _peek_in_used(self, client, counter: str, state: str):
         self.counts[counter] += 1
         tube = self.session(client).use
-        self.when(client, self.store.call("qs_peek_list", tube, state), _found)
+        self.ask(client, _found, "qs_peek_list", tube, state)
 
     def peek_ready(self, client, rest):
         return self._peek_in_used(client, "peek-ready", "ready")

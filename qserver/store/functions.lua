@@ -28,6 +28,8 @@ primary, Sentinel, or a one-shard cluster). Layout (P = KEYS[1]):
   P:bury_seq          STRING  the bury order counter
   P:total_jobs, P:job_timeouts  STRING  stats counters of the whole cluster
   P:t:<tube> also     pause (s) and unpause (µs): a pause-tube
+  P:w:<tube>          STRING  how many nodes have a reserve waiting on the tube
+  P:ws:<tube>         SET     those nodes (see "Wake-ups")
 Times come from the store's clock (TIME), the one clock of every node. Redis 7
 replicates a function's effects, so reading TIME before writing is allowed.
 A reply is a status word first ("OK", "NOT_FOUND", ...), then values.
@@ -55,6 +57,10 @@ local function pad(id)
   return string.format('%020d', id)
 end
 
+-- Every number handed to redis.call is a string made here (or a literal): Redis
+-- 7.0 writes a Lua number argument with printf's %.17g, about 0.8 µs of its CPU
+-- each, several times what string.format('%d') costs (bench/README.md, "Several
+-- nodes on Redis"). The numbers are whole (ids, µs, priorities, counts).
 local function id_text(id) return string.format('%d', id) end
 
 -- (string.format, not `..`: Lua 5.1 writes numbers of 15 digits or more with an
@@ -67,41 +73,80 @@ local function node_of(holder) return string.match(holder, '^[^:]*') end
 -- or a connection of a live node uses or watches it; then it is forgotten with its
 -- counters and pause, as beanstalkd forgets it. "default" always exists.
 local function referred(P, tube, now)
-  for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. ':nodes', now, '+inf')) do
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. ':nodes', id_text(now), '+inf')) do
     if redis.call('SISMEMBER', P .. ':n:' .. node, tube) == 1 then return true end
   end
   return false
 end
 
+-- (`now` may be nil: the clock is read only if it is needed.)
 local function forget_if_unused(P, tube, now)
   if tube == 'default' then return end
-  local hash = P .. ':t:' .. tube
-  for _, list in ipairs({'ready', 'delayed', 'buried', 'reserved', 'held'}) do
-    if redis.call('EXISTS', list_key(P, tube, list)) == 1 then return end
+  -- One EXISTS for the five lists (it counts the keys that exist).
+  if redis.call('EXISTS', list_key(P, tube, 'ready'), list_key(P, tube, 'delayed'),
+                list_key(P, tube, 'buried'), list_key(P, tube, 'reserved'),
+                list_key(P, tube, 'held')) > 0 then
+    return
   end
-  if referred(P, tube, now) then return end
-  redis.call('DEL', hash)
+  if referred(P, tube, now or now_us()) then return end
+  redis.call('DEL', P .. ':t:' .. tube, P .. ':w:' .. tube, P .. ':ws:' .. tube)
   redis.call('SREM', P .. ':tubes', tube)
 end
 
 -- Delayed jobs of a tube whose time has come become ready (at most 1000 per call:
--- a function never does unbounded work).
+-- a function never does unbounded work). Returns the µs until the tube's next
+-- delayed job is due (0: more are due now; -1: none is delayed). When none is due
+-- yet, that is one look at the first delayed job.
 local function promote_due(P, tube, now)
   local delayed = list_key(P, tube, 'delayed')
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  local top = redis.call('ZRANGE', delayed, '0', '0', 'WITHSCORES')
+  if not top[1] then return -1 end
+  local wait = tonumber(top[2]) - now
+  if wait > 0 then return wait end
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', id_text(now), 'LIMIT', '0', '1000')
   for _, member in ipairs(due) do
     local key = job_key(P, tonumber(member))
     redis.call('ZREM', delayed, member)
     redis.call('ZADD', list_key(P, tube, 'ready'), redis.call('HGET', key, 'pri'), member)
-    redis.call('HSET', key, 'state', 'ready', 'due', 0)
+    redis.call('HSET', key, 'state', 'ready', 'due', '0')
   end
-  return #due
+  top = redis.call('ZRANGE', delayed, '0', '0', 'WITHSCORES')
+  if not top[1] then return -1 end
+  wait = tonumber(top[2]) - now
+  if wait < 0 then wait = 0 end
+  return wait
+end
+
+-- == Wake-ups (protocol.md, "Several nodes") ==
+-- A change that makes a job ready publishes the tube's name on P:wake (each
+-- message wakes one waiting reserve of a node), but only while some node has a
+-- reserve waiting on the tube: a node marks the tubes in the same call as the look
+-- that found nothing (reserve_wait), and unmarks them (unwait) once none of its
+-- reserves has waited on them for a while. A mark left behind only costs messages;
+-- a mark missing (a lost store) costs a waiting reserve at most its re-poll.
+local function wake(P, tube)
+  if redis.call('GET', P .. ':w:' .. tube) then
+    redis.call('PUBLISH', P .. ':wake', tube)
+  end
+end
+
+local function mark_waiting(P, node, tube)
+  if redis.call('SADD', P .. ':ws:' .. tube, node) == 1 then
+    redis.call('INCR', P .. ':w:' .. tube)
+  end
+end
+
+local function unmark_waiting(P, node, tube)
+  if redis.call('SREM', P .. ':ws:' .. tube, node) == 1 and
+      redis.call('DECR', P .. ':w:' .. tube) <= 0 then
+    redis.call('DEL', P .. ':w:' .. tube)
+  end
 end
 
 local function make_ready(P, key, tube, member, pri)
-  redis.call('ZADD', list_key(P, tube, 'ready'), pri, member)
-  redis.call('HSET', key, 'state', 'ready', 'due', 0, 'holder', '')
-  redis.call('PUBLISH', P .. ':wake', tube)
+  redis.call('ZADD', list_key(P, tube, 'ready'), pri, member)     -- pri: a string
+  redis.call('HSET', key, 'state', 'ready', 'due', '0', 'holder', '')
+  wake(P, tube)
 end
 
 -- == Events (protocol.md, "subscribe") ==
@@ -112,14 +157,17 @@ end
 --   P:events      STREAM  entry id "<seq>-1": n name, i job id, t tube, a attempt,
 --                         w time (µs); trimmed to about the window
 -- `key` names the job's hash for its attempts (nil: 0).
+local function record(P, window, name, id, tube, key)
+  local seq = redis.call('INCR', P .. ':event_seq')
+  local attempt = '0'
+  if key then attempt = redis.call('HGET', key, 'attempts') or '0' end
+  redis.call('XADD', P .. ':events', 'MAXLEN', '~', window, id_text(seq) .. '-1',
+             'n', name, 'i', id_text(id), 't', tube, 'a', attempt, 'w', id_text(now_us()))
+end
+
 local function event(P, name, id, tube, key)
   local window = redis.call('GET', P .. ':events_on')
-  if not window then return end
-  local seq = redis.call('INCR', P .. ':event_seq')
-  local attempt = 0
-  if key then attempt = redis.call('HGET', key, 'attempts') or 0 end
-  redis.call('XADD', P .. ':events', 'MAXLEN', '~', window, id_text(seq) .. '-1',
-             'n', name, 'i', id, 't', tube, 'a', attempt, 'w', now_us())
+  if window then record(P, window, name, id, tube, key) end
 end
 
 -- == Per-key concurrency (protocol.md, "Per-key concurrency") ==
@@ -182,13 +230,20 @@ local function unlist(P, key, member, job)
   end
 end
 
-local function load(key)
-  local fields = redis.call('HMGET', key, 'tube', 'state', 'holder', 'pri', 'ttr', 'body',
-                            'cancelled', 'lock')
-  if not fields[1] then return nil end
-  return {tube = fields[1], state = fields[2], holder = fields[3] or '',
-          pri = fields[4], ttr = tonumber(fields[5]), body = fields[6],
-          cancelled = fields[7], lock = fields[8]}
+-- The job's fields a change needs, in one HMGET (its body only `with_body`: peek,
+-- reserve-job), or nil when it is gone.
+local function load(key, with_body)
+  local f
+  if with_body then
+    f = redis.call('HMGET', key, 'tube', 'state', 'holder', 'pri', 'ttr', 'cancelled',
+                   'lock', 'key', 'tags', 'body')
+  else
+    f = redis.call('HMGET', key, 'tube', 'state', 'holder', 'pri', 'ttr', 'cancelled',
+                   'lock', 'key', 'tags')
+  end
+  if not f[1] then return nil end
+  return {tube = f[1], state = f[2], holder = f[3] or '', pri = f[4], ttr = tonumber(f[5]),
+          cancelled = f[6], lock = f[7], key = f[8], tags = f[9], body = f[10]}
 end
 
 -- A job flushed but not yet removed (flush-tube takes a tube's lists away at once
@@ -210,8 +265,8 @@ local function held(P, id, holder)
 end
 
 -- The job, unless it is gone or flushed.
-local function find(P, key, member)
-  local job = load(key)
+local function find(P, key, member, with_body)
+  local job = load(key, with_body)
   if job == nil or hidden(P, job, member) then return nil end
   return job
 end
@@ -219,7 +274,7 @@ end
 local function restart_ttr(P, key, member, job)
   local ttr = job.ttr
   if ttr < 1 then ttr = 1 end
-  local deadline = now_us() + ttr * SECOND
+  local deadline = id_text(now_us() + ttr * SECOND)
   redis.call('HSET', key, 'due', deadline)
   redis.call('ZADD', P .. ':reserved', deadline, member)
   redis.call('ZADD', list_key(P, job.tube, 'reserved'), deadline, member)
@@ -248,9 +303,15 @@ local function key_holder(P, tube, unique, now)
   return nil
 end
 
--- Drop a leaving job's tags, and its key unless a record keeps it.
-local function unindex(P, key, member, keep_key)
-  local meta = redis.call('HMGET', key, 'tube', 'key', 'tags')
+-- Drop a leaving job's tags, and its key unless a record keeps it (`job`: its
+-- fields as `load` gave them, or nil to read them).
+local function unindex(P, key, member, keep_key, job)
+  local meta
+  if job then
+    meta = {job.tube, job.key, job.tags}
+  else
+    meta = redis.call('HMGET', key, 'tube', 'key', 'tags')
+  end
   if meta[2] and not keep_key then
     local name = key_name(P, meta[1], meta[2])
     if redis.call('GET', name) == id_text(tonumber(member)) then redis.call('DEL', name) end
@@ -302,18 +363,18 @@ local function retry_delay(backoff, attempts)
 end
 
 local function bury_job(P, key, tube, member)
-  local seq = redis.call('INCR', P .. ':bury_seq')
-  redis.call('HSET', key, 'state', 'buried', 'bury', seq, 'due', 0, 'holder', '')
-  redis.call('HINCRBY', key, 'buries', 1)
+  local seq = id_text(redis.call('INCR', P .. ':bury_seq'))
+  redis.call('HSET', key, 'state', 'buried', 'bury', seq, 'due', '0', 'holder', '')
+  redis.call('HINCRBY', key, 'buries', '1')
   redis.call('ZADD', list_key(P, tube, 'buried'), seq, member)
   event(P, 'bury', tonumber(member), tube, key)
 end
 
 -- A job in no list goes back: delayed `delay` seconds, or ready.
 local function schedule(P, key, tube, member, pri, delay, now)
-  redis.call('HSET', key, 'delay', delay, 'holder', '')
+  redis.call('HSET', key, 'delay', id_text(delay), 'holder', '')
   if delay > 0 then
-    local due = now + delay * SECOND
+    local due = id_text(now + delay * SECOND)
     redis.call('HSET', key, 'state', 'delayed', 'due', due)
     redis.call('ZADD', list_key(P, tube, 'delayed'), due, member)
   else
@@ -324,19 +385,21 @@ end
 -- A finished job (in no list) leaves; with `retain` seconds its record stays
 -- readable (job-info, peek-result) with state `state` and `result`.
 -- A job in no list is gone for good (delete, cancel-tag, flush-tube: no record).
-local function remove_job(P, key, id, tube, now)
-  unindex(P, key, pad(id), false)
+-- (`job`: the job's fields from `load`, or nil; `now` may be nil.)
+local function remove_job(P, key, id, tube, now, job)
+  unindex(P, key, pad(id), false, job)
   redis.call('DEL', key, P .. ':f:' .. id_text(id))
   forget_if_unused(P, tube, now)
 end
 
-local function finish(P, key, id, tube, state, result, retain, now)
-  redis.call('HINCRBY', P .. ':t:' .. tube, 'cmd_delete', 1)
+local function finish(P, key, id, tube, state, result, retain, now, job)
+  redis.call('HINCRBY', P .. ':t:' .. tube, 'cmd_delete', '1')
   if retain <= 0 then
-    remove_job(P, key, id, tube, now)
+    remove_job(P, key, id, tube, now, job)
     return
   end
-  unindex(P, key, pad(id), true)        -- the record keeps its key taken
+  unindex(P, key, pad(id), true, job)   -- the record keeps its key taken
+  now = now or now_us()
   local record = P .. ':r:' .. id_text(id)
   local expires = now + retain * SECOND
   redis.call('RENAME', key, record)
@@ -395,7 +458,7 @@ local function failed(P, key, id, member, job, reason, now)
     return 'BURIED'
   end
   if policy.dead_letter == 'delete' then
-    finish(P, key, id, job.tube, 'dead', nil, policy.retain, now)
+    finish(P, key, id, job.tube, 'dead', nil, policy.retain, now, job)
     return 'DELETED'
   end
   local target = string.sub(policy.dead_letter, 6)     -- "tube:NAME"
@@ -424,27 +487,32 @@ end
 -- A new job from put's arguments (tube, pri, delay, ttr, body) and its extra
 -- fields (put-ex's), listed; its id, or nil past 2^53.
 local function new_job(P, args, now, ...)
-  local tube, pri, delay, ttr, body = args[1], tonumber(args[2]), tonumber(args[3]),
-    tonumber(args[4]), args[5]
+  -- (pri, delay and ttr stay the strings the node sent: see id_text)
+  local tube, pri, delay, ttr, body = args[1], args[2], args[3], args[4], args[5]
   local id = redis.call('INCR', P .. ':seq')
   if id >= MAX_ID then return nil end
   local key, member = job_key(P, id), pad(id)
-  local state, due = 'ready', 0
-  if delay > 0 then state, due = 'delayed', now + delay * SECOND end
+  local state, due = 'ready', '0'
+  if tonumber(delay) > 0 then state, due = 'delayed', id_text(now + delay * SECOND) end
   -- One write (the counters, holder and bury order start absent: 0 and ''; every
   -- redis.call costs a node's put about 2 µs of the store's CPU).
   redis.call('HSET', key, 'tube', tube, 'pri', pri, 'delay', delay, 'ttr', ttr,
-             'body', body, 'created', now, 'state', state, 'due', due, ...)
-  redis.call('HINCRBY', P .. ':t:' .. tube, 'total_jobs', 1)
+             'body', body, 'created', id_text(now), 'state', state, 'due', due, ...)
+  -- A tube's hash exists only while the tube is in P:tubes (forget_if_unused removes
+  -- both): only the first job counted in a hash may need the SADD.
+  if redis.call('HINCRBY', P .. ':t:' .. tube, 'total_jobs', '1') == 1 then
+    redis.call('SADD', P .. ':tubes', tube)
+  end
   redis.call('INCR', P .. ':total_jobs')
-  redis.call('SADD', P .. ':tubes', tube)
-  if delay > 0 then
+  if state == 'delayed' then
     redis.call('ZADD', list_key(P, tube, 'delayed'), due, member)
   else
     redis.call('ZADD', list_key(P, tube, 'ready'), pri, member)
-    redis.call('PUBLISH', P .. ':wake', tube)
   end
-  event(P, 'put', id, tube, nil)
+  -- Whether events are recorded and whether a node waits on the tube: one MGET.
+  local flags = redis.call('MGET', P .. ':events_on', P .. ':w:' .. tube)
+  if flags[2] and state == 'ready' then redis.call('PUBLISH', P .. ':wake', tube) end
+  if flags[1] then record(P, flags[1], 'put', id, tube, nil) end
   return id
 end
 
@@ -454,20 +522,6 @@ local function put(keys, args)
   local id = new_job(keys[1], args, now_us())
   if id == nil then return redis.error_reply(TOO_MANY_IDS) end
   return {'OK', id}
-end
-
--- Microseconds until the soonest of `tubes`' delayed jobs is due, or -1.
-local function next_due(P, tubes, first, now)
-  local soonest = -1
-  for i = first, #tubes do
-    local top = redis.call('ZRANGE', list_key(P, tubes[i], 'delayed'), 0, 0, 'WITHSCORES')
-    if top[1] then
-      local wait = tonumber(top[2]) - now
-      if wait < 0 then wait = 0 end
-      if soonest < 0 or wait < soonest then soonest = wait end
-    end
-  end
-  return soonest
 end
 
 -- The soonest TTR deadline (µs) of the jobs `holder` has reserved, or nil.
@@ -482,19 +536,27 @@ end
 
 local SAFETY_MARGIN_US = SECOND  -- DEADLINE_SOON: the last second of a TTR
 
-local function take(P, key, tube, member, holder, now)
-  local found = redis.call('HMGET', key, 'ttr', 'lock')
-  local ttr = tonumber(found[1])
-  if found[2] then redis.call('INCR', lock_count(P, tube, found[2])) end
+-- The job's fields `take` needs, in this order (one HMGET).
+local function take_fields(key)
+  return redis.call('HMGET', key, 'lock', 'ttr', 'reserves', 'body')
+end
+
+-- `found`: the job's take_fields. Returns its body.
+local function take(P, key, tube, member, holder, now, found)
+  local ttr = tonumber(found[2])
+  if found[1] then redis.call('INCR', lock_count(P, tube, found[1])) end
   if ttr < 1 then ttr = 1 end
-  local deadline = now + ttr * SECOND
-  redis.call('HSET', key, 'state', 'reserved', 'due', deadline, 'holder', holder)
-  redis.call('HINCRBY', key, 'reserves', 1)
+  local deadline = id_text(now + ttr * SECOND)
+  local reserves = 1
+  if found[3] then reserves = tonumber(found[3]) + 1 end
+  redis.call('HSET', key, 'state', 'reserved', 'due', deadline, 'holder', holder,
+             'reserves', id_text(reserves))
   redis.call('ZADD', P .. ':reserved', deadline, member)
   redis.call('ZADD', list_key(P, tube, 'reserved'), deadline, member)
   redis.call('SADD', P .. ':h:' .. holder, member)
   redis.call('SADD', P .. ':hn:' .. node_of(holder), holder)
   event(P, 'reserve', tonumber(member), tube, key)
+  return found[4]
 end
 
 local function unpause_at(P, tube)
@@ -516,7 +578,7 @@ local function best_ready(P, tubes, now)
   local wait = -1
   for i = 2, #tubes do
     local tube = tubes[i]
-    local top = redis.call('ZRANGE', list_key(P, tube, 'ready'), 0, 0, 'WITHSCORES')
+    local top = redis.call('ZRANGE', list_key(P, tube, 'ready'), '0', '0', 'WITHSCORES')
     if top[1] then
       any_ready = true
       local until_us = unpause_at(P, tube)
@@ -538,37 +600,59 @@ local HOLDS_PER_CALL = 100      -- bounded work: past it the node asks again at 
 local function reserve(keys, args)
   local P, holder = keys[1], args[1]
   local now = now_us()
-  for i = 2, #args do promote_due(P, args[i], now) end
+  local due = -1                  -- µs until a delayed job of the tubes is due
+  for i = 2, #args do
+    local wait = promote_due(P, args[i], now)
+    if wait >= 0 and (due < 0 or wait < due) then due = wait end
+  end
   local best_tube, best_member, any_ready, wait = best_ready(P, args, now)
   -- A best job whose lock is full is held and the next best is taken.
+  local key, found
   for _ = 1, HOLDS_PER_CALL do
     if best_member == nil then break end
-    local key = job_key(P, tonumber(best_member))
-    local lock = redis.call('HGET', key, 'lock')
+    key = job_key(P, tonumber(best_member))
+    found = take_fields(key)
+    local lock = found[1]
     if not lock or lock_free(P, best_tube, lock) then break end
     hold(P, key, best_tube, best_member, lock)
     best_tube, best_member = best_ready(P, args, now)
     if best_member ~= nil and _ == HOLDS_PER_CALL then return {'NONE', 0} end
   end
-  local due = next_due(P, args, 2, now)    -- after the promotions: not yet due
+  if best_member ~= nil then
+    redis.call('ZREM', list_key(P, best_tube, 'ready'), best_member)
+    return {'OK', tonumber(best_member),
+            take(P, key, best_tube, best_member, holder, now, found)}
+  end
+  -- None (DEADLINE_SOON needs no ready job in any of the tubes, paused or not).
   if due >= 0 and (wait < 0 or due < wait) then wait = due end
   local soonest = soonest_deadline(P, holder)
   if soonest and not any_ready and now >= soonest - SAFETY_MARGIN_US then
     return {'DEADLINE_SOON'}
   end
-  if best_member == nil then
-    if soonest then
-      local margin = soonest - SAFETY_MARGIN_US - now
-      if margin < 0 then margin = 0 end
-      if wait < 0 or margin < wait then wait = margin end
-    end
-    return {'NONE', in_ms(wait)}
+  if soonest then
+    local margin = soonest - SAFETY_MARGIN_US - now
+    if margin < 0 then margin = 0 end
+    if wait < 0 or margin < wait then wait = margin end
   end
-  local id = tonumber(best_member)
-  local key = job_key(P, id)
-  redis.call('ZREM', list_key(P, best_tube, 'ready'), best_member)
-  take(P, key, best_tube, best_member, holder, now)
-  return {'OK', id, redis.call('HGET', key, 'body')}
+  return {'NONE', in_ms(wait)}
+end
+
+-- reserve_wait(P; holder, tube...): reserve, for a reserve that waits when it
+-- finds nothing: then the holder's node is marked as waiting on the tubes in the
+-- same step (see "Wake-ups"), so that any job made ready after it wakes the node.
+local function reserve_wait(keys, args)
+  local reply = reserve(keys, args)
+  if reply[1] == 'NONE' then
+    local node = node_of(args[1])
+    for i = 2, #args do mark_waiting(keys[1], node, args[i]) end
+  end
+  return reply
+end
+
+-- unwait(P; node, tube...) -> {"OK"}: no reserve of the node waits on the tubes now.
+local function unwait(keys, args)
+  for i = 2, #args do unmark_waiting(keys[1], args[1], args[i]) end
+  return {'OK'}
 end
 
 -- reserve_job(P; id, holder) -> {"OK", id, body} | {"NOT_FOUND"}: a ready, delayed or
@@ -582,8 +666,7 @@ local function reserve_job(keys, args)
     return {'NOT_FOUND'}
   end
   unlist(P, key, member, job)
-  take(P, key, job.tube, member, holder, now_us())
-  return {'OK', id, job.body}
+  return {'OK', id, take(P, key, job.tube, member, holder, now_us(), take_fields(key))}
 end
 
 -- pause(P; tube, seconds) -> {"OK"}: reserves skip the tube for `seconds` (0: the
@@ -594,7 +677,7 @@ local function pause(keys, args)
   redis.call('HSET', hash, 'pause', seconds, 'unpause', now_us() + seconds * SECOND)
   redis.call('HINCRBY', hash, 'cmd_pause', 1)
   redis.call('SADD', P .. ':tubes', tube)
-  if seconds == 0 then redis.call('PUBLISH', P .. ':wake', tube) end
+  if seconds == 0 then wake(P, tube) end
   return {'OK'}
 end
 
@@ -659,19 +742,19 @@ local function delete(keys, args)
   end
   event(P, 'delete', id, job.tube, key)
   unlist(P, key, pad(id), job)
-  finish(P, key, id, job.tube, nil, nil, 0, now_us())
+  finish(P, key, id, job.tube, nil, nil, 0, nil, job)
   return {'OK'}
 end
 
 -- release(P; id, holder, pri, delay s) -> {"OK"} | {"NOT_FOUND"}
 local function release(keys, args)
-  local P, id, holder, pri, delay = keys[1], tonumber(args[1]), args[2],
-    tonumber(args[3]), tonumber(args[4])
+  local P, id, holder, pri, delay = keys[1], tonumber(args[1]), args[2], args[3],
+    tonumber(args[4])
   local key, member, job = held(P, id, holder)
   if job == nil then return {'NOT_FOUND'} end
   unlist(P, key, member, job)
   redis.call('HSET', key, 'pri', pri)
-  redis.call('HINCRBY', key, 'releases', 1)
+  redis.call('HINCRBY', key, 'releases', '1')
   schedule(P, key, job.tube, member, pri, delay, now_us())
   event(P, 'release', id, job.tube, key)
   return {'OK'}
@@ -679,7 +762,7 @@ end
 
 -- bury(P; id, holder, pri) -> {"OK"} | {"NOT_FOUND"}
 local function bury(keys, args)
-  local P, id, holder, pri = keys[1], tonumber(args[1]), args[2], tonumber(args[3])
+  local P, id, holder, pri = keys[1], tonumber(args[1]), args[2], args[3]
   local key, member, job = held(P, id, holder)
   if job == nil then return {'NOT_FOUND'} end
   unlist(P, key, member, job)
@@ -700,7 +783,7 @@ end
 
 local function kick_one(P, key, member, job)
   unlist(P, key, member, job)
-  redis.call('HINCRBY', key, 'kicks', 1)
+  redis.call('HINCRBY', key, 'kicks', '1')
   make_ready(P, key, job.tube, member, job.pri)
   event(P, 'kick', tonumber(member), job.tube, key)
 end
@@ -740,7 +823,7 @@ end
 -- peek(P; id) -> {"OK", id, body} | {"NOT_FOUND"}
 local function peek(keys, args)
   local P, id = keys[1], tonumber(args[1])
-  local job = find(P, job_key(P, id), pad(id))
+  local job = find(P, job_key(P, id), pad(id), true)
   if job == nil then return {'NOT_FOUND'} end
   return {'OK', id, job.body}
 end
@@ -789,18 +872,19 @@ end
 local function expire(keys, args)
   local P, limit = keys[1], tonumber(args[1])
   local now = now_us()
-  local due = redis.call('ZRANGEBYSCORE', P .. ':reserved', '-inf', now, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', P .. ':reserved', '-inf', id_text(now), 'LIMIT', '0',
+                         id_text(limit))
   for _, member in ipairs(due) do
     local key = job_key(P, tonumber(member))
     local job = load(key)
     unlist(P, key, member, job)
-    redis.call('HINCRBY', key, 'timeouts', 1)
+    redis.call('HINCRBY', key, 'timeouts', '1')
     redis.call('INCR', P .. ':job_timeouts')
     event(P, 'timeout', tonumber(member), job.tube, key)
     ended_silently(P, key, tonumber(member), member, job, 'TTR expired', now, false)
   end
   expire_records(P, now, limit)
-  local next = redis.call('ZRANGE', P .. ':reserved', 0, 0, 'WITHSCORES')
+  local next = redis.call('ZRANGE', P .. ':reserved', '0', '0', 'WITHSCORES')
   local wait = -1
   if next[1] then
     wait = tonumber(next[2]) - now
@@ -845,7 +929,10 @@ local function reap_node(P, node, now)
   local tubes = redis.call('SMEMBERS', P .. ':n:' .. node)
   redis.call('DEL', P .. ':n:' .. node)
   redis.call('ZREM', P .. ':nodes', node)
-  for _, tube in ipairs(tubes) do forget_if_unused(P, tube, now) end
+  for _, tube in ipairs(tubes) do
+    unmark_waiting(P, node, tube)
+    forget_if_unused(P, tube, now)
+  end
 end
 
 -- beat(P; node, lease ms, tube...) -> {"OK", reaped}: the node is alive for `lease`
@@ -928,7 +1015,8 @@ local function complete(keys, args)
   unlist(P, key, member, job)
   redis.call('HINCRBY', P .. ':ext', 'completions', 1)
   local policy = policy_of(P, job.tube)
-  finish(P, key, id, job.tube, 'completed', args[3], policy and policy.retain or 0, now_us())
+  finish(P, key, id, job.tube, 'completed', args[3], policy and policy.retain or 0, now_us(),
+         job)
   return {'OK'}
 end
 
@@ -1038,7 +1126,7 @@ local function cancel_tag(keys, args)
       flagged = flagged + 1
     elseif job ~= nil then
       unlist(P, key, member, job)
-      remove_job(P, key, id, job.tube, now)
+      remove_job(P, key, id, job.tube, now, job)
       removed = removed + 1
     end
   end
@@ -1214,7 +1302,8 @@ end
 
 -- (A plain loop: the library's loading code may not use pairs or ipairs.)
 local WRITING = {
-  {'qs_put', put}, {'qs_reserve', reserve}, {'qs_reserve_job', reserve_job},
+  {'qs_put', put}, {'qs_reserve', reserve}, {'qs_reserve_wait', reserve_wait},
+  {'qs_unwait', unwait}, {'qs_reserve_job', reserve_job},
   {'qs_delete', delete}, {'qs_release', release}, {'qs_bury', bury},
   {'qs_touch', touch}, {'qs_kick', kick}, {'qs_kick_job', kick_job},
   {'qs_peek_list', peek_list}, {'qs_expire', expire},

@@ -21,7 +21,8 @@ from qserver.errors import DeadlineSoon, InternalError, NotFound
 from qserver.stats import job_pairs
 from qserver.store import parse_url
 from qserver.store.batch import (CALL_TIMEOUT, Batcher, ReplyError, RespConnection,
-                                 StoreUnreachable, locate_primary)
+                                 StoreUnreachable, encode_args, fcall_head,
+                                 locate_primary)
 
 log = logging.getLogger("qserver")
 
@@ -73,6 +74,9 @@ class RedisStore:
         self.referred = tuple               # () -> the tubes this node's clients use
         self.library_loaded = False         # by this process, since it started
         self.primary = None                 # (host, port, replication id) last fenced
+        # Tubes this node may have marked as waited on in the store (qs_reserve_wait):
+        # each beat unmarks those no reserve of the node waits on any more.
+        self.marked = set()
         self._redis = None
 
     @classmethod
@@ -175,7 +179,14 @@ class RedisStore:
     def call(self, name: str, *args) -> asyncio.Future:
         """FCALL a function in this turn's batch; the future gets the raw reply
         (status word first). For the commands that answer from a callback."""
-        return self.batcher.call("FCALL", name, 1, self.key, *args)
+        return self.batcher.call_encoded(fcall_head(name, self.key, len(args)) +
+                                         encode_args(args))
+
+    def then(self, callback, name: str, *args) -> None:
+        """FCALL a function in this turn's batch; `callback(reply, error)` gets the
+        raw reply or the failure as soon as the batch's replies are read."""
+        self.batcher.call_then(fcall_head(name, self.key, len(args)) + encode_args(args),
+                               callback)
 
     def reload_soon(self) -> None:
         """A call found the library gone: load it again in the background."""
@@ -199,7 +210,7 @@ class RedisStore:
         and the call is made once more."""
         for attempt in (1, 2):
             try:
-                return await self.batcher.call("FCALL", name, 1, self.key, *args)
+                return await self.call(name, *args)
             except ReplyError as error:
                 if attempt == 1 and "Function not found" in str(error):
                     log.warning("store: the function library is gone; loading it again")
@@ -235,10 +246,32 @@ class RedisStore:
         found = await self._try_reserve(holder, tubes)
         return found if isinstance(found, tuple) else None
 
-    async def _try_reserve(self, holder: str, tubes):
+    def look(self, holder: str, tubes, wait: bool) -> asyncio.Future:
+        """One reserve call in this turn's batch (the raw reply). `wait`: the reserve
+        waits if it finds nothing, so the same call marks the node as waiting on the
+        tubes (a job made ready in them from then on publishes a wake-up)."""
+        if wait:
+            self.marked.update(tubes)
+            return self.call("qs_reserve_wait", holder, *tubes)
+        return self.call("qs_reserve", holder, *tubes)
+
+    def unwait_stale(self) -> None:
+        """Unmark the tubes no reserve of this node waits on now (fire and forget, in
+        order with the calls around it: a reserve that waits again marks them again
+        with its next look, which comes after)."""
+        stale = self.marked.difference(self.wakeups.waiting)
+        if stale:
+            self.marked.difference_update(stale)
+            self._forget_reply(self.batcher.call("FCALL", "qs_unwait", 1, self.key,
+                                                 self.node, *sorted(stale)))
+
+    async def _try_reserve(self, holder: str, tubes, wait: bool = False):
         """(id, body), or how many ms a waiting reserve may sleep (-1: until woken);
         DEADLINE_SOON raised."""
-        reply = await self._fcall("qs_reserve", holder, *tubes)
+        if wait:
+            self.marked.update(tubes)
+        reply = await self._fcall("qs_reserve_wait" if wait else "qs_reserve", holder,
+                                  *tubes)
         if reply[0] == b"OK":
             return reply[1], reply[2]
         if reply[0] == b"DEADLINE_SOON":
@@ -259,7 +292,7 @@ class RedisStore:
         try:
             while True:
                 waiter.woken = False        # before looking: a wake-up from now on counts
-                found = await self._try_reserve(holder, tubes)
+                found = await self._try_reserve(holder, tubes, wait=True)
                 if isinstance(found, tuple):
                     # A wake-up wakes one waiter per job. One that came while this
                     # reserve was looking anyway was not needed here, and one this
@@ -392,6 +425,7 @@ class RedisStore:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(BEAT_SECONDS)
+            self.unwait_stale()
             try:
                 await self.beat()
             except (InternalError, OSError, ConnectionError) as error:
