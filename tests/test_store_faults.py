@@ -328,6 +328,40 @@ def test_a_primary_that_lost_the_last_ids_does_not_give_them_again(tmp_path):
     assert after == [first[-1] + ID_MARGIN + 1, first[-1] + ID_MARGIN + 2]
 
 
+def test_a_primary_without_the_id_counter_starts_above_the_ids_a_node_gave(tmp_path):
+    """A promoted replica that never received the id counter (promoted during its
+    first sync) looks like a new store; the node's own highest id keeps it from
+    giving those ids again. A store nobody used still starts at 1."""
+    from qserver.store import parse_url
+    from qserver.store.redis import RedisStore
+    old = start_redis(_subdir(tmp_path, "old"))
+    empty = start_redis(_subdir(tmp_path, "empty"))
+
+    async def scenario():
+        node = await RedisStore.connect(f"redis://127.0.0.1:{old.port}/0", "gone")
+        given = [await node.put("t", 0, 0, 60, b"x") for _ in range(3)]
+        fresh = await RedisStore.connect(f"redis://127.0.0.1:{empty.port}/0", "fresh")
+        first = await fresh.put("t", 0, 0, 60, b"x")
+        await fresh.close()
+        # The node goes on with a primary that has nothing of the old one's.
+        url = f"redis://127.0.0.1:{empty.port}/0"
+        promoted = RedisStore(parse_url(url), "gone", url=url)
+        promoted.seen_id = node.seen_id
+        await promoted.batcher.connect()
+        after = await promoted.put("t", 0, 0, 60, b"y")
+        promoted.batcher.close()
+        await node.close()
+        return given, first, after
+
+    try:
+        given, first, after = asyncio.run(scenario())
+    finally:
+        old.stop()
+        empty.stop()
+    assert given == [1, 2, 3] and first == 1
+    assert after == given[-1] + ID_MARGIN + 1
+
+
 def test_a_restarted_redis_jumps_the_ids_once_for_all_nodes(tmp_path):
     """A restart gives Redis a new replication id: the first node to connect again
     makes the counter jump, the other one finds the jump made."""

@@ -235,6 +235,10 @@ class StoreCommands(CommandTable):
 
     # -- producer commands ------------------------------------------------------------
 
+    def inserted(self, reply) -> bytes:
+        """INSERTED <id>, the id noted by the store (for the id fence)."""
+        return b"INSERTED %d\r\n" % self.store.saw(reply[1])
+
     def put(self, client, rest):
         # The framing is Commands.put's, written out again rather than shared: the
         # in-memory put is the hot path and stays one call.
@@ -256,7 +260,7 @@ class StoreCommands(CommandTable):
         if not body.endswith(wire.CRLF) or self.draining:
             self.store.skip_id()        # the line was accepted: its id is used up
             raise ExpectedCrlf if not body.endswith(wire.CRLF) else Draining
-        self.ask(client, _inserted, "qs_put", client.store_session.use, pri, delay, ttr,
+        self.ask(client, self.inserted, "qs_put", client.store_session.use, pri, delay, ttr,
                  body)
 
     def use(self, client, rest):
@@ -542,8 +546,6 @@ def _looked(session, look) -> None:
         session.waiting = None
 
 
-def _inserted(reply) -> bytes:
-    return b"INSERTED %d\r\n" % reply[1]
 
 
 def _found(reply) -> bytes:

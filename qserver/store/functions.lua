@@ -1269,7 +1269,14 @@ end
 -- first node to meet it does, the others find the id recorded (idempotent per
 -- primary). A store with no counter yet has given no id: nothing to jump over.
 local function fence(keys, args)
-  local P, margin = keys[1], tonumber(args[1])
+  local P, margin, seen = keys[1], tonumber(args[1]), tonumber(args[2] or '0')
+  -- The counter is never below an id a node has handed out (a promoted replica
+  -- may lack the last INCRs, or the whole counter).
+  local seq = tonumber(redis.call('GET', P .. ':seq') or '0')
+  if seq < seen then
+    redis.call('SET', P .. ':seq', id_text(seen))
+    seq = seen
+  end
   local info = redis.call('INFO', 'replication')
   local replid = string.match(info, 'master_replid:(%x+)')
   if replid == nil then
@@ -1279,7 +1286,7 @@ local function fence(keys, args)
     return {'OK', 0, replid}
   end
   redis.call('SET', P .. ':replid', replid)
-  if redis.call('EXISTS', P .. ':seq') == 0 then
+  if seq == 0 then          -- a new store: ids start at 1, as in beanstalkd
     return {'OK', 0, replid}
   end
   redis.call('INCRBY', P .. ':seq', margin)

@@ -74,6 +74,7 @@ class RedisStore:
         self.referred = tuple               # () -> the tubes this node's clients use
         self.library_loaded = False         # by this process, since it started
         self.primary = None                 # (host, port, replication id) last fenced
+        self.seen_id = 0                    # the highest job id this node handed out
         # Tubes this node may have marked as waited on in the store (qs_reserve_wait):
         # each beat unmarks those no reserve of the node waits on any more.
         self.marked = set()
@@ -130,14 +131,16 @@ class RedisStore:
             await connection.call("FUNCTION", "LOAD", "REPLACE", library_code())
             self.library_loaded = True
         try:
-            reply = await connection.call("FCALL", "qs_fence", 1, self.key, ID_MARGIN)
+            reply = await connection.call("FCALL", "qs_fence", 1, self.key, ID_MARGIN,
+                                          self.seen_id)
         except ReplyError as error:
             if "Function not found" not in str(error):
                 raise
             log.warning("store: %s:%s has no function library; loading it",
                         *connection.address)
             await connection.call("FUNCTION", "LOAD", "REPLACE", library_code())
-            reply = await connection.call("FCALL", "qs_fence", 1, self.key, ID_MARGIN)
+            reply = await connection.call("FCALL", "qs_fence", 1, self.key, ID_MARGIN,
+                                          self.seen_id)
         _, jumped, replid = reply
         primary = (*connection.address, replid.decode())
         if jumped:
@@ -238,6 +241,13 @@ class RedisStore:
 
     async def put(self, tube: str, pri: int, delay: int, ttr: int, body: bytes) -> int:
         (job_id,) = await self._call("qs_put", tube, pri, delay, ttr, body)
+        return self.saw(job_id)
+
+    def saw(self, job_id: int) -> int:
+        """Note an id this node hands out: a new primary's counter starts above it
+        (qs_fence), even one that never received the counter."""
+        if job_id > self.seen_id:
+            self.seen_id = job_id
         return job_id
 
     async def reserve(self, holder: str, tubes) -> tuple | None:

@@ -41,7 +41,7 @@ class StoreSteering(SteeringWords):
             raise Draining
         self.commands.when(client, self.store.call(
             "qs_put_ex", client.store_session.use, pri, delay, ttr, body, key or b"",
-            b" ".join(tags), lock or b""), _inserted_or_duplicate)
+            b" ".join(tags), lock or b""), self._inserted_or_duplicate)
 
     def flush_tube(self, client, rest):
         name = wire.parse_tube(rest).decode()
@@ -79,11 +79,10 @@ class StoreSteering(SteeringWords):
         window = await self.events.ready()
         return client.subscribe(tube, start, window)
 
-
-def _inserted_or_duplicate(reply) -> bytes:
-    if reply[0] == b"DUPLICATE":
-        return b"DUPLICATE %d\r\n" % reply[1]
-    return b"INSERTED %d\r\n" % reply[1]
+    def _inserted_or_duplicate(self, reply) -> bytes:
+        if reply[0] == b"DUPLICATE":
+            return b"DUPLICATE %d\r\n" % reply[1]
+        return self.commands.inserted(reply)
 
 
 def _page(reply) -> bytes:
