@@ -16,6 +16,7 @@ import signal
 import time
 
 from qserver import __version__, systemd
+from qserver.collector import Collector
 from qserver.commands import Commands
 from qserver.engine import Engine
 from qserver.errors import BadFormat, JobTooBig, TimedOut
@@ -99,7 +100,11 @@ class Connection(asyncio.Protocol):
             return
         self.closing = True
         self.engine.detach(self.session, time.monotonic())
-        self.session.wake = None    # break the cycle so refcounting frees us at once
+        # Break the cycles (the session's wake, the framer's bound reader) so that
+        # refcounting frees the connection at once: a long-lived connection may be
+        # frozen out of the cyclic collector's passes (collector.py).
+        self.session.wake = None
+        self.framer.next = None
         self.server.connection_closed(self)
         self.server.after_batch()
 
@@ -530,6 +535,11 @@ async def run(config, sockets, early_signals=(), metrics_socket=None) -> int:
         _log_recovery(config, recovery, server.engine)
     else:
         log.info("no log directory (-b): jobs are kept in memory only")
+    # Jobs in memory: keep full passes of the cyclic collector short (collector.py).
+    # The shared store keeps its jobs in Redis, and few objects here.
+    collector = Collector()
+    if store is None:
+        collector.start()
     await server.serve(sockets, early_signals)
     if metrics_socket is not None:
         await _start_metrics(server, metrics_socket)
@@ -539,6 +549,7 @@ async def run(config, sockets, early_signals=(), metrics_socket=None) -> int:
     await _wait_closed(server)
     if store is not None:
         await store.close()
+    collector.stop()
     return 0
 
 
