@@ -537,7 +537,7 @@ async def run(config, sockets, early_signals=(), metrics_socket=None) -> int:
         log.info("no log directory (-b): jobs are kept in memory only")
     # Jobs in memory: keep full passes of the cyclic collector short (collector.py).
     # The shared store keeps its jobs in Redis, and few objects here.
-    collector = Collector()
+    collector = Collector(live=server.engine.jobs.__len__)
     if store is None:
         collector.start()
     await server.serve(sockets, early_signals)

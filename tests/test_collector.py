@@ -81,16 +81,20 @@ def test_a_cycle_that_dies_frozen_is_freed_once_the_frozen_are_few(collector):
     assert collector.thawed >= 1
 
 
-def test_with_many_frozen_a_pass_leaves_them_frozen(collector):
+def test_with_many_frozen_or_many_jobs_a_pass_leaves_them_frozen(collector):
     pair = _cycle_pair()
     import weakref
     ref = weakref.ref(pair[0])
     gc.collect()
     del pair
-    collector.thaw_below = 0         # as with a million jobs live
+    collector.thaw_below = 0         # as with a million objects frozen
     gc.collect()
     assert ref() is not None         # not looked at (freed when the frozen are few)
     collector.thaw_below = gc.get_freeze_count() + 1
+    collector.live = lambda: collector.thaw_below   # as with many jobs live: the
+    gc.collect()                                    # frozen are not even counted
+    assert ref() is not None
+    collector.live = lambda: 0
     gc.collect()
     assert ref() is None
 
