@@ -1,4 +1,5 @@
-"""The cyclic garbage collector's policy: no long pause with a million jobs live.
+"""The cyclic garbage collector's policy (no long pause with a million jobs live),
+and handing freed memory back to the system (`trim`).
 
 CPython's full pass (generation 2) visits every tracked object that survived the
 previous ones. A job is such an object, so with a million jobs live one pass stops
@@ -18,6 +19,10 @@ the size of a started one (about 20,000 objects, a full pass of a few ms), e.g.
 once a backlog drained. Counting the frozen objects walks them all (about 30 ms
 for a million), so it is done only when `live()` (the server's job count) is below
 THAW_BELOW too.
+`trim` asks glibc's malloc to return the free pages it keeps (malloc_trim): after
+a large backlog drained, CPython's small-object arenas and the dict tables freed by
+`Engine.shrink` leave holes that malloc would otherwise keep for reuse. ctypes is
+imported only then; without glibc it does nothing.
 Imports: stdlib only.
 """
 
@@ -77,3 +82,21 @@ class Collector:
             # Everything tracked is now reachable (the pass freed the rest).
             self.full_passes += 1
             gc.freeze()
+
+
+_malloc_trim = None
+
+
+def trim() -> bool:
+    """Return free heap pages to the system; False where malloc_trim is missing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError, ImportError):
+            _malloc_trim = False
+    if not _malloc_trim:
+        return False
+    _malloc_trim(0)
+    return True

@@ -19,6 +19,7 @@ import contextlib
 import heapq
 import itertools
 import math
+import sys
 
 from qserver.errors import DeadlineSoon, NotFound, NotIgnored, TimedOut
 from qserver.job import (BURIED, DELAYED, HELD, ID_MASK, ONE_BURY, ONE_KICK,
@@ -563,6 +564,27 @@ class Engine:
         for tube in list(self.tubes.values()):
             self._release_tube(tube)
 
+    # -- memory -----------------------------------------------------------------
+
+    def shrink(self) -> bool:
+        """Let the memory of a drained backlog go: CPython never shrinks a dict on
+        deletion, so the job index (and a tube's buried jobs, the lifecycle and
+        steering records) keep a table sized for the most they ever held. Rebuild
+        those holding under a sixteenth of what their table was made for, when the
+        table is big (SHRINK_MIN_BYTES) and the rebuild small (SHRINK_MAX_ENTRIES):
+        a few ms, in place, so every holder of the dict keeps it. The server calls
+        this from a timer, not per command. Returns whether anything was rebuilt."""
+        dicts = [self.jobs, self.histories, self.meta, self.lock_jobs]
+        dicts += [tube.buried for tube in self.tubes.values()]
+        shrunk = False
+        for table in dicts:
+            if _oversized(table):
+                live = table.copy()
+                table.clear()
+                table.update(live)
+                shrunk = True
+        return shrunk
+
     # -- lookups ----------------------------------------------------------------
 
     def peek(self, job_id: int) -> Job:
@@ -745,3 +767,15 @@ class Engine:
             keep = [e for e in heap if e[2].unpause_at == e[0] and e[2].name in self.tubes]
         heap[:] = set(keep)         # identical entries (same instant) collapse
         heapq.heapify(heap)
+
+
+# A dict's table is rebuilt (Engine.shrink) when it takes at least this much and
+# holds under a sixteenth of what it was sized for, and at most this many entries.
+SHRINK_MIN_BYTES = 1 << 20
+SHRINK_MAX_ENTRIES = 100_000
+
+
+def _oversized(table: dict) -> bool:
+    size = sys.getsizeof(table)     # O(1): the object and its table
+    return size >= SHRINK_MIN_BYTES and len(table) <= SHRINK_MAX_ENTRIES \
+        and len(table) * 16 * 42 < size     # ~42 bytes an entry when sized for it

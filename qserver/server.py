@@ -16,7 +16,7 @@ import signal
 import time
 
 from qserver import __version__, systemd
-from qserver.collector import Collector
+from qserver.collector import Collector, trim
 from qserver.commands import Commands
 from qserver.engine import Engine
 from qserver.errors import BadFormat, JobTooBig, TimedOut
@@ -31,6 +31,8 @@ log = logging.getLogger("qserver")
 READ_HIGH_WATER = 64 * 1024
 # A client that does not read its replies gets its reads paused past this.
 WRITE_HIGH_WATER = 1024 * 1024
+# How often the server looks for memory a drained backlog left (Engine.shrink).
+HOUSEKEEPING_SECONDS = 5.0
 
 
 class Connection(asyncio.Protocol):
@@ -335,6 +337,7 @@ class Server:
         self.stopped = loop.create_future()
         self.shutting_down = False
         self.watchdog = None            # the WATCHDOG=1 timer handle under systemd
+        self.housekeeping = None        # the Engine.shrink timer handle (in memory)
         self.metrics = None             # the --metrics asyncio server, when enabled
         self.all_closed = loop.create_future()
 
@@ -343,6 +346,9 @@ class Server:
             server = await self.loop.create_server(lambda: Connection(self), sock=sock,
                                                    backlog=1024)
             self.listeners.append(server)
+        if self.store is None:
+            self.housekeeping = self.loop.call_later(HOUSEKEEPING_SECONDS,
+                                                     self._housekeep)
         self._install_signals()
         for signum in early_signals:
             self._on_signal(signum)
@@ -426,6 +432,13 @@ class Server:
         self.engine.tick(time.monotonic())
         self._arm(self.engine.earliest)
 
+    def _housekeep(self) -> None:
+        """Give back what a drained backlog left: oversized dicts rebuilt, then
+        malloc's free pages returned (beanstalkd #54/#642: memory never returned)."""
+        if self.engine.shrink():
+            trim()
+        self.housekeeping = self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeep)
+
     # -- signals and shutdown ---------------------------------------------------
 
     def _install_signals(self) -> None:
@@ -457,10 +470,10 @@ class Server:
             listener.close()
         # Nothing may touch the engine or the log after it is closed: no timer, and
         # no command from a connection whose resume is already scheduled.
-        for handle in (self.timer, self.watchdog):
+        for handle in (self.timer, self.watchdog, self.housekeeping):
             if handle is not None:
                 handle.cancel()
-        self.timer = self.watchdog = None
+        self.timer = self.watchdog = self.housekeeping = None
         # A flush in progress completes (and is logged) first: its client and others
         # saw those jobs gone already.
         self.engine.flusher.finish_all()

@@ -277,3 +277,46 @@ def test_the_server_leaves_no_cyclic_garbage_with_a_log_nor_after_a_replay(tmp_p
     finally:
         garbage = _garbage(proc)
     assert _beyond(garbage, idle) == {}
+
+
+# -- memory goes back after a drain ---------------------------------------------------
+
+def test_rss_falls_back_after_a_large_backlog_drains():
+    """200,000 jobs put and deleted: the server's housekeeping (every 5 s) shrinks
+    the job index and trims malloc, so its RSS comes back within 2x of what it was
+    empty (beanstalkd keeps it all). Waits at most 60 s (the timer fires within 5)."""
+    from conftest import rss
+    import socket
+    import time
+    port = free_port()
+    proc = subprocess.Popen(qserver_argv("-l", "127.0.0.1", "-p", str(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        empty = rss(proc.pid)
+        n, batch = 200_000, 5_000
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            for command in (b"put 0 0 60 100\r\n" + b"x" * 100 + b"\r\n",
+                            None):
+                for start in range(1, n + 1, batch):
+                    lines = [command or b"delete %d\r\n" % i
+                             for i in range(start, start + batch)]
+                    sock.sendall(b"".join(lines))
+                    _read_lines(sock, batch)
+            full = rss(proc.pid)
+        assert full > 2 * empty             # the jobs did take memory
+        deadline = time.monotonic() + 60
+        while rss(proc.pid) > 2 * empty and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rss(proc.pid) <= 2 * empty, (empty, full, rss(proc.pid))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _read_lines(sock, count: int) -> None:
+    seen = 0
+    while seen < count:
+        chunk = sock.recv(1 << 16)
+        assert chunk, "server closed"
+        seen += chunk.count(b"\n")

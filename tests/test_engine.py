@@ -1159,6 +1159,29 @@ def test_ready_heaps_hold_the_jobs_own_ids_one_heap_per_priority(eng):
     assert [eng.reserve(s, 0, T0).id for _ in range(2)] == [jobs[1].id, jobs[3].id]
 
 
+def test_shrink_rebuilds_the_job_index_of_a_drained_backlog_in_place(eng):
+    import sys
+    s, _ = new_session(eng)
+    jobs = [put(eng, s) for _ in range(100_000)]
+    for job in jobs[:-10]:
+        eng.delete(s, job.id)
+    index = eng.jobs
+    before = sys.getsizeof(index)
+    assert eng.shrink()
+    assert eng.jobs is index and eng.default_tube.jobs is index
+    assert sys.getsizeof(index) < before // 100
+    assert sorted(index) == [job.id for job in jobs[-10:]]
+    assert eng.reserve(s, 0, T0) is jobs[-10]
+    assert not eng.shrink()                 # nothing oversized left
+
+
+def test_shrink_leaves_a_full_index_alone(eng):
+    s, _ = new_session(eng)
+    for _ in range(50_000):
+        put(eng, s)
+    assert not eng.shrink()
+
+
 def test_deleting_delayed_jobs_does_not_grow_heaps(eng):
     s, _ = new_session(eng)
     keep = put(eng, s, delay=10 ** 6)
