@@ -544,16 +544,26 @@ class Engine:
         order, and no counter is bumped."""
         ready = {}
         buried = []
+        index = self.jobs
+        name = tube = tube_ready = None
         for job in jobs:
-            tube = self._tube(job.tube)
+            # Replayed jobs of one tube share its name object (records.decode): one
+            # tube lookup per run of them, not per job.
+            if job.tube is not name:
+                name = job.tube
+                tube = self._tube(name)
+                tube_ready = ready.setdefault(tube, [])
             job.tube = tube
-            self.jobs[job.id] = job
-            if job.state == BURIED:
+            index[job.id] = job
+            state = job.state
+            if state == READY:
+                tube_ready.append(job)
+            elif state == BURIED:
                 buried.append(job)
-            elif job.state == DELAYED and job.deadline > wall:
+            elif state == DELAYED and job.deadline > wall:
                 self._delay(job, now + (job.deadline - wall))
             else:
-                ready.setdefault(tube, []).append(job)
+                tube_ready.append(job)
         for tube, tube_jobs in ready.items():
             tube.restore_ready(tube_jobs)
         buried.sort(key=lambda job: job.deadline)       # the bury order

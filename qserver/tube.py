@@ -94,20 +94,26 @@ class Tube:
     def restore_ready(self, jobs) -> None:
         """Add many ready jobs at once (replay): one heapify instead of a push each."""
         ready = self.ready
+        pri = heap = None
+        count = urgent = 0
         for job in jobs:
             job.state = READY
-            pri = job.pri
-            heap = ready.get(pri)
-            if heap is None:
-                heap = ready[pri] = []
-                self.pris.append(pri)
+            if job.pri != pri:
+                pri = job.pri
+                heap = ready.get(pri)
+                if heap is None:
+                    heap = ready[pri] = []
+                    self.pris.append(pri)
             heap.append(job.id)
-            self.ready_entries += 1
-            self.ready_count += 1
+            count += 1
             if pri < URGENT_PRI:
-                self.urgent_count += 1
-            if self.index is not None:
-                self.index.add(READY, (pri, job.id))
+                urgent += 1
+        self.ready_entries += count
+        self.ready_count += count
+        self.urgent_count += urgent
+        if self.index is not None:
+            for job in jobs:
+                self.index.add(READY, (job.pri, job.id))
         for heap in ready.values():
             heapq.heapify(heap)
         heapq.heapify(self.pris)
