@@ -2,7 +2,8 @@
 that makes a spawned server answer fast: parse, bind, then import the rest.
 
 Under systemd socket activation the inherited sockets replace -l/-p; an optional
---metrics listener is bound here too, so that both happen before -u drops privileges.
+--http listener is bound here too (and its --http-auth file read), so that both
+happen before -u drops privileges.
 Imports: `config`, `logs`, `systemd`, stdlib; `server` only after the listener is bound.
 """
 
@@ -62,7 +63,7 @@ def _port(text: str) -> int:
 
 
 def _host_port(text: str) -> tuple:
-    """`ADDR:PORT`, `[V6ADDR]:PORT` or `:PORT` (every interface) for --metrics."""
+    """`ADDR:PORT`, `[V6ADDR]:PORT` or `:PORT` (every interface) for --http."""
     host, colon, port = text.rpartition(":")
     if not colon or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"invalid address (want ADDR:PORT): {text!r}")
@@ -149,9 +150,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--salvage-log", action="store_true",
                    help="start even if the log is corrupt in the middle, skipping "
                         "and reporting the damaged records")
+    p.add_argument("--http", metavar="ADDR:PORT", type=_host_port,
+                   help="serve the web dashboard at /, its JSON API at /api/, "
+                        "Prometheus metrics at /metrics and a health check at /health "
+                        "over HTTP on ADDR:PORT (default off; use 127.0.0.1:PORT for "
+                        "loopback only, :PORT for every interface)")
     p.add_argument("--metrics", metavar="ADDR:PORT", type=_host_port,
-                   help="serve Prometheus metrics at /metrics and a health check at "
-                        "/health over HTTP on ADDR:PORT (default off)")
+                   help="the same as --http (kept for older setups)")
+    p.add_argument("--http-read-only", action="store_true",
+                   help="the dashboard and API only read: every action (kick, delete, "
+                        "pause, flush, retry, policy) is refused with 403")
+    p.add_argument("--http-auth", metavar="FILE",
+                   help="require HTTP Basic credentials or a bearer token from FILE "
+                        "for everything but /health (make its lines with "
+                        "`python -m qserver.http.auth user NAME` or `... token`)")
     p.add_argument("-u", "--user", metavar="USER",
                    help="become USER after binding the listener")
     p.add_argument("-V", "--verbose", action="count", default=0,
@@ -212,7 +224,8 @@ def _parse(argv) -> tuple:
                     binlog_dir=args.binlog_dir, fsync_ms=args.fsync_ms,
                     segment_size=args.binlog_size, user=args.user,
                     verbosity=args.verbose, salvage_log=args.salvage_log,
-                    metrics=args.metrics,
+                    http=_http_address(parser, args), http_read_only=args.http_read_only,
+                    http_auth=_http_auth(parser, args.http_auth),
                     max_connections=args.max_connections or None,
                     unix_mode=args.unix_mode, event_window=max(1, args.event_window),
                     store=args.store, store_prefix=args.store_prefix,
@@ -255,11 +268,37 @@ def _tcp_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-def open_metrics_listener(config: Config) -> socket.socket | None:
-    """The --metrics socket, bound and listening (None when --metrics is off)."""
-    if config.metrics is None:
+def _http_address(parser, args):
+    """--http, or its alias --metrics; both at once must agree."""
+    if args.http and args.metrics and args.http != args.metrics:
+        _usage_exit(parser, "--http and --metrics name one listener: give one of them")
+    if (args.http_read_only or args.http_auth) and not (args.http or args.metrics):
+        _usage_exit(parser, "--http-read-only and --http-auth need --http ADDR:PORT")
+    return args.http or args.metrics
+
+
+def _http_auth(parser, path):
+    """--http-auth's credentials, read now (before -u drops privileges)."""
+    if path is None:
         return None
-    sock = _tcp_socket(*config.metrics)
+    from qserver.http.auth import AuthFileError, load    # stdlib only
+    try:
+        return load(path)
+    except AuthFileError as error:
+        _usage_exit(parser, f"--http-auth: {error}")
+
+
+def _usage_exit(parser, message: str):
+    parser.print_usage(sys.stderr)
+    print(f"qserver: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def open_http_listener(config: Config) -> socket.socket | None:
+    """The --http socket, bound and listening (None when --http is off)."""
+    if config.http is None:
+        return None
+    sock = _tcp_socket(*config.http)
     sock.listen(64)
     sock.setblocking(False)
     return sock
@@ -350,9 +389,9 @@ def main(argv=None) -> int:
         log.error("cannot listen on %s port %s: %s", config.address, config.port, error)
         return EXIT_SOCKET
     try:
-        metrics_listener = open_metrics_listener(config)
+        http_listener = open_http_listener(config)
     except OSError as error:
-        log.error("cannot listen for --metrics on %s port %s: %s", *config.metrics, error)
+        log.error("cannot listen for --http on %s port %s: %s", *config.http, error)
         return EXIT_SOCKET
     if config.user:
         try:
@@ -368,7 +407,7 @@ def main(argv=None) -> int:
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
             return runner.run(server.run(config, listeners, early_signals,
-                                         metrics_listener))
+                                         http_listener))
     except LogDirError as error:
         log.error("%s", error)
         return EXIT_LOG_DIR

@@ -25,7 +25,9 @@ _DEFAULTS = {
     "user": None,
     "verbosity": 0,
     "salvage_log": False,
-    "metrics": None,                     # (host, port) of --metrics, None: off
+    "http": None,                        # (host, port) of --http (--metrics), None: off
+    "http_read_only": False,             # --http-read-only: every action refused
+    "http_auth": None,                   # --http-auth's (users, token hashes), None: open
     "max_connections": None,             # None: unlimited
     "unix_mode": DEFAULT_UNIX_MODE,
     "event_window": 100_000,             # events kept for subscribe (resume, GAP)

@@ -33,6 +33,8 @@ READ_HIGH_WATER = 64 * 1024
 WRITE_HIGH_WATER = 1024 * 1024
 # How often the server looks for memory a drained backlog left (Engine.shrink).
 HOUSEKEEPING_SECONDS = 5.0
+# --http addresses that only this machine reaches.
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class Connection(asyncio.Protocol):
@@ -40,7 +42,7 @@ class Connection(asyncio.Protocol):
         "server", "commands", "engine", "framer", "session", "transport",
         "pending_body", "closing", "half_closed", "write_paused", "read_paused",
         "resume_scheduled", "held", "close_when_sent", "output_wait", "refused",
-        "subscription", "awaiting", "store_session",
+        "subscription", "awaiting", "store_session", "opened",
     )
 
     def __init__(self, server):
@@ -63,6 +65,7 @@ class Connection(asyncio.Protocol):
         self.subscription = None    # [tube name or None, next seq] once subscribed
         self.awaiting = False       # a command answers later (answer_later)
         self.store_session = None   # store.commands.StoreSession (--store only)
+        self.opened = 0.0           # monotonic time it connected (the dashboard shows it)
 
     # -- asyncio callbacks ------------------------------------------------------
 
@@ -75,6 +78,7 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.opened = time.monotonic()
         self.engine.attach(self.session)
         self.server.connection_opened(self)
 
@@ -338,8 +342,13 @@ class Server:
         self.shutting_down = False
         self.watchdog = None            # the WATCHDOG=1 timer handle under systemd
         self.housekeeping = None        # the Engine.shrink timer handle (in memory)
-        self.metrics = None             # the --metrics asyncio server, when enabled
+        self.http = None                # (asyncio server, router) of --http, when on
         self.all_closed = loop.create_future()
+
+    def in_process_connection(self) -> Connection:
+        """A connection with no socket, not counted and attached to no tube, for a
+        client inside the process (the dashboard's console)."""
+        return Connection(self)
 
     async def serve(self, sockets, early_signals=()) -> None:
         for sock in sockets:
@@ -533,7 +542,7 @@ def open_journal(config, loop, salvage: bool):
     return journal, journal.recover(salvage)
 
 
-async def run(config, sockets, early_signals=(), metrics_socket=None) -> int:
+async def run(config, sockets, early_signals=(), http_socket=None) -> int:
     """Replay the log if there is one, then serve until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     journal = recovery = store = None
@@ -554,8 +563,8 @@ async def run(config, sockets, early_signals=(), metrics_socket=None) -> int:
     if store is None:
         collector.start()
     await server.serve(sockets, early_signals)
-    if metrics_socket is not None:
-        await _start_metrics(server, metrics_socket)
+    if http_socket is not None:
+        await _start_http(server, http_socket)
     log.info("ready")
     _announce_ready(server, sockets)
     await server.stopped
@@ -595,10 +604,16 @@ def redact(url: str) -> str:
     return f"{scheme}{sep}{user + ':***' if user else '***'}@{host}"
 
 
-async def _start_metrics(server, sock) -> None:
-    from qserver import metrics        # imported only when --metrics is given
-    server.metrics = await metrics.serve(server, sock)
-    log.info("metrics on http://%s/metrics", systemd.describe(sock))
+async def _start_http(server, sock) -> None:
+    from qserver import http        # imported only when --http is given
+    config = server.config
+    server.http = await http.serve(server, sock, config.http_read_only, config.http_auth)
+    where = systemd.describe(sock)
+    log.info("dashboard on http://%s/ (metrics at /metrics)%s", where,
+             ", read-only" if config.http_read_only else "")
+    if config.http_auth is None and config.http[0] not in LOOPBACK:
+        log.warning("--http %s answers beyond loopback without --http-auth: anyone who "
+                    "reaches it can see and act on the queue", where)
 
 
 def _announce_ready(server, sockets) -> None:
@@ -617,14 +632,16 @@ CLOSE_TIMEOUT = 1.0
 
 
 async def _wait_closed(server) -> None:
-    """Let closed connections flush and finish, then close the metrics listener."""
+    """Let closed connections flush and finish, then close the HTTP listener."""
     try:
         await asyncio.wait_for(asyncio.shield(server.all_closed), CLOSE_TIMEOUT)
     except asyncio.TimeoutError:
         for conn in list(server.connections):
             conn.transport.abort()
-    if server.metrics is not None:
-        server.metrics.close()
+    if server.http is not None:
+        listener, router = server.http
+        listener.close()
+        router.close()
 
 
 def _restore(engine, journal, recovery) -> None:

@@ -34,6 +34,9 @@ ALLOWED = {
     "commands": {"commands", "wire", "engine", "errors", "stats", "policy", "steering",
                  "listing"},
     "journal": {"journal", "job", "errors", "ledger", "lifecycle", "policy", "steering"},
+    # The dashboard drives the queue through an in-process client (a connection
+    # the server makes for it; in store mode with a store session).
+    "http": {"http", "store", "wire", "errors", "stats"},
     "store": {"store", "errors", "wire", "commands", "stats", "policy", "listing",
               "events"},
 }

@@ -18,7 +18,7 @@ import pytest
 from conftest import (WAIT, ServerProcess, free_port, qserver_argv, start_qserver,
                       wait_for_port)
 
-from qserver.metrics import escape_label
+from qserver.http.metrics import escape_label
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
@@ -244,7 +244,7 @@ def test_off_by_default_nothing_listens_nothing_imported():
     finally:
         plain.stop()
     imports = plain.stderr_text()
-    assert "qserver.server" in imports and "qserver.metrics" not in imports
+    assert "qserver.server" in imports and "qserver.http" not in imports
 
 
 def test_bad_metrics_address_is_a_usage_error():
@@ -261,4 +261,4 @@ def test_metrics_port_taken_exits_111():
         result = subprocess.run(qserver_argv("-p", str(free_port()), "--metrics",
                                              f"127.0.0.1:{port}"),
                                 capture_output=True, text=True, timeout=10)
-    assert result.returncode == 111 and "--metrics" in result.stderr
+    assert result.returncode == 111 and "--http" in result.stderr

@@ -438,9 +438,12 @@ def test_nodes_follow_a_sentinel_failover_under_load(tmp_path, wait_replicas):
             assert redis.sentinel_says("failover", MASTER) == "OK"
             second = redis.wait_for_new_primary(first)
             # Ids past the jump come from the new primary (the fence): the nodes
-            # serve from it, not from the old one, still alive.
+            # serve from it, not from the old one, still alive. The new primary's
+            # counter may lag the last acknowledged id (asynchronous replication),
+            # so the bar is half the jump: far above any lag, far above any id the
+            # old primary could give.
             load.progresses("load after SENTINEL FAILOVER",
-                            min_id=load.last_id() + ID_MARGIN)
+                            min_id=load.last_id() + ID_MARGIN // 2)
             served = time.monotonic() - started
             redis.wait_until_in_sync(first, second)
             started = time.monotonic()
@@ -458,7 +461,7 @@ def test_nodes_follow_a_sentinel_failover_under_load(tmp_path, wait_replicas):
                  "no", "--logfile", str(b / "redis.log"), "--replicaof", "127.0.0.1",
                  str(third)], second)
             load.progresses("load after the primary was killed",
-                            min_id=last + ID_MARGIN)
+                            min_id=last + ID_MARGIN // 2)
             served_again = time.monotonic() - started
         assert not load.problems, load.problems[:5]
         assert all(not t.is_alive() for t in load.threads)

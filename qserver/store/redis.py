@@ -298,6 +298,10 @@ class RedisStore:
                   for i, tube in enumerate(tubes)}
         return now_us / 1e6, counts
 
+    async def held_count(self, tube: str) -> int:
+        """Jobs of `tube` held by per-key concurrency (the dashboard's overview)."""
+        return await self.batcher.call("ZCARD", f"{self.key}:t:{tube}:held")
+
     async def tubes(self) -> list:
         """The tubes that ever had jobs or a pause in the store."""
         return [name.decode() for name in await self._call("qs_tubes")]

@@ -1,7 +1,7 @@
-"""The optional `--metrics ADDR:PORT` listener: Prometheus text format at /metrics and
-a health check at /health, over a minimal HTTP/1.1 (one request per connection).
+"""The Prometheus text format at /metrics and the health check at /health of the HTTP
+listener (`--http`, alias `--metrics`).
 
-Imported only when --metrics is given, so neither startup nor the command path pay
+Imported only with that listener, so neither startup nor the command path pay
 for it. A scrape reads what `stats` and `stats-tube` would report (qserver/stats.py)
 at that moment; nothing is counted on the command path for it.
 
@@ -16,17 +16,11 @@ load balancer should send producers elsewhere) and 503 "stopping" during shutdow
 Imports: `stats`, stdlib.
 """
 
-import asyncio
-import logging
 import time
 
 from qserver.stats import ext_stats, server_stats, tube_stats
 
-log = logging.getLogger("qserver")
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_REQUEST = 16 * 1024         # a request head longer than this is refused
-REQUEST_TIMEOUT = 10.0          # seconds a client may take to send its request
 
 # `stats` fields that are not numbers, or (pid) not worth a series; version and
 # hostname go into qserver_info's labels instead.
@@ -82,11 +76,6 @@ TUBE_HELP = {
 }
 
 
-async def serve(server, sock):
-    """Serve HTTP on the bound, listening `sock`; returns the asyncio server."""
-    return await server.loop.create_server(lambda: HttpConnection(server), sock=sock)
-
-
 # -- the text format ----------------------------------------------------------------
 
 def escape_label(value: str) -> str:
@@ -115,8 +104,51 @@ def _number(value) -> str | None:
     return value
 
 
-def _server_families(lines: list, server, now: float) -> None:
-    for key, value in server_stats(server.engine, server.info, now):
+class Figures:
+    """What a page shows, from whichever store: `stats` pairs, per tube (name,
+    stats-tube pairs as a dict, paused), `stats-ext` pairs, per tube lifecycle
+    counters (name, Counters), and held and cancel-flagged jobs by tube name."""
+
+    __slots__ = ("stats", "tubes", "ext", "tube_counters", "held", "cancelled")
+
+
+def memory_figures(server) -> Figures:
+    """Read straight from the engine: a scrape costs no commands."""
+    now = time.monotonic()
+    engine = server.engine
+    figures = Figures()
+    figures.stats = server_stats(engine, server.info, now)
+    tubes = list(engine.tubes.values())
+    figures.tubes = [(tube.name, dict(tube_stats(tube, now)), tube.is_paused(now))
+                     for tube in tubes]
+    figures.ext = ext_stats(engine, server.info.cmd_counts)
+    figures.tube_counters = [(tube.name, tube.counters) for tube in tubes
+                             if tube.counters is not None]
+    figures.held, figures.cancelled = _steering_by_tube(engine)
+    return figures
+
+
+async def store_figures(server, console) -> Figures:
+    """Through the console's commands: the store's figures are the cluster's. The
+    per-tube lifecycle counters and cancel flags are not kept by tube in the store."""
+    figures = Figures()
+    figures.stats = (await console.run("stats")).pairs()
+    figures.ext = (await console.run("stats-ext")).pairs()
+    figures.tubes, figures.held = [], {}
+    for name in (await console.run("list-tubes")).yaml():
+        reply = await console.run(f"stats-tube {name}")
+        if reply.word == "OK":
+            stats = dict(reply.pairs())
+            figures.tubes.append((name, stats, stats["pause"] != "0"))
+            held = await server.store.held_count(name)
+            if held:
+                figures.held[name] = held
+    figures.tube_counters, figures.cancelled = [], {}
+    return figures
+
+
+def _server_families(lines: list, figures) -> None:
+    for key, value in figures.stats:
         number = None if key in SKIPPED else _number(value)
         if number is None:
             continue
@@ -128,12 +160,10 @@ def _server_families(lines: list, server, now: float) -> None:
         _family(lines, key.replace("-", "_"), kind, help_text, [("", number)])
 
 
-def _tube_families(lines: list, server, now: float) -> None:
+def _tube_families(lines: list, figures) -> None:
     """Per-tube series, grouped by family as the format requires."""
-    rows = []
-    for tube in list(server.engine.tubes.values()):
-        label = '{tube="%s"}' % escape_label(tube.name)
-        rows.append((label, dict(tube_stats(tube, now)), tube.is_paused(now)))
+    rows = [('{tube="%s"}' % escape_label(name), stats, paused)
+            for name, stats, paused in figures.tubes]
     for key, help_text in TUBE_HELP.items():
         kind = "counter" if key in TUBE_COUNTERS else "gauge"
         samples = [(label, str(stats[key])) for label, stats, _ in rows if key in stats]
@@ -162,8 +192,8 @@ TUBE_EXT = (("failures", "Counted failed attempts in the tube"),
             ("completions", "Jobs of the tube finished with complete"))
 
 
-def _ext_families(lines: list, server) -> None:
-    for key, value in ext_stats(server.engine, server.info.cmd_counts):
+def _ext_families(lines: list, figures) -> None:
+    for key, value in figures.ext:
         if key.startswith("cmd-"):
             kind, help_text = "counter", f"{key[4:]} commands received"
         else:
@@ -172,28 +202,32 @@ def _ext_families(lines: list, server) -> None:
         if kind == "counter" and not name.endswith("_total"):
             name += "_total"
         _family(lines, name, kind, help_text, [("", str(value))])
-    tubes = [(tube, tube.counters) for tube in list(server.engine.tubes.values())
-             if tube.counters is not None]
     for field, help_text in TUBE_EXT:
-        samples = [('{tube="%s"}' % escape_label(tube.name), str(getattr(counts, field)))
-                   for tube, counts in tubes]
+        samples = [('{tube="%s"}' % escape_label(name), str(getattr(counts, field)))
+                   for name, counts in figures.tube_counters]
         _family(lines, f"qserver_tube_{field}_total", "counter", help_text, samples)
-    held, cancelled = _steering_by_tube(server.engine)
     for name, values, help_text in (
-            ("qserver_tube_held", held, "Jobs held by per-key concurrency in the tube"),
-            ("qserver_tube_cancelled", cancelled,
+            ("qserver_tube_held", figures.held,
+             "Jobs held by per-key concurrency in the tube"),
+            ("qserver_tube_cancelled", figures.cancelled,
              "Reserved jobs of the tube flagged by cancel-tag")):
         _family(lines, name, "gauge", help_text,
                 [('{tube="%s"}' % escape_label(tube), str(count))
                  for tube, count in sorted(values.items())])
 
 
-def _steering_by_tube(engine) -> tuple:
-    """Held and cancel-flagged jobs per tube name (only tubes that have some)."""
+def held_by_tube(engine) -> dict:
+    """Jobs held by per-key concurrency, by tube name (one pass over the locks)."""
     held = {}
     for (tube, _), lock in engine.steering.locks.items():
         if lock.held:
             held[tube] = held.get(tube, 0) + len(lock.held)
+    return held
+
+
+def _steering_by_tube(engine) -> tuple:
+    """Held and cancel-flagged jobs per tube name (only tubes that have some)."""
+    held = held_by_tube(engine)
     cancelled = {}
     for job_id, meta in engine.meta.items():
         job = engine.jobs.get(job_id)
@@ -202,27 +236,20 @@ def _steering_by_tube(engine) -> tuple:
     return held, cancelled
 
 
-def render(server) -> str:
+def render(server, figures: Figures) -> str:
     """The whole /metrics page."""
-    now = time.monotonic()
     lines = []
     info = server.info
     _family(lines, "qserver_info", "gauge", "Constant 1, labelled with version and host",
             [('{version="%s",hostname="%s"}' % (escape_label(info.version),
                                                 escape_label(info.hostname)), "1")])
-    _server_families(lines, server, now)
-    _tube_families(lines, server, now)
-    _ext_families(lines, server)
+    _server_families(lines, figures)
+    _tube_families(lines, figures)
+    _ext_families(lines, figures)
     _family(lines, "qserver_shutting_down", "gauge", "1 once shutdown has begun",
             [("", "1" if server.shutting_down else "0")])
     lines.append("")
     return "\n".join(lines)
-
-
-# -- HTTP ---------------------------------------------------------------------------
-
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 def health(server) -> tuple:
@@ -231,67 +258,3 @@ def health(server) -> tuple:
     if server.engine.draining:
         return 503, "draining\n"
     return 200, "ok\n"
-
-
-def respond(server, method: str, target: str) -> tuple:
-    """(status, body, extra headers) for one request."""
-    if method not in ("GET", "HEAD"):
-        return 405, "only GET and HEAD\n", "Allow: GET, HEAD\r\n"
-    path = target.split("?", 1)[0]
-    if path == "/metrics":
-        return 200, render(server), f"Content-Type: {CONTENT_TYPE}\r\n"
-    if path == "/health":
-        status, body = health(server)
-        return status, body, ""
-    return 404, "not found; try /metrics or /health\n", ""
-
-
-class HttpConnection(asyncio.Protocol):
-    """Reads one request head, answers it, closes (`Connection: close`)."""
-
-    def __init__(self, server):
-        self.server = server
-        self.transport = None
-        self.buffer = b""
-        self.timeout = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.timeout = self.server.loop.call_later(REQUEST_TIMEOUT, transport.abort)
-
-    def connection_lost(self, exc):
-        self.timeout.cancel()
-
-    def data_received(self, data):
-        if self.transport.is_closing():
-            return
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            end = self.buffer.find(b"\n\n")
-        if end >= 0:
-            self._answer(self.buffer[:end].decode("latin-1"))
-        elif len(self.buffer) > MAX_REQUEST:
-            self._send("GET", 400, "request too long\n", "")
-
-    def _answer(self, head: str) -> None:
-        parts = head.split("\n", 1)[0].strip().split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self._send("GET", 400, "bad request line\n", "")
-            return
-        method, target, _ = parts
-        try:
-            status, body, headers = respond(self.server, method, target)
-        except Exception:       # a scrape must never take the server down
-            log.exception("metrics: cannot answer %s %s", method, target)
-            status, body, headers = 500, "internal error\n", ""
-        self._send(method, status, body, headers)
-
-    def _send(self, method: str, status: int, body: str, headers: str) -> None:
-        data = body.encode()
-        if "Content-Type" not in headers:
-            headers += "Content-Type: text/plain; charset=utf-8\r\n"
-        head = (f"HTTP/1.1 {status} {REASONS[status]}\r\n{headers}"
-                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
-        self.transport.write(head if method == "HEAD" else head + data)
-        self.transport.close()
