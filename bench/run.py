@@ -49,12 +49,15 @@ README_END = "<!-- bench:latest:end -->"
 class Workload:
     key: str
     title: str
-    kind: str                    # put | drain | cycle | rate | rss | restart
+    kind: str                    # put | drain | cycle | rate | rate1m | rss | rss_drain | restart | startup
     gen_args: list = field(default_factory=list)
     log: str | None = None       # fsync ms for -f, None = no log
     headline: str = "ops_per_s"  # metric compared between servers
     higher_better: bool = True
     target: float | None = None  # issue 4's target for the qserver/beanstalkd ratio
+    limit: float | None = None   # issue 14's bound on qserver's own headline figure
+    seconds: float | None = None # measurement window instead of --seconds
+    grow: float = 0.0            # rate1m: also put this share of --fill-jobs meanwhile
 
 
 PUT = ["--size", "100"]
@@ -85,10 +88,31 @@ for _f in ("50", "0"):
     ]
 WORKLOADS.append(Workload("restart", "restart with 1M jobs in the log (-f 50)", "restart",
                           log="50", headline="restart_s", higher_better=False))
+# Issue 14: no loop stall over 20 ms with a million jobs live. The 1M jobs wait in
+# another tube; the cycle at 5,000 jobs/s runs 20 s and its largest end-to-end latency
+# is the headline. In `_grow` a second generator (1 conn, 8 puts in flight) adds a
+# quarter more jobs to the backlog meanwhile: the growth after which CPython's
+# collector makes a full pass over every long-lived object.
+WORKLOADS += [
+    Workload("rate5k_1m", "cycle at 5000 jobs/s for 20 s, 1M jobs queued in another tube (max e2e latency)",
+             "rate1m", CYC + ["--rate", "5000"], headline="max_us", higher_better=False, seconds=20,
+             limit=20_000),
+    Workload("rate5k_1m_grow", "the same while 250k more jobs are put into the backlog (1 conn, 8 puts in flight)",
+             "rate1m", CYC + ["--rate", "5000"], headline="max_us", higher_better=False, seconds=20,
+             grow=0.25, limit=20_000),
+    Workload("rate5k_1m_f50", "rate5k_1m_grow with the log on (-b DIR -f 50)", "rate1m",
+             CYC + ["--rate", "5000"], log="50", headline="max_us", higher_better=False, seconds=20,
+             grow=0.25, limit=20_000),
+    Workload("rss_drain", "RSS after 1M x 100 B jobs drained (50 conns) and 7 s idle / RSS empty",
+             "rss_drain", headline="drained_ratio", higher_better=False, limit=2.0),
+    Workload("startup", "spawn -> first reply to stats, median of 5 spawns", "startup",
+             headline="startup_ms", higher_better=False, limit=100),
+]
 WL = {w.key: w for w in WORKLOADS}
 
 HEADLINE_LABEL = {"ops_per_s": "jobs/s", "p99_us": "p99 µs", "bytes_per_job": "bytes/job",
-                  "restart_s": "restart s"}
+                  "restart_s": "restart s", "max_us": "max µs", "startup_ms": "startup ms",
+                  "drained_ratio": "RSS drained / empty"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -356,8 +380,27 @@ def loadgen(mode: str, srv: Server, args: list[str], opts, limit: float = 120) -
     return r
 
 
-def timed(opts) -> list[str]:
-    return ["--warmup", str(opts.warmup), "--seconds", str(opts.seconds)]
+def timed(opts, seconds: float | None = None) -> list[str]:
+    return ["--warmup", str(opts.warmup), "--seconds", str(seconds or opts.seconds)]
+
+
+STARTUP_SPAWNS = 5
+
+
+def startup_ms(srv: Server) -> dict:
+    """Median of STARTUP_SPAWNS spawns of this server: Popen -> first bytes of the
+    reply to `stats` (bench/startup.py's measurement, here for both servers)."""
+    sys.path.insert(0, str(HERE))
+    from startup import first_reply
+    times = []
+    for _ in range(STARTUP_SPAWNS):
+        srv.port = free_port()
+        argv = srv.cmd()
+        if srv.opts.pin:
+            argv = ["taskset", "-c", str(srv.opts.server_cpu)] + argv
+        times.append(first_reply(argv, srv.port) * 1000)
+    return {"status": "ok", "startup_ms": statistics.median(times),
+            "startup_min_ms": min(times), "startup_max_ms": max(times)}
 
 
 def run_workload(w: Workload, server_name: str, opts, tool: str = "qgen") -> dict:
@@ -366,9 +409,12 @@ def run_workload(w: Workload, server_name: str, opts, tool: str = "qgen") -> dic
     srv = Server(server_name, opts, w.log)
     rec: dict = {"workload": w.key, "server": server_name, "tool": tool}
     try:
-        srv.start()
+        if w.kind != "startup":
+            srv.start()
         tlimit = opts.warmup + opts.seconds + 60
-        if w.kind in ("put", "cycle", "rate"):
+        if w.kind == "startup":
+            r = startup_ms(srv)
+        elif w.kind in ("put", "cycle", "rate"):
             mode = "put" if w.kind == "put" else "cycle"
             r = run(mode, srv, w.gen_args + timed(opts), opts, tlimit)
         elif w.kind == "drain":
@@ -382,6 +428,28 @@ def run_workload(w: Workload, server_name: str, opts, tool: str = "qgen") -> dic
                                      "--jobs", str(opts.drain_jobs)], opts, opts.fill_timeout)
                 if r.get("status") == "ok" and r.get("tube_empty") is False:
                     r["status"], r["error"] = "error", "tube not empty after the drain"
+        elif w.kind == "rate1m":
+            backlog = ["--conns", "10", "--depth", "50", "--size", "100", "--tube", "backlog"]
+            r = run("fill", srv, backlog + ["--jobs", str(opts.fill_jobs)], opts, opts.fill_timeout)
+            if r.get("status") == "ok":
+                rss_full = rss_tree_kb(srv.pid)
+                grower = None
+                if w.grow:
+                    argv = [str(GEN_BIN), "fill", "--port", str(srv.port), "--tube", "backlog",
+                            "--conns", "1", "--depth", "8", "--size", "100",
+                            "--jobs", str(int(opts.fill_jobs * w.grow)), "--timeout", str(opts.fill_timeout)]
+                    if opts.pin:
+                        argv = ["taskset", "-c", str(opts.gen_cpu)] + argv
+                    grower = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                seconds = w.seconds if not opts.quick else opts.seconds
+                r = run("cycle", srv, w.gen_args + timed(opts, seconds), opts, opts.warmup + seconds + 60)
+                if grower is not None:
+                    out, _ = grower.communicate(timeout=opts.fill_timeout + 30)
+                    g = next((json.loads(l) for l in reversed(out.splitlines()) if l.startswith("{")), {})
+                    r["grow_jobs"] = g.get("ops")
+                    if g.get("status") != "ok" and r.get("status") == "ok":
+                        r["status"], r["error"] = "error", f"backlog growth: {g.get('error', 'failed')}"
+                r["rss_full_kb"] = rss_full
         elif w.kind == "rss":
             time.sleep(0.3)
             rss0 = rss_tree_kb(srv.pid)
@@ -392,6 +460,20 @@ def run_workload(w: Workload, server_name: str, opts, tool: str = "qgen") -> dic
             r.update(rss_empty_kb=rss0, rss_full_kb=rss1,
                      bytes_per_job=(rss1 - rss0) * 1024 / opts.fill_jobs)
             r["srv_rss_kb"] = rss1
+        elif w.kind == "rss_drain":
+            time.sleep(0.3)
+            rss0 = rss_tree_kb(srv.pid)
+            r = run("fill", srv, ["--conns", "10", "--depth", "50", "--size", "100",
+                                  "--jobs", str(opts.fill_jobs)], opts, opts.fill_timeout)
+            if r.get("status") == "ok":
+                rss1 = rss_tree_kb(srv.pid)
+                dmode = "drain" if tool == "qgen" else "reserve"
+                r = run(dmode, srv, ["--conns", "50", "--depth", "1", "--size", "100",
+                                     "--jobs", str(opts.fill_jobs)], opts, opts.fill_timeout)
+                time.sleep(7)           # qserver gives memory back every 5 s
+                rss2 = rss_tree_kb(srv.pid)
+                r.update(rss_empty_kb=rss0, rss_full_kb=rss1, srv_rss_kb=rss2,
+                         drained_ratio=rss2 / rss0)
         elif w.kind == "restart":
             r = run("fill", srv, ["--conns", "10", "--depth", "50", "--size", "100",
                                   "--jobs", str(opts.fill_jobs)], opts, opts.fill_timeout)
@@ -406,7 +488,7 @@ def run_workload(w: Workload, server_name: str, opts, tool: str = "qgen") -> dic
         else:
             raise ValueError(w.kind)
         rec.update(r)
-        if srv.proc.poll() is not None:
+        if srv.proc is not None and srv.proc.poll() is not None:
             rec["status"], rec["error"] = "error", f"server died: {srv.stderr_tail()}"
     except Exception as e:  # a failed run is recorded, the benchmark goes on
         rec.update(status="error", error=f"{type(e).__name__}: {e} {srv.stderr_tail() if srv.proc else ''}")
@@ -443,13 +525,20 @@ def brief(rec: dict) -> str:
         parts.append(f"{rec['bytes_per_job']:.0f} B/job")
     if "restart_s" in rec:
         parts.append(f"restart {rec['restart_s']:.2f}s")
+    if "max_us" in rec:
+        parts.append(f"max {rec['max_us']:,.0f}µs")
+    if "drained_ratio" in rec:
+        parts.append(f"RSS empty/full/drained {rec['rss_empty_kb'] / 1024:.0f}/{rec['rss_full_kb'] / 1024:.0f}/"
+                     f"{rec['srv_rss_kb'] / 1024:.0f} MiB ({rec['drained_ratio']:.2f}x empty)")
+    if "startup_ms" in rec:
+        parts.append(f"startup {rec['startup_ms']:.1f}ms ({rec['startup_min_ms']:.1f}-{rec['startup_max_ms']:.1f})")
     parts.append(f"noise {rec['noise']:.2f}")
     return " ".join(parts)
 
 
 # --------------------------------------------------------------------------- summarising
-METRICS = ["ops_per_s", "p50_us", "p99_us", "srv_cpu_us_per_op", "srv_rss_kb", "bytes_per_job",
-           "restart_s", "gen_cpu_util", "gen_cpu_us_per_op", "noise", "log_bytes"]
+METRICS = ["ops_per_s", "p50_us", "p99_us", "max_us", "srv_cpu_us_per_op", "srv_rss_kb", "bytes_per_job",
+           "restart_s", "startup_ms", "drained_ratio", "gen_cpu_util", "gen_cpu_us_per_op", "noise", "log_bytes"]
 
 
 def medians(recs: list[dict]) -> dict:
@@ -479,8 +568,9 @@ def fmt(v, kind="int") -> str:
 def fmt_headline(metric: str, v) -> str:
     if v is None:
         return "–"
-    return {"ops_per_s": fmt(v), "p99_us": fmt(v), "bytes_per_job": fmt(v),
-            "restart_s": fmt(v, "f2")}.get(metric, fmt(v, "f2"))
+    return {"ops_per_s": fmt(v), "p99_us": fmt(v), "bytes_per_job": fmt(v), "max_us": fmt(v),
+            "restart_s": fmt(v, "f2"), "startup_ms": fmt(v, "f1"),
+            "drained_ratio": fmt(v, "f2")}.get(metric, fmt(v, "f2"))
 
 
 def ratio_of(w: Workload, med: dict) -> float | None:
@@ -491,6 +581,8 @@ def ratio_of(w: Workload, med: dict) -> float | None:
 
 
 def target_text(w: Workload) -> str:
+    if w.limit is not None:
+        return f"qserver ≤ {fmt_headline(w.headline, w.limit)}"
     if w.target is None:
         return ""
     return f"≥ {w.target:g}" if w.higher_better else f"≤ {w.target:g}"
@@ -520,7 +612,10 @@ def render_markdown(workloads, servers, med, info, opts, started, elapsed) -> st
             r = ratio_of(w, med)
             row.append(f"{r:.2f}" if r is not None else "–")
             row.append(target_text(w))
-            if w.target is None or r is None:
+            q = med.get(("qserver", w.key), {}).get(w.headline)
+            if w.limit is not None and q is not None:
+                row.append("yes" if q <= w.limit else "**no**")
+            elif w.target is None or r is None:
                 row.append("")
             else:
                 met = r >= w.target if w.higher_better else r <= w.target
@@ -529,20 +624,20 @@ def render_markdown(workloads, servers, med, info, opts, started, elapsed) -> st
     L.append("")
     L.append("### Detail (medians)")
     L.append("")
-    L.append("| workload | server | jobs/s | p50 µs | p99 µs | server CPU µs/op | server RSS MiB | "
-             "bytes/job | restart s | gen CPU | noise |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| workload | server | jobs/s | p50 µs | p99 µs | max µs | server CPU µs/op | server RSS MiB | "
+             "bytes/job | restart s | startup ms | gen CPU | noise |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for w in workloads:
         for s in servers:
             m = med.get((s, w.key), {})
             if not m.get("ok"):
-                L.append(f"| {w.key} | {s} | error: {str(m.get('error', 'no run'))[:80]} |||||||||")
+                L.append(f"| {w.key} | {s} | error: {str(m.get('error', 'no run'))[:80]} |||||||||||")
                 continue
             rss = m.get("srv_rss_kb")
             L.append("| " + " | ".join([
                 w.key, s, fmt(m.get("ops_per_s")), fmt(m.get("p50_us"), "f1"), fmt(m.get("p99_us"), "f1"),
-                fmt(m.get("srv_cpu_us_per_op"), "f2"), fmt(rss / 1024 if rss else None, "f1"),
-                fmt(m.get("bytes_per_job")), fmt(m.get("restart_s"), "f2"),
+                fmt(m.get("max_us")), fmt(m.get("srv_cpu_us_per_op"), "f2"), fmt(rss / 1024 if rss else None, "f1"),
+                fmt(m.get("bytes_per_job")), fmt(m.get("restart_s"), "f2"), fmt(m.get("startup_ms"), "f1"),
                 f"{m['gen_cpu_util'] * 100:.0f}%" if "gen_cpu_util" in m else "–",
                 fmt(m.get("noise"), "f2")]) + " |")
     L.append("")

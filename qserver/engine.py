@@ -19,6 +19,7 @@ import contextlib
 import heapq
 import itertools
 import math
+import sys
 
 from qserver.errors import DeadlineSoon, NotFound, NotIgnored, TimedOut
 from qserver.job import (BURIED, DELAYED, HELD, ID_MASK, ONE_BURY, ONE_KICK,
@@ -543,16 +544,26 @@ class Engine:
         order, and no counter is bumped."""
         ready = {}
         buried = []
+        index = self.jobs
+        name = tube = tube_ready = None
         for job in jobs:
-            tube = self._tube(job.tube)
+            # Replayed jobs of one tube share its name object (records.decode): one
+            # tube lookup per run of them, not per job.
+            if job.tube is not name:
+                name = job.tube
+                tube = self._tube(name)
+                tube_ready = ready.setdefault(tube, [])
             job.tube = tube
-            self.jobs[job.id] = job
-            if job.state == BURIED:
+            index[job.id] = job
+            state = job.state
+            if state == READY:
+                tube_ready.append(job)
+            elif state == BURIED:
                 buried.append(job)
-            elif job.state == DELAYED and job.deadline > wall:
+            elif state == DELAYED and job.deadline > wall:
                 self._delay(job, now + (job.deadline - wall))
             else:
-                ready.setdefault(tube, []).append(job)
+                tube_ready.append(job)
         for tube, tube_jobs in ready.items():
             tube.restore_ready(tube_jobs)
         buried.sort(key=lambda job: job.deadline)       # the bury order
@@ -562,6 +573,27 @@ class Engine:
         self.next_id = max(self.next_id, next_id)
         for tube in list(self.tubes.values()):
             self._release_tube(tube)
+
+    # -- memory -----------------------------------------------------------------
+
+    def shrink(self) -> bool:
+        """Let the memory of a drained backlog go: CPython never shrinks a dict on
+        deletion, so the job index (and a tube's buried jobs, the lifecycle and
+        steering records) keep a table sized for the most they ever held. Rebuild
+        those holding under a sixteenth of what their table was made for, when the
+        table is big (SHRINK_MIN_BYTES) and the rebuild small (SHRINK_MAX_ENTRIES):
+        a few ms, in place, so every holder of the dict keeps it. The server calls
+        this from a timer, not per command. Returns whether anything was rebuilt."""
+        dicts = [self.jobs, self.histories, self.meta, self.lock_jobs]
+        dicts += [tube.buried for tube in self.tubes.values()]
+        shrunk = False
+        for table in dicts:
+            if _oversized(table):
+                live = table.copy()
+                table.clear()
+                table.update(live)
+                shrunk = True
+        return shrunk
 
     # -- lookups ----------------------------------------------------------------
 
@@ -745,3 +777,15 @@ class Engine:
             keep = [e for e in heap if e[2].unpause_at == e[0] and e[2].name in self.tubes]
         heap[:] = set(keep)         # identical entries (same instant) collapse
         heapq.heapify(heap)
+
+
+# A dict's table is rebuilt (Engine.shrink) when it takes at least this much and
+# holds under a sixteenth of what it was sized for, and at most this many entries.
+SHRINK_MIN_BYTES = 1 << 20
+SHRINK_MAX_ENTRIES = 100_000
+
+
+def _oversized(table: dict) -> bool:
+    size = sys.getsizeof(table)     # O(1): the object and its table
+    return size >= SHRINK_MIN_BYTES and len(table) <= SHRINK_MAX_ENTRIES \
+        and len(table) * 16 * 42 < size     # ~42 bytes an entry when sized for it

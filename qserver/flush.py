@@ -34,7 +34,7 @@ import time
 from operator import itemgetter
 
 from qserver.errors import QueueError
-from qserver.job import FLUSHED, ID_MASK
+from qserver.job import FLUSHED
 
 SLICE_SECONDS = 0.010       # a flush never holds the loop longer than this per turn
 CHUNK = 1024
@@ -110,16 +110,20 @@ class Flush:
         return True
 
 
-def _chunks(ready: list, delayed: list, buried: dict, held: list):
+def _chunks(ready: dict, delayed: list, buried: dict, held: list):
     """The ids in the old lists, CHUNK at a time, taken out of the lists as they go
     so that their memory is freed a little each turn too (dropping a million
     entries at once holds the loop for 50-200 ms). A job can have stale entries in
     several lists; the first one that finds it marks it FLUSHED."""
-    for heap, pick in ((ready, ID_MASK.__and__), (delayed, itemgetter(1))):
+    for heap in ready.values():             # pri -> heap of ids (tube.py)
         while heap:
             chunk = heap[-CHUNK:]
             del heap[-CHUNK:]
-            yield map(pick, chunk)
+            yield chunk
+    while delayed:
+        chunk = delayed[-CHUNK:]
+        del delayed[-CHUNK:]
+        yield map(itemgetter(1), chunk)
     while buried:
         yield [buried.popitem()[0] for _ in range(min(CHUNK, len(buried)))]
     yield [job.id for job in held]

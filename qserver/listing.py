@@ -15,8 +15,7 @@ import time
 
 from qserver.errors import BadFormat
 from qserver.flush import CHUNK, SLICE_SECONDS, hides
-from qserver.job import (BURIED, COMPLETED, DEAD, DELAYED, HELD, ID_MASK, PRI_SHIFT, READY,
-                         RESERVED)
+from qserver.job import BURIED, COMPLETED, DEAD, DELAYED, HELD, READY, RESERVED
 
 MAX_LIMIT = 1000
 # list-jobs states in the order `all` walks them, with their cursor letters.
@@ -89,8 +88,9 @@ def _copied_entries(engine, tube):
     """(state, [sort keys]) chunks of what the tube holds now. The lists are
     copied at once (C-speed copies: a few ms for a million) and turned into sort
     keys a chunk at a time, so no slice does more than CHUNK of either."""
-    copies = ((READY, list(tube.ready), _ready_keys), (DELAYED, list(tube.delayed), list),
-              (BURIED, list(tube.buried.values()), _buried_keys))
+    copies = [(READY, ids, _ready_keys(pri)) for pri, ids in tube.ready_keys()]
+    copies += [(DELAYED, list(tube.delayed), list),
+               (BURIED, list(tube.buried.values()), _buried_keys)]
     reserved = [(job.deadline, job.id) for job in engine.reserved_in(tube)]
     held = [(job.id, job.id) for job in engine.steering.held_in(tube)]
     for state, entries, keys_of in copies:
@@ -101,8 +101,9 @@ def _copied_entries(engine, tube):
             yield state, keys[start:start + CHUNK]
 
 
-def _ready_keys(heap_keys: list) -> list:
-    return [(key >> PRI_SHIFT, key & ID_MASK) for key in heap_keys]
+def _ready_keys(pri: int):
+    """The sort keys of a chunk of one priority's ready ids."""
+    return lambda ids: [(pri, job_id) for job_id in ids]
 
 
 def _buried_keys(jobs: list) -> list:

@@ -16,6 +16,7 @@ import signal
 import time
 
 from qserver import __version__, systemd
+from qserver.collector import Collector, trim
 from qserver.commands import Commands
 from qserver.engine import Engine
 from qserver.errors import BadFormat, JobTooBig, TimedOut
@@ -30,6 +31,8 @@ log = logging.getLogger("qserver")
 READ_HIGH_WATER = 64 * 1024
 # A client that does not read its replies gets its reads paused past this.
 WRITE_HIGH_WATER = 1024 * 1024
+# How often the server looks for memory a drained backlog left (Engine.shrink).
+HOUSEKEEPING_SECONDS = 5.0
 # --http addresses that only this machine reaches.
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -103,7 +106,11 @@ class Connection(asyncio.Protocol):
             return
         self.closing = True
         self.engine.detach(self.session, time.monotonic())
-        self.session.wake = None    # break the cycle so refcounting frees us at once
+        # Break the cycles (the session's wake, the framer's bound reader) so that
+        # refcounting frees the connection at once: a long-lived connection may be
+        # frozen out of the cyclic collector's passes (collector.py).
+        self.session.wake = None
+        self.framer.next = None
         self.server.connection_closed(self)
         self.server.after_batch()
 
@@ -334,6 +341,7 @@ class Server:
         self.stopped = loop.create_future()
         self.shutting_down = False
         self.watchdog = None            # the WATCHDOG=1 timer handle under systemd
+        self.housekeeping = None        # the Engine.shrink timer handle (in memory)
         self.http = None                # (asyncio server, router) of --http, when on
         self.all_closed = loop.create_future()
 
@@ -347,6 +355,9 @@ class Server:
             server = await self.loop.create_server(lambda: Connection(self), sock=sock,
                                                    backlog=1024)
             self.listeners.append(server)
+        if self.store is None:
+            self.housekeeping = self.loop.call_later(HOUSEKEEPING_SECONDS,
+                                                     self._housekeep)
         self._install_signals()
         for signum in early_signals:
             self._on_signal(signum)
@@ -430,6 +441,13 @@ class Server:
         self.engine.tick(time.monotonic())
         self._arm(self.engine.earliest)
 
+    def _housekeep(self) -> None:
+        """Give back what a drained backlog left: oversized dicts rebuilt, then
+        malloc's free pages returned (beanstalkd #54/#642: memory never returned)."""
+        if self.engine.shrink():
+            trim()
+        self.housekeeping = self.loop.call_later(HOUSEKEEPING_SECONDS, self._housekeep)
+
     # -- signals and shutdown ---------------------------------------------------
 
     def _install_signals(self) -> None:
@@ -461,10 +479,10 @@ class Server:
             listener.close()
         # Nothing may touch the engine or the log after it is closed: no timer, and
         # no command from a connection whose resume is already scheduled.
-        for handle in (self.timer, self.watchdog):
+        for handle in (self.timer, self.watchdog, self.housekeeping):
             if handle is not None:
                 handle.cancel()
-        self.timer = self.watchdog = None
+        self.timer = self.watchdog = self.housekeeping = None
         # A flush in progress completes (and is logged) first: its client and others
         # saw those jobs gone already.
         self.engine.flusher.finish_all()
@@ -539,6 +557,11 @@ async def run(config, sockets, early_signals=(), http_socket=None) -> int:
         _log_recovery(config, recovery, server.engine)
     else:
         log.info("no log directory (-b): jobs are kept in memory only")
+    # Jobs in memory: keep full passes of the cyclic collector short (collector.py).
+    # The shared store keeps its jobs in Redis, and few objects here.
+    collector = Collector(live=server.engine.jobs.__len__)
+    if store is None:
+        collector.start()
     await server.serve(sockets, early_signals)
     if http_socket is not None:
         await _start_http(server, http_socket)
@@ -548,6 +571,7 @@ async def run(config, sockets, early_signals=(), http_socket=None) -> int:
     await _wait_closed(server)
     if store is not None:
         await store.close()
+    collector.stop()
     return 0
 
 

@@ -1,4 +1,9 @@
-"""A tube: its ready heap, delayed heap, buried FIFO, waiting sessions and pause.
+"""A tube: its ready heaps, delayed heap, buried FIFO, waiting sessions and pause.
+
+Ready jobs are ordered by (pri, id): one heap of ids per priority (`ready`, with
+the priorities in use in the heap `pris`). A heap entry is then the job's own id
+object, shared with the job and the index: 8 bytes a job, where a combined
+(pri << 64 | id) key cost a 48-byte int of its own.
 
 The heaps use lazy deletion: a job leaving a heap other than by a pop leaves a stale
 entry behind, recognised later because the job's state or key no longer matches.
@@ -8,13 +13,13 @@ rebuilt when stale entries outnumber live ones. Imports: `job`, `swapset`, stdli
 
 import heapq
 
-from qserver.job import BURIED, DELAYED, HELD, ID_MASK, PRI_SHIFT, READY, URGENT_PRI
+from qserver.job import BURIED, DELAYED, HELD, READY, URGENT_PRI
 from qserver.swapset import SwapSet
 
 
 class Tube:
     __slots__ = (
-        "name", "jobs", "ready", "ready_count", "urgent_count", "delayed",
+        "name", "jobs", "ready", "pris", "ready_entries", "ready_count", "urgent_count", "delayed",
         "delayed_count", "buried", "reserved_count", "waiting", "using", "watching",
         "total_jobs", "cmd_delete", "cmd_pause", "pause", "unpause_at", "policy",
         "counters", "index", "flushes",
@@ -23,7 +28,9 @@ class Tube:
     def __init__(self, name: str, jobs: dict, policy=None):
         self.name = name
         self.jobs = jobs              # the engine's id -> job index
-        self.ready = []               # heap of (pri << 64 | id)
+        self.ready = {}               # pri -> heap of the ids of ready jobs
+        self.pris = []                # heap of the priorities in `ready`
+        self.ready_entries = 0        # entries in the id heaps, stale ones included
         self.ready_count = 0
         self.urgent_count = 0
         self.delayed = []             # heap of (deadline, id)
@@ -57,8 +64,9 @@ class Tube:
         """flush-tube: hand over the ready heap, delayed heap and buried jobs (and
         those parts of the list-jobs index) and start empty ones, in O(1)."""
         taken = (self.ready, self.delayed, self.buried)
-        self.ready = []
-        self.ready_count = self.urgent_count = 0
+        self.ready = {}
+        self.pris = []
+        self.ready_entries = self.ready_count = self.urgent_count = 0
         self.delayed = []
         self.delayed_count = 0
         self.buried = {}
@@ -70,37 +78,68 @@ class Tube:
 
     def push_ready(self, job) -> None:
         job.state = READY
-        heapq.heappush(self.ready, (job.pri << PRI_SHIFT) | job.id)
+        pri = job.pri
+        heap = self.ready.get(pri)
+        if heap is None:
+            heap = self.ready[pri] = []
+            heapq.heappush(self.pris, pri)
+        heapq.heappush(heap, job.id)
+        self.ready_entries += 1
         self.ready_count += 1
-        if job.pri < URGENT_PRI:
+        if pri < URGENT_PRI:
             self.urgent_count += 1
         if self.index is not None:
-            self.index.add(READY, (job.pri, job.id))
+            self.index.add(READY, (pri, job.id))
 
     def restore_ready(self, jobs) -> None:
         """Add many ready jobs at once (replay): one heapify instead of a push each."""
+        ready = self.ready
+        pri = heap = None
+        count = urgent = 0
         for job in jobs:
             job.state = READY
-            self.ready.append((job.pri << PRI_SHIFT) | job.id)
-            self.ready_count += 1
-            if job.pri < URGENT_PRI:
-                self.urgent_count += 1
-            if self.index is not None:
+            if job.pri != pri:
+                pri = job.pri
+                heap = ready.get(pri)
+                if heap is None:
+                    heap = ready[pri] = []
+                    self.pris.append(pri)
+            heap.append(job.id)
+            count += 1
+            if pri < URGENT_PRI:
+                urgent += 1
+        self.ready_entries += count
+        self.ready_count += count
+        self.urgent_count += urgent
+        if self.index is not None:
+            for job in jobs:
                 self.index.add(READY, (job.pri, job.id))
-        heapq.heapify(self.ready)
+        for heap in ready.values():
+            heapq.heapify(heap)
+        heapq.heapify(self.pris)
 
     def peek_ready(self):
         """The ready job with the smallest (pri, id), or None."""
-        heap = self.ready
+        pris = self.pris
         jobs = self.jobs
-        while heap:
-            key = heap[0]
-            job = jobs.get(key & ID_MASK)
-            if job is not None and job.state == READY and job.tube is self \
-                    and job.pri == key >> PRI_SHIFT:
-                return job
-            heapq.heappop(heap)
+        while pris:
+            pri = pris[0]
+            heap = self.ready[pri]
+            while heap:
+                job = jobs.get(heap[0])
+                if job is not None and job.state == READY and job.tube is self \
+                        and job.pri == pri:
+                    return job
+                heapq.heappop(heap)
+                self.ready_entries -= 1
+            del self.ready[pri]
+            heapq.heappop(pris)
         return None
+
+    def ready_keys(self):
+        """(pri, id) of every entry of the ready heaps, stale ones included, one
+        list per priority (copied: list-jobs reads them a chunk at a time)."""
+        return [(pri, list(heap)) for pri, heap in self.ready.items()]
 
     def forget_ready(self, job) -> None:
         """Account for a ready job leaving; its heap entry goes stale."""
@@ -109,19 +148,28 @@ class Tube:
             self.urgent_count -= 1
         if self.index is not None:
             self.index.discard(READY, (job.pri, job.id))
-        if len(self.ready) > 2 * self.ready_count + 64:
-            self.ready = self._live_keys(self.ready, job)
-            heapq.heapify(self.ready)
+        if self.ready_entries > 2 * self.ready_count + 64:
+            self._rebuild_ready(job)
 
-    def _live_keys(self, heap, leaving):
+    def _rebuild_ready(self, leaving) -> None:
         jobs = self.jobs
-        live = set()
-        for key in heap:
-            job = jobs.get(key & ID_MASK)
-            if job is not None and job is not leaving and job.state == READY \
-                    and job.tube is self and job.pri == key >> PRI_SHIFT:
-                live.add(key)
-        return list(live)
+        ready = {}
+        entries = 0
+        for pri, heap in self.ready.items():
+            live = set()
+            for job_id in heap:
+                job = jobs.get(job_id)
+                if job is not None and job is not leaving and job.state == READY \
+                        and job.tube is self and job.pri == pri:
+                    live.add(job.id)
+            if live:
+                ready[pri] = heap = list(live)
+                heapq.heapify(heap)
+                entries += len(heap)
+        self.ready = ready
+        self.pris = list(ready)
+        heapq.heapify(self.pris)
+        self.ready_entries = entries
 
     # -- delayed ----------------------------------------------------------------
 

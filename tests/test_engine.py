@@ -1138,10 +1138,48 @@ def _heap_sizes(eng, *sessions):
     t = eng.default_tube
     sizes = {"engine.delays": len(eng._delays), "engine.ttrs": len(eng._ttrs),
              "engine.waits": len(eng._waits), "engine.pauses": len(eng._pauses),
-             "tube.ready": len(t.ready), "tube.delayed": len(t.delayed)}
+             "tube.ready": sum(map(len, t.ready.values())), "tube.delayed": len(t.delayed)}
     for i, s in enumerate(sessions):
         sizes["session%d.deadlines" % i] = len(s.deadlines)
     return sizes
+
+
+def test_ready_heaps_hold_the_jobs_own_ids_one_heap_per_priority(eng):
+    """A ready entry costs a list slot, not an int of its own (tube.py)."""
+    s, _ = new_session(eng)
+    jobs = [put(eng, s, pri=pri) for pri in (5, 1024, 5, 2 ** 32 - 1, 1024)]
+    t = eng.default_tube
+    assert sorted(t.ready) == [5, 1024, 2 ** 32 - 1] and t.pris[0] == 5
+    for job in jobs:
+        assert any(entry is job.id for entry in t.ready[job.pri])
+    order = [eng.reserve(s, 0, T0).id for _ in jobs]
+    assert order == [jobs[0].id, jobs[2].id, jobs[1].id, jobs[4].id, jobs[3].id]
+    eng.release(s, jobs[3].id, 0, 0, T0)        # a new priority, an old id
+    eng.release(s, jobs[1].id, 0, 0, T0)
+    assert [eng.reserve(s, 0, T0).id for _ in range(2)] == [jobs[1].id, jobs[3].id]
+
+
+def test_shrink_rebuilds_the_job_index_of_a_drained_backlog_in_place(eng):
+    import sys
+    s, _ = new_session(eng)
+    jobs = [put(eng, s) for _ in range(100_000)]
+    for job in jobs[:-10]:
+        eng.delete(s, job.id)
+    index = eng.jobs
+    before = sys.getsizeof(index)
+    assert eng.shrink()
+    assert eng.jobs is index and eng.default_tube.jobs is index
+    assert sys.getsizeof(index) < before // 100
+    assert sorted(index) == [job.id for job in jobs[-10:]]
+    assert eng.reserve(s, 0, T0) is jobs[-10]
+    assert not eng.shrink()                 # nothing oversized left
+
+
+def test_shrink_leaves_a_full_index_alone(eng):
+    s, _ = new_session(eng)
+    for _ in range(50_000):
+        put(eng, s)
+    assert not eng.shrink()
 
 
 def test_deleting_delayed_jobs_does_not_grow_heaps(eng):

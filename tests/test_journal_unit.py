@@ -162,3 +162,28 @@ def test_flush_and_close_syncs_and_releases_waiters(tmp_path, fsync_ms):
     journal.when_synced(lambda: released.append(True))
     journal.flush_and_close()
     assert released == [True]
+
+
+def test_replayed_jobs_share_their_priority_creation_time_and_tube_name():
+    """A restart shares the objects that consecutive jobs have equal, as live puts
+    do, so a million replayed jobs take no more memory than a million put ones."""
+    from qserver.job import BURIED, READY, Job
+    from qserver.journal.records import decode, job_record
+    from qserver.journal.replay import Recovery
+
+    class Tube:
+        name = "emails"
+
+    found = Recovery()
+    made = [Job(i, Tube, 1024 + (i == 3), 0, 60, b"body\r\n", 1.7e9 + (i == 4))
+            for i in range(1, 6)]
+    made[1].state, made[1].deadline, made[1].counts = BURIED, 7, 5
+    for job in made:
+        decode(b"".join(job_record(job, 0.0)[1:]), 1, found)
+    jobs = [found.jobs[i] for i in range(1, 6)]
+    assert [j.pri for j in jobs] == [1024, 1024, 1025, 1024, 1024]
+    assert jobs[0].pri is jobs[1].pri and jobs[0].created is jobs[1].created
+    assert jobs[3].created == 1.7e9 + 1 and jobs[4].created == 1.7e9
+    assert all(j.tube is jobs[0].tube == "emails" for j in jobs)
+    assert [j.state for j in jobs] == [READY, BURIED, READY, READY, READY]
+    assert jobs[1].bury_seq == 7 and jobs[1].reserves == 5 and jobs[0].counts == 0

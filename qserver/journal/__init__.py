@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import time
+from operator import attrgetter
 
 from qserver.errors import InternalError, OutOfMemory
 from qserver.job import COMPLETED, DEAD, DELAYED
@@ -32,6 +33,9 @@ from qserver.journal import records
 from qserver.journal.replay import CorruptLog, Recovery, replay
 from qserver.journal.segments import (LogDirError, create_segment, list_segments,
                                       lock_dir, remove_segment, segment_path, sync_dir)
+
+_BODY = attrgetter("body")
+_TUBE_NAME = attrgetter("tube.name")
 
 __all__ = ["Journal", "CorruptLog", "LogDirError", "Recovery"]
 
@@ -103,8 +107,10 @@ class Journal:
     def start(self, engine) -> None:
         """Begin writing into a fresh segment after the newest one found."""
         self.engine = engine
-        for job in engine.jobs.values():
-            self.live_bytes += records.job_record_size(job)
+        # records.job_record_size of every job, summed at C speed (a million jobs).
+        jobs = engine.jobs.values()
+        self.live_bytes += len(jobs) * records.JOB_RECORD_FIXED \
+            + sum(map(len, map(_BODY, jobs))) + sum(map(len, map(_TUBE_NAME, jobs)))
         for record in engine.lifecycle.ledger.records.values():
             self.live_bytes += records.framed_size(records.finished_record(record, 0.0))
         for job_id, history in engine.histories.items():

@@ -100,6 +100,8 @@ def job_record(job, due: float) -> list:
 
 _U32 = 0xFFFFFFFF
 _ENCODED_NAMES = {}
+# decode's last JOB record: [pri, created, raw tube name, its length, tube name].
+_last = [None, None, None, -1, None]
 
 
 def _encoded_name(name: str) -> bytes:
@@ -111,8 +113,11 @@ def _encoded_name(name: str) -> bytes:
     return raw
 
 
+JOB_RECORD_FIXED = RECORD_HEADER.size + JOB_FIXED.size
+
+
 def job_record_size(job) -> int:
-    return RECORD_HEADER.size + JOB_FIXED.size + len(job.tube.name) + len(job.body)
+    return JOB_RECORD_FIXED + len(job.tube.name) + len(job.body)
 
 
 def state_record(job, due: float) -> list:
@@ -210,10 +215,29 @@ def decode(payload, file_index: int, found) -> int:
         start = JOB_FIXED.size
         if start + name_len + body_len != len(payload):
             raise ValueError("JOB record lengths do not add up")
-        name = _tube_name(payload[start:start + name_len])
+        # Jobs logged one after another mostly share their tube, priority and
+        # creation time (the same millisecond): share those objects as the live
+        # server does (commands.creation_time, wire._number), 64 bytes a job.
+        last = _last
+        if pri == last[0]:
+            pri = last[0]
+        if created == last[1]:
+            created = last[1]
+        else:
+            last[0], last[1] = pri, created
+        if name_len == last[3] and payload[start:start + name_len] == last[2]:
+            name = last[4]
+        else:
+            raw = bytes(payload[start:start + name_len])
+            name = _tube_name(raw)
+            last[2], last[3], last[4] = raw, name_len, name
         job = Job(job_id, name, pri, delay, ttr, bytes(payload[start + name_len:]), created)
         job.file = file_index
-        _set_state(job, state, due, bury_seq, reserves, timeouts, releases, buries, kicks)
+        if state == READY and not (reserves or timeouts or releases or buries or kicks):
+            job.state = READY       # as Job() left it: the usual fresh job, quickly
+        else:
+            _set_state(job, state, due, bury_seq, reserves, timeouts, releases, buries,
+                       kicks)
         jobs[job_id] = job
         return job_id
     if kind == STATE:
@@ -328,6 +352,8 @@ def _set_state(job, state, due, bury_seq, *counters) -> None:
 
 
 _NAMES = {}
+# decode's last JOB record: [pri, created, raw tube name, its length, tube name].
+_last = [None, None, None, -1, None]
 
 
 def _tube_name(raw) -> str:
