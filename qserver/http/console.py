@@ -136,6 +136,9 @@ class Console:
                 client.engine.detach(client.session, time.monotonic())
                 if self.server.store is not None:
                     self.server.commands.closed(client)
+                # As a closed connection does: no cycles left for the collector.
+                client.session.wake = None
+                client.framer.next = None
 
     async def _send(self, client, line: str, counted: bool) -> Reply:
         collector = client.transport
