@@ -13,3 +13,9 @@ cdef class Framer:
     cpdef _next_line(self)
     @cython.locals(pos=Py_ssize_t, end=Py_ssize_t)
     cpdef take_body(self, Py_ssize_t size)
+
+cpdef _u32(digits)
+cpdef _u64(digits)
+cpdef parse_id(rest)
+cpdef _number(digits)
+cpdef job_reply(word, job_id, body)

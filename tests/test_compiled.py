@@ -152,3 +152,39 @@ def test_the_server_says_which_modules_run(tmp_path):
         assert "hot modules: " in text
         if env:
             assert "hot modules: pure Python: QSERVER_PURE is set" in text
+
+
+def _declared_attributes(pxd: pathlib.Path) -> dict:
+    """class name -> the attributes its `cdef public` lines declare."""
+    classes, current = {}, None
+    for line in pxd.read_text().splitlines():
+        words = line.split("#")[0].split()
+        if line.startswith("cdef class "):
+            current = classes.setdefault(words[2].split("(")[0].rstrip(":"), set())
+        elif current is not None and words[:2] == ["cdef", "public"]:
+            current.update(name.strip(",") for name in " ".join(words[3:]).split(","))
+    return {name: {a.strip() for a in attrs if a.strip()} for name, attrs in classes.items()}
+
+
+def _slots(py: pathlib.Path) -> dict:
+    import ast
+    found = {}
+    for node in ast.walk(ast.parse(py.read_text())):
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.Assign) and item.targets[0].id == "__slots__":
+                    found[node.name] = set(ast.literal_eval(item.value))
+    return found
+
+
+def test_the_declarations_match_the_classes_slots():
+    """A slot added to a hot class must be declared in its .pxd too (the compile
+    would fail and the install fall back to pure Python)."""
+    pxds = [p for p in PACKAGE.rglob("*.pxd") if compiled.DIRECTORY not in p.parts]
+    assert pxds
+    for pxd in pxds:
+        slots = _slots(pxd.with_suffix(".py"))
+        for name, attributes in _declared_attributes(pxd).items():
+            if name in slots:
+                assert attributes == slots[name], (pxd.name, name,
+                                                   attributes ^ slots[name])

@@ -1,5 +1,6 @@
 # Cython declarations for commands/__init__.py (used only when compiled; see
 # compiled.py).
+cimport cython
 from qserver.engine cimport Engine
 
 cdef class CommandTable:
@@ -11,3 +12,11 @@ cdef class CommandTable:
 cdef class Commands(CommandTable):
     cdef public Engine engine
     cdef public object info, clock, wall, _last_created
+
+    cpdef _store(self, client, body, job_id, pri, delay, ttr)
+    cpdef creation_time(self)
+    @cython.locals(engine=Engine)
+    cpdef put(self, client, rest)
+    cpdef _reserve(self, client, timeout)
+    cpdef delete(self, client, rest)
+    cpdef release(self, client, rest)
