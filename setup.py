@@ -62,6 +62,11 @@ class OptionalBuildExt(build_ext):
                 ext.sources = translated[ext.name]
             if not self.parallel:
                 self.parallel = os.cpu_count() or 1
+            # Builds of older sources left in build/ would go into the wheel too.
+            built = os.path.join(self.build_lib, "qserver", compiled.DIRECTORY)
+            for name in os.listdir(built) if os.path.isdir(built) else ():
+                if os.path.join(built, name) != os.path.join(self.build_lib, BUILD_DIR):
+                    shutil.rmtree(os.path.join(built, name), ignore_errors=True)
             super().run()
         except Exception as error:      # no compiler, a compile error, ...
             say(f"compiling the hot modules failed ({error}): pure-Python modules only")
@@ -69,6 +74,12 @@ class OptionalBuildExt(build_ext):
             self.extensions = []
             return
         say(f"compiled the hot modules into {BUILD_DIR}")
+
+    def build_extension(self, ext):
+        if self.compiler.compiler_type == "unix":
+            # No debug information: 11 MB of shared objects become about 3 MB.
+            ext.extra_compile_args = ["-g0"]
+        super().build_extension(ext)
 
     def get_ext_fullpath(self, ext_name):
         fullname = self.get_ext_fullname(ext_name)
