@@ -100,7 +100,8 @@ def install(package: str = PACKAGE) -> bool:
             os.path.exists(os.path.join(directory, build_file(name))) for name in MODULES):
         state = (f"pure Python: the compiled modules in {root} were built from other "
                  f"sources than these (or for another Python); rebuild with "
-                 f"`pip install .` or `python setup.py build_ext --inplace`")
+                 f"`pip install .` (-e for a checkout) or "
+                 f"`python setup.py build_ext --inplace`")
         return False
     sys.meta_path.insert(0, Finder(directory))
     state = f"compiled: {directory}"
