@@ -14,7 +14,7 @@ import socket
 import stat
 import sys
 
-from qserver import __version__, logs, systemd
+from qserver import __version__, compiled, logs, systemd
 from qserver.config import (DEFAULT_ADDRESS, DEFAULT_FSYNC_MS, DEFAULT_MAX_JOB_SIZE,
                             DEFAULT_PORT, DEFAULT_SEGMENT_SIZE, DEFAULT_UNIX_MODE,
                             MAX_JOB_SIZE_LIMIT, Config)
@@ -376,6 +376,7 @@ def _catch_early_signals() -> list:
 def main(argv=None) -> int:
     config, listen_given = _parse(sys.argv[1:] if argv is None else argv)
     log = logs.setup(config.verbosity)
+    log.debug("hot modules: %s", compiled.state)
     early_signals = _catch_early_signals()
     raise_open_files_limit(log)
     try:

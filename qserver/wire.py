@@ -184,6 +184,8 @@ def _u64(digits: bytes) -> int:
 
 def parse_id(rest: bytes) -> int:
     """A lone u64 job id, nothing after it."""
+    if rest.isdigit():          # the usual spelling, without the regex: same result
+        return _u64(rest)
     m = _ONE.fullmatch(rest)
     if m is None:
         raise BadFormat
@@ -213,10 +215,18 @@ def parse_put(rest: bytes) -> tuple[int, int, int, int, bytes]:
     Trailing garbage is returned rather than raised because beanstalkd checks the
     size limit first (protocol.md, "put").
     """
-    m = _PUT.match(rest)
-    if m is None:
-        raise BadFormat
-    pri, delay, ttr, size, tail = m.groups()
+    # The usual spelling, four numbers and single spaces, without the regex (a
+    # third of the time); _PUT reads it the same way.
+    words = rest.split(b" ")
+    if len(words) == 4 and words[0].isdigit() and words[1].isdigit() \
+            and words[2].isdigit() and words[3].isdigit():
+        pri, delay, ttr, size = words
+        tail = b""
+    else:
+        m = _PUT.match(rest)
+        if m is None:
+            raise BadFormat
+        pri, delay, ttr, size, tail = m.groups()
     pri, delay, ttr, size = _number(pri), _number(delay), _number(ttr), _number(size)
     if pri > U32_MAX or delay > U32_MAX or ttr > U32_MAX or size > U32_MAX:
         raise BadFormat

@@ -26,6 +26,7 @@ ALLOWED = {
     "listing": {"errors", "job", "flush"},
     "flush": {"job", "errors"},
     "events": set(),
+    "compiled": set(),
     "lifecycle": {"errors", "job", "policy", "ledger"},
     "steering": {"errors", "job", "flush"},
     "engine": {"errors", "job", "tube", "session", "swapset", "lifecycle", "steering",
