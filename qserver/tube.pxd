@@ -6,8 +6,9 @@ from qserver.swapset cimport SwapSet
 cdef class Tube:
     cdef public object name
     cdef public dict jobs
-    cdef public list ready
-    cdef public Py_ssize_t ready_count, urgent_count
+    cdef public dict ready
+    cdef public list pris
+    cdef public Py_ssize_t ready_entries, ready_count, urgent_count
     cdef public list delayed
     cdef public Py_ssize_t delayed_count
     cdef public dict buried
@@ -20,6 +21,6 @@ cdef class Tube:
     cpdef bint is_unused(self)
     cpdef bint is_paused(self, now)
     cpdef push_ready(self, Job job)
-    @cython.locals(heap=list, jobs=dict, job=Job)
+    @cython.locals(pris=list, heap=list, jobs=dict, job=Job)
     cpdef peek_ready(self)
     cpdef forget_ready(self, Job job)
