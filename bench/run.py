@@ -601,13 +601,18 @@ def render_markdown(workloads, servers, med, info, opts, started, elapsed) -> st
     both = "qserver" in servers and "beanstalkd" in servers
     L.append("### Summary (qserver / beanstalkd)")
     L.append("")
-    L.append("| workload | metric | " + " | ".join(servers) + (" | ratio q/b | target | met |" if both else ""))
-    L.append("|---|---|" + "---:|" * len(servers) + ("---:|---|---|" if both else ""))
+    # Server CPU per op beside every ratio: a ratio says how this host did, the CPU
+    # figure what a slower host (or a busy one) will do.
+    L.append("| workload | metric | " + " | ".join(servers) + " | server CPU µs/op ("
+             + " / ".join(servers) + ")" + (" | ratio q/b | target | met |" if both else " |"))
+    L.append("|---|---|" + "---:|" * (len(servers) + 1) + ("---:|---|---|" if both else ""))
     for w in workloads:
         row = [w.key, HEADLINE_LABEL[w.headline]]
         for s in servers:
             m = med.get((s, w.key), {})
             row.append(fmt_headline(w.headline, m.get(w.headline)) if m.get("ok") else "error")
+        row.append(" / ".join(fmt(med.get((s, w.key), {}).get("srv_cpu_us_per_op"), "f2")
+                              for s in servers))
         if both:
             r = ratio_of(w, med)
             row.append(f"{r:.2f}" if r is not None else "–")
