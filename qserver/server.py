@@ -105,14 +105,18 @@ class Connection(asyncio.Protocol):
         if self.refused:
             return
         self.closing = True
-        self.engine.detach(self.session, time.monotonic())
-        # Break the cycles (the session's wake, the framer's bound reader) so that
-        # refcounting frees the connection at once: a long-lived connection may be
-        # frozen out of the cyclic collector's passes (collector.py).
-        self.session.wake = None
-        self.framer.next = None
+        self.let_go()
         self.server.connection_closed(self)
         self.server.after_batch()
+
+    def let_go(self) -> None:
+        """Release the session's jobs, then break the cycles (the session's wake,
+        the framer's bound reader) so that refcounting frees the connection at
+        once: a long-lived connection may be frozen out of the cyclic collector's
+        passes (collector.py)."""
+        self.engine.detach(self.session, time.monotonic())
+        self.session.wake = None
+        self.framer.next = None
 
     def pause_writing(self):
         self.write_paused = True

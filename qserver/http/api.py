@@ -76,10 +76,7 @@ class Api:
         return await self.actions[kind, action](target, arguments)
 
     async def _run(self, line: str, counted: bool = False):
-        reply = await self.console.run(line, counted)
-        if reply.word in REFUSALS:
-            raise Answer(REFUSALS[reply.word], reply.word)
-        return reply
+        return accepted(await self.console.run(line, counted))
 
     # -- reads ------------------------------------------------------------------
 
@@ -174,9 +171,7 @@ class Api:
 
     async def kick_tube(self, name: str, arguments: dict) -> dict:
         bound = number(arguments.get("bound", 1), 1, MAX_BOUND, "bound")
-        reply = await self.console.run_in_tube(name, f"kick {bound}")
-        if reply.word in REFUSALS:
-            raise Answer(REFUSALS[reply.word], reply.word)
+        reply = accepted(await self.console.run_in_tube(name, f"kick {bound}"))
         return ok(reply, kicked=int(reply.words[1]))
 
     async def pause(self, name: str, arguments: dict) -> dict:
@@ -195,6 +190,13 @@ class Api:
 
 
 # -- helpers ----------------------------------------------------------------------
+
+def accepted(reply):
+    """The reply, unless the queue refused the command (Answer with its status)."""
+    if reply.word in REFUSALS:
+        raise Answer(REFUSALS[reply.word], reply.word)
+    return reply
+
 
 def ok(reply, **more) -> dict:
     return {"ok": True, "reply": reply.line, **more}

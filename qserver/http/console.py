@@ -16,7 +16,6 @@ Imports: stdlib (the connection comes from the server it is given).
 
 import asyncio
 import re
-import time
 
 REPLY_TIMEOUT = 10.0            # seconds; a store that does not answer gives up here
 # Replies followed by `<bytes>` of data: `OK <bytes>`, `FOUND <id> <bytes>`.
@@ -133,12 +132,9 @@ class Console:
                     return used
                 return await self._send(client, line, counted=True)
             finally:
-                client.engine.detach(client.session, time.monotonic())
+                client.let_go()
                 if self.server.store is not None:
                     self.server.commands.closed(client)
-                # As a closed connection does: no cycles left for the collector.
-                client.session.wake = None
-                client.framer.next = None
 
     async def _send(self, client, line: str, counted: bool) -> Reply:
         collector = client.transport
