@@ -9,8 +9,9 @@ the loop back (call_soon) between slices; each slice stops once SWEEP_SLICE_SECO
 (10 ms) are used up, so no client waits long behind it. This measures that: the journal
 and engine in-process, driven by a scheduler this script runs (as
 tests/test_journal_unit.py does), with 1,000,000 live jobs written to the log; the sweep
-is started directly and each slice is timed with perf_counter. The first slice also
-lists the live ids and rotates the segment, so it is reported on its own. Like the
+is started directly and each slice is timed with perf_counter. The first "slice" is
+the start: it rotates the segment and lists the live ids (the sweep proper begins at
+the next loop turn), so it is reported on its own. Like the
 server after a replay, the job objects are frozen out of the cyclic GC first, so the
 figures are the sweep's and not a full GC pass's. Before each sweep it waits up to
 --quiet-wait s for the CPUs to be under 15 % busy (as bench/run.py does) and reports how
@@ -80,7 +81,7 @@ def sweep_once(jobs: int, segment_size: int, quiet_wait: float) -> dict:
         cpus = cpu_times()
         try:
             started = time.perf_counter()
-            journal._start_sweep()                  # runs the first slice at once
+            journal._start_sweep()                  # lists the ids; the slices follow
             slices = [time.perf_counter() - started]
             while journal.sweep is not None:
                 if not scheduler.soon:

@@ -432,7 +432,9 @@ class Journal:
         self.sweep = (boundary, ids, 0)
         log.debug("compaction started: log %d bytes, live %d bytes", self.total_bytes(),
                   self.live_bytes)
-        self._sweep_slice()
+        # Listing a million ids takes about as long as a slice: the first slice
+        # waits for the next loop turn, so no turn holds the loop for both.
+        self.scheduler.call_soon(self._sweep_slice)
 
     def _sweep_slice(self) -> None:
         """Rewrite older jobs into the current segment for at most one slice of time."""
