@@ -61,6 +61,9 @@ class Steering:
         self.tags = {}                   # tag -> {job id: None}, live jobs only
         self.lock_jobs = engine.lock_jobs  # job id -> lock key, live jobs only
         self.locks = {}                  # (tube name, lock key) -> Lock
+        # Live jobs flagged by cancel-tag (id -> None), so that /metrics counts them
+        # without walking every job's Meta.
+        self.flagged = {}
         self.totals = SteeringCounters()
 
     # -- put-ex -----------------------------------------------------------------
@@ -111,6 +114,8 @@ class Steering:
 
     def _index(self, job, meta: Meta) -> None:
         self.meta[job.id] = meta
+        if meta.cancelled:
+            self.flagged[job.id] = None
         if meta.lock is not None:
             self.lock_jobs[job.id] = meta.lock
         if meta.key is not None:
@@ -128,6 +133,7 @@ class Steering:
         if job.state == HELD:
             self.left_held(job)
         self.lock_jobs.pop(job.id, None)
+        self.flagged.pop(job.id, None)
         self._unindex(job.id, job.tube.name, meta)
 
     def _unindex(self, job_id: int, tube_name: str, meta: Meta) -> None:
@@ -271,6 +277,7 @@ class Steering:
                 meta = self.meta[job_id]
                 if not meta.cancelled:
                     meta.cancelled = True
+                    self.flagged[job_id] = None
                     engine.log.meta(job_id, meta)
                 flagged += 1
             else:

@@ -58,3 +58,7 @@ def test_held_and_cancelled_jobs_per_tube(served):
     samples, _ = parse_metrics(get(mport, "/metrics")[2])
     assert ("qserver_tube_held", (("tube", "locks"),)) not in samples
     assert samples[("qserver_tube_cancelled", (("tube", "locks"),))] == 1
+    # The flag goes with the job: once it is deleted nothing is counted.
+    assert c.cmd(b"delete 1") == b"DELETED\r\n"
+    samples, _ = parse_metrics(get(mport, "/metrics")[2])
+    assert ("qserver_tube_cancelled", (("tube", "locks"),)) not in samples

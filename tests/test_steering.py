@@ -46,6 +46,7 @@ def assert_nothing_kept(engine):
     assert engine.meta == {}
     assert steering.keys == {}
     assert steering.tags == {}
+    assert steering.flagged == {}
 
 
 def duplicate_of(engine, tube, key):
@@ -288,6 +289,7 @@ def test_cancel_removes_unreserved_and_flags_reserved(eng):
     assert eng.steering.cancel_tag(b"g") == (3, 1)
     [held] = jobs[RESERVED]
     assert eng.meta[held.id].cancelled is True and held.state == RESERVED
+    assert eng.steering.flagged == {held.id: None}      # what /metrics counts
     for job in (jobs[READY][0], jobs[BURIED][0], far):
         assert job.id not in eng.jobs
     assert untagged.id in eng.jobs and jobs[READY][1].id in eng.jobs
@@ -488,6 +490,7 @@ def test_keys_tags_flags_and_flushes_are_replayed(tmp_path, clock):
     assert ready.id not in again.jobs and all(job.id not in again.jobs for job in gone)
     assert again.jobs[held.id].state == READY            # reserved jobs come back ready
     assert again.steering.keys == keys
+    assert again.steering.flagged == {flagged.id: None}
     assert {t: set(i) for t, i in again.steering.tags.items()} == tags
     assert duplicate_of(again, "ret", b"r").reply == b"DUPLICATE %d\r\n" % done.id
     assert again.steering.cancel_tag(b"a") == (1, 0)     # flagged, ready after restart

@@ -229,9 +229,9 @@ def _steering_by_tube(engine) -> tuple:
     """Held and cancel-flagged jobs per tube name (only tubes that have some)."""
     held = held_by_tube(engine)
     cancelled = {}
-    for job_id, meta in engine.meta.items():
+    for job_id in engine.steering.flagged:
         job = engine.jobs.get(job_id)
-        if meta.cancelled and job is not None:
+        if job is not None:
             cancelled[job.tube.name] = cancelled.get(job.tube.name, 0) + 1
     return held, cancelled
 
