@@ -3,18 +3,20 @@
 # asyncio.Protocol to it. The loop's callbacks (data_received ...) and the methods
 # handed out as callbacks (_wake, _release_one, _resume) stay Python-visible;
 # _run, _send, _close and _limit_reading are C-only.
+# The types are cimported under other names: server.py's own module globals (Engine,
+# Session, Framer) stay Python names that a test may replace (server.Engine = ...).
 cimport cython
-from qserver.commands cimport CommandTable
-from qserver.engine cimport Engine
-from qserver.session cimport Session
-from qserver.wire cimport Framer
+from qserver.commands cimport CommandTable as CommandTableType
+from qserver.engine cimport Engine as EngineType
+from qserver.session cimport Session as SessionType
+from qserver.wire cimport Framer as FramerType
 
 cdef class ConnectionCore:
     cdef public object server
-    cdef public CommandTable commands
-    cdef public Engine engine
-    cdef public Framer framer
-    cdef public Session session
+    cdef public CommandTableType commands
+    cdef public EngineType engine
+    cdef public FramerType framer
+    cdef public SessionType session
     cdef public object transport, pending_body
     cdef public bint closing, half_closed, write_paused, read_paused, resume_scheduled
     cdef public object held
@@ -24,7 +26,7 @@ cdef class ConnectionCore:
     cdef public object store_session
     cdef public double opened
 
-    @cython.locals(framer=Framer, session=Session, commands=CommandTable, out=list,
+    @cython.locals(framer=FramerType, session=SessionType, commands=CommandTableType, out=list,
                    pending=Py_ssize_t)
     cdef _run(self)
     cdef _send(self, data, bint logged)
