@@ -23,7 +23,7 @@ from importlib.util import spec_from_file_location
 MODULES = (
     "qserver.swapset", "qserver.job", "qserver.tube", "qserver.session",
     "qserver.errors", "qserver.wire", "qserver.engine", "qserver.stats",
-    "qserver.commands",
+    "qserver.commands", "qserver.server", "qserver.store.commands",
 )
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 DIRECTORY = "_compiled"

@@ -37,7 +37,13 @@ HOUSEKEEPING_SECONDS = 5.0
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-class Connection(asyncio.Protocol):
+class ConnectionCore:
+    """A connection's state and its handling of what it receives; `Connection` adds
+    asyncio.Protocol to it. Split so that, compiled, this is an extension type
+    (server.pxd): its per-command attribute reads and calls are C struct reads and
+    C calls, where a Protocol subclass (an extension type cannot derive from a
+    Python class) would look each one up by name."""
+
     __slots__ = (
         "server", "commands", "engine", "framer", "session", "transport",
         "pending_body", "closing", "half_closed", "write_paused", "read_paused",
@@ -160,7 +166,7 @@ class Connection(asyncio.Protocol):
                 break
             if self.pending_body is not None:
                 reply = commands.finish_body(self, item)
-            elif item.__class__ is bytes:
+            elif type(item) is bytes:       # (compiled: a C type check)
                 reply = commands.execute(self, item)
             elif item is OVERLONG:
                 reply = BadFormat.reply
@@ -317,6 +323,12 @@ class Connection(asyncio.Protocol):
                 self.resume_scheduled = True
                 asyncio.get_running_loop().call_soon(self._resume)
         return answer
+
+
+class Connection(ConnectionCore, asyncio.Protocol):
+    """One client connection: the event loop calls its Protocol methods."""
+
+    __slots__ = ()
 
 
 class Server:

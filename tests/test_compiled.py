@@ -188,3 +188,16 @@ def test_the_declarations_match_the_classes_slots():
             if name in slots:
                 assert attributes == slots[name], (pxd.name, name,
                                                    attributes ^ slots[name])
+
+
+def test_the_connection_is_an_asyncio_protocol():
+    """server.py keeps the connection's state in ConnectionCore (an extension type when
+    compiled, which cannot derive from a Python class); the class the listeners make
+    adds asyncio.Protocol to it and no per-instance dict."""
+    import asyncio
+
+    from qserver import server
+    assert issubclass(server.Connection, (server.ConnectionCore, asyncio.Protocol))
+    assert issubclass(server.Connection, asyncio.Protocol)
+    assert server.Connection.__slots__ == ()
+    assert "__dict__" not in vars(server.Connection)

@@ -8,6 +8,9 @@ cdef class CommandTable:
     cdef public list by_prefix
     cdef public object max_job_size
 
+    cpdef execute(self, client, line)
+    cpdef finish_body(self, client, body)
+
 
 cdef class Commands(CommandTable):
     cdef public Engine engine
