@@ -24,6 +24,7 @@ MODULES = (
     "qserver.swapset", "qserver.job", "qserver.tube", "qserver.session",
     "qserver.errors", "qserver.wire", "qserver.engine", "qserver.stats",
     "qserver.commands", "qserver.server", "qserver.store.commands",
+    "qserver.store.batch", "qserver.store.redis",
 )
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 DIRECTORY = "_compiled"

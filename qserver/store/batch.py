@@ -201,19 +201,47 @@ def encode(command) -> bytes:
 
 
 def encode_args(args) -> bytes:
-    """Arguments as RESP bulk strings, one after the other (no array head)."""
+    """Arguments as RESP bulk strings, one after the other (no array head).
+
+    The hot path of every store call (a tenth of a node's instructions when it
+    formatted each one): a str argument (the prefix, a tube, a holder) is looked up
+    whole in `_BULK`, and the length head of any other comes from `_LENGTH_HEADS`.
+    """
     parts = []
     append = parts.append
+    bulk = _BULK
     for arg in args:
         cls = arg.__class__
         if cls is str:
-            arg = arg.encode()
-        elif cls is int:
+            data = bulk.get(arg)
+            if data is None:
+                data = _bulk_string(arg.encode())
+                if len(arg) <= 256:
+                    if len(bulk) >= _BULK_LIMIT:
+                        bulk.clear()    # bounded; the names in use come back at once
+                    bulk[arg] = data
+            append(data)
+            continue
+        if cls is int:
             arg = b"%d" % arg
         elif cls is not bytes:
             arg = str(arg).encode()
-        append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        size = len(arg)
+        append(_LENGTH_HEADS[size] if size < 1024 else b"$%d\r\n" % size)
+        append(arg)
+        append(b"\r\n")
     return b"".join(parts)
+
+
+def _bulk_string(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+# Strings the node sends again and again (tube names, holders, the prefix) as RESP
+# bulk strings, at most _BULK_LIMIT of them; and `$<n>\r\n` for the usual sizes.
+_BULK = {}
+_BULK_LIMIT = 4096
+_LENGTH_HEADS = [b"$%d\r\n" % size for size in range(1024)]
 
 
 _heads = {}
