@@ -211,15 +211,18 @@ def encode_args(args) -> bytes:
     append = parts.append
     bulk = _BULK
     for arg in args:
-        cls = arg.__class__
+        cls = type(arg)
         if cls is str:
-            data = bulk.get(arg)
-            if data is None:
-                data = _bulk_string(arg.encode())
-                if len(arg) <= 256:
-                    if len(bulk) >= _BULK_LIMIT:
-                        bulk.clear()    # bounded; the names in use come back at once
-                    bulk[arg] = data
+            # `in` and [] rather than .get: compiled, a method call on an untyped
+            # dict costs a lookup by name each time.
+            if arg in bulk:
+                append(bulk[arg])
+                continue
+            data = _bulk_string(arg.encode())
+            if len(arg) <= 256:
+                if len(bulk) >= _BULK_LIMIT:
+                    bulk.clear()        # bounded; the names in use come back at once
+                bulk[arg] = data
             append(data)
             continue
         if cls is int:
@@ -250,11 +253,11 @@ _heads = {}
 def fcall_head(name: str, key: str, count: int) -> bytes:
     """The RESP of `FCALL name 1 key` for a call with `count` more arguments (the
     array head counts them): made once per function and count."""
-    head = _heads.get((name, key, count))
-    if head is None:
-        fixed = ("FCALL", name, 1, key)
-        head = _heads[(name, key, count)] = b"*%d\r\n%s" % (len(fixed) + count,
-                                                              encode_args(fixed))
+    which = (name, key, count)
+    if which in _heads:
+        return _heads[which]
+    fixed = ("FCALL", name, 1, key)
+    head = _heads[which] = b"*%d\r\n%s" % (len(fixed) + count, encode_args(fixed))
     return head
 
 
@@ -512,10 +515,13 @@ class Batcher:
             _settle(target, None, failure)
 
 
+_Future = asyncio.Future
+
+
 def _settle(target, reply, error) -> None:
     """Hand a call its reply or its failure: a future (unless its caller gave up),
     or a callback (whose own failure must not stop the batch's other calls)."""
-    if isinstance(target, asyncio.Future):
+    if isinstance(target, _Future):
         if target.done():               # its caller gave up (cancelled)
             return
         if error is None:

@@ -200,9 +200,8 @@ class StoreCommands(CommandTable):
 
         def done(reply, error):
             if error is None:
-                refused = REFUSALS.get(reply[0])
-                if refused is not None:
-                    answer(refused)
+                if reply[0] in REFUSALS:    # (not .get: see batch.encode_args)
+                    answer(REFUSALS[reply[0]])
                     return
                 try:
                     text = make_reply(reply)
