@@ -157,21 +157,21 @@ def click(driver, css: str, what: str):
     wait(driver, attempt, f"to click {what} ({css})")
 
 
-def accept_confirm(driver, expected: str = None):
-    """Accept the confirm() the click opened (bounded wait for it)."""
+def _confirm_opened(driver, expected: str = None):
+    """The confirm() the click opened (bounded wait for it), its text checked."""
     alert = WebDriverWait(driver, UI_WAIT, ignored_exceptions=(NoAlertPresentException,)
                           ).until(lambda d: d.switch_to.alert, message="no confirm() opened")
     if expected is not None:
         assert expected in alert.text, alert.text
-    alert.accept()
+    return alert
+
+
+def accept_confirm(driver, expected: str = None):
+    _confirm_opened(driver, expected).accept()
 
 
 def dismiss_confirm(driver, expected: str = None):
-    alert = WebDriverWait(driver, UI_WAIT, ignored_exceptions=(NoAlertPresentException,)
-                          ).until(lambda d: d.switch_to.alert, message="no confirm() opened")
-    if expected is not None:
-        assert expected in alert.text, alert.text
-    alert.dismiss()
+    _confirm_opened(driver, expected).dismiss()
 
 
 def polls(driver) -> int:
